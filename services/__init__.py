@@ -1,0 +1,1 @@
+"""The running system: gateway, workers, predictor and the CLI."""
