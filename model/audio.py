@@ -21,10 +21,11 @@ from .features import SAMPLE_RATE
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 
-# A stream that decodes to less than this share of its declared duration was cut short.
-_TRUNCATION_RATIO = 0.9
-# ...unless the shortfall is tiny (encoder delay, rounding in the header).
-_TRUNCATION_SLACK_S = 0.1
+# A stream that decodes to less than its declared duration by more than this share (or than
+# the slack, for short clips: encoder delay, header rounding) was cut short.
+_TRUNCATION_SHARE = 0.02
+_TRUNCATION_SLACK_S = 0.15
+_HEADER_BYTES = 65536  # also > the largest Ogg page (65,307 bytes)
 
 
 class AudioDecodeError(ValueError):
@@ -36,23 +37,70 @@ class AudioDecodeError(ValueError):
         self.message = message
 
 
+def _check_wav_size(head: bytes, total_size: int) -> None:
+    """WAV headers declare the data size; FFmpeg quietly decodes what is there, so compare."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = (
+            head[offset : offset + 4],
+            int.from_bytes(head[offset + 4 : offset + 8], "little"),
+        )
+        if chunk == b"data":
+            available = total_size - (offset + 8)
+            if size not in (0, 0xFFFFFFFF) and available < size:  # 0 / -1: streamed, size unknown
+                raise AudioDecodeError(
+                    "truncated_audio",
+                    f"the WAV file is truncated: {available} of {size} data bytes present",
+                )
+            return
+        offset += 8 + size + (size & 1)
+
+
+def _check_ogg_end(head: bytes, tail: bytes) -> None:
+    """A complete Ogg stream ends with a whole page flagged end-of-stream; a cut one does not."""
+    if head[:4] != b"OggS":
+        return
+    start = tail.rfind(b"OggS")
+    page = tail[start:]
+    if start < 0 or len(page) < 27 or len(page) < 27 + page[26]:
+        raise AudioDecodeError("truncated_audio", "the Ogg stream is truncated mid-page")
+    body = 27 + page[26] + sum(page[27 : 27 + page[26]])
+    if len(page) < body or not page[5] & 0x04:
+        raise AudioDecodeError("truncated_audio", "the Ogg stream is truncated (no final page)")
+
+
+def _check_complete(head: bytes, tail: bytes, total_size: int) -> None:
+    _check_wav_size(head, total_size)
+    _check_ogg_end(head, tail)
+
+
 def _open(source: AudioSource) -> av.container.InputContainer:
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise AudioDecodeError("empty_audio", "the audio data is empty (0 bytes)")
+        _check_complete(bytes(source[:_HEADER_BYTES]), bytes(source[-_HEADER_BYTES:]), len(source))
         source = io.BytesIO(bytes(source))
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"no such audio file: {path}")
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise AudioDecodeError("empty_audio", f"{path} is empty (0 bytes)")
+        with path.open("rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+            handle.seek(max(0, size - _HEADER_BYTES))
+            _check_complete(head, handle.read(), size)
         source = str(path)
     try:
         return av.open(source, mode="r", metadata_errors="ignore")
-    except (av.error.InvalidDataError, av.error.ValueError, av.error.EOFError) as exc:
+    except av.error.FFmpegError as exc:
         raise AudioDecodeError(
-            "not_audio", "the data is not a recognised audio format (wav, flac, ogg, mp3, m4a...)"
+            "not_audio",
+            "the data is not a recognised audio format (wav, flac, ogg, opus, mp3, m4a, webm), "
+            "or it is cut short before its header ends",
         ) from exc
 
 
@@ -78,7 +126,7 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndarra
                     chunks.append(out.to_ndarray().mean(axis=0))  # (channels, n) -> (n,)
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().mean(axis=0))
-        except (av.error.InvalidDataError, av.error.EOFError, av.error.ValueError) as exc:
+        except av.error.FFmpegError as exc:
             if not chunks:
                 raise AudioDecodeError(
                     "not_audio", f"the audio stream cannot be decoded: {exc}"
@@ -93,7 +141,7 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndarra
         raise AudioDecodeError("empty_audio", "the audio stream has no samples")
     audio = np.concatenate(chunks).astype(np.float32, copy=False)
     decoded = len(audio) / sample_rate
-    if declared - decoded > _TRUNCATION_SLACK_S and decoded < _TRUNCATION_RATIO * declared:
+    if declared - decoded > max(_TRUNCATION_SLACK_S, _TRUNCATION_SHARE * declared):
         raise AudioDecodeError(
             "truncated_audio",
             f"the audio is truncated: {decoded:.2f} s decoded of {declared:.2f} s declared",
