@@ -19,7 +19,7 @@ from .adapter import GatedMLP
 from .config import MossAudioConfig
 from .encoder import EncoderLayer, EncoderOutput, MossAudioEncoder
 from .kv_cache import KVCache
-from .qwen3 import DecoderLayer, Qwen3Decoder, RMSNorm
+from .qwen3 import DecoderLayer, Qwen3Decoder, RMSNorm, RotaryEmbedding
 from .tokens import AUDIO_TOKEN_ID
 
 
@@ -38,6 +38,9 @@ class MossAudioPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ("DecoderLayer", "EncoderLayer")
     _supports_sdpa = True
+    # The official encoder's sinusoid table is a non-persistent buffer, but tolerate checkpoints
+    # that stored it: positions are computed, never loaded.
+    _keys_to_ignore_on_load_unexpected = (r"audio_encoder\.embed_positions\..*",)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -53,6 +56,10 @@ class MossAudioPreTrainedModel(PreTrainedModel):
             module.bias.zero_()
         elif isinstance(module, RMSNorm):
             module.weight.fill_(1.0)
+        elif isinstance(module, RotaryEmbedding):
+            # A non-persistent buffer: from_pretrained materialises it from the meta device
+            # uninitialised, so it must be recomputed here.
+            module.inv_freq.copy_(module.compute_inv_freq())
 
 
 class MossAudioModel(MossAudioPreTrainedModel):

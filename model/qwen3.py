@@ -39,10 +39,13 @@ class RotaryEmbedding(nn.Module):
         rope_type = rope.get("rope_type", "default")
         if rope_type != "default":
             raise ValueError(f"rope_type {rope_type!r} is not supported (only 'default')")
-        theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-        dim = config.head_dim
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+        self.dim = config.head_dim
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self) -> torch.Tensor:
+        """(hd/2,) frequencies. Not saved in checkpoints: recomputed after loading."""
+        return 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.float) / self.dim))
 
     def forward(
         self, position_ids: torch.Tensor, dtype: torch.dtype

@@ -1,0 +1,282 @@
+"""MossAudioModel: fidelity to the released architecture, checkpoint I/O, and generation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model import MossAudioModel, preset_config
+from model.qwen3 import attention_mask_4d
+from model.reference import ReferenceMossAudio
+from model.tokens import AUDIO_TOKEN_ID
+from tests.conftest import make_tiny_model, noise, tone
+
+
+def prompt(processor, seconds: float, text: str = "Describe the audio.", seed: int = 0):
+    return processor(text=text, audios=[noise(seconds, seed=seed) + tone(seconds)])
+
+
+def new_tokens(model, inputs, **kwargs) -> list[int]:
+    out = model.generate(**inputs, **kwargs)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+# --- the same function as the released architecture --------------------------------------
+
+
+@pytest.mark.parametrize("n_window", [None, 200])
+@pytest.mark.parametrize("seconds", [1.3, 9.05])
+def test_matches_stock_transformers_reference(processor, n_window, seconds) -> None:
+    model = make_tiny_model(n_window=n_window, std=0.1)
+    reference = ReferenceMossAudio.from_model(model)
+    inputs = prompt(processor, seconds)
+    with torch.no_grad():
+        ours = model(**inputs).logits
+    theirs = reference.logits(
+        inputs["input_ids"], inputs["audio_data"], inputs["audio_data_seqlens"]
+    )
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    generated = reference.generate(
+        inputs["input_ids"],
+        inputs["audio_data"],
+        inputs["audio_data_seqlens"],
+        max_new_tokens=12,
+        do_sample=False,
+    )
+    assert new_tokens(model, inputs, max_new_tokens=12) == generated[0].tolist()
+
+
+def test_released_shapes_on_meta_device() -> None:
+    for name, hidden in (("4b", 2560), ("8b", 4096)):
+        with torch.device("meta"):
+            model = MossAudioModel(preset_config(name))
+        state = model.state_dict()
+        assert len(state) == 901  # the released checkpoints' tensor count
+        assert state["audio_encoder.stem_proj.weight"].shape == (1280, 480 * 16)
+        assert state["audio_encoder.layers.31.self_attn.k_proj.weight"].shape == (1280, 1280)
+        assert "audio_encoder.layers.31.self_attn.k_proj.bias" not in state
+        assert "audio_encoder.out_proj.weight" not in state
+        assert state["audio_adapter.gate_proj.weight"].shape == (8192, 1280)
+        assert state["audio_adapter.down_proj.weight"].shape == (hidden, 8192)
+        assert state["deepstack_audio_merger_list.2.up_proj.weight"].shape == (8192, 1280)
+        assert "deepstack_audio_merger_list.3.up_proj.weight" not in state
+        assert state["language_model.layers.35.self_attn.k_proj.weight"].shape == (1024, hidden)
+        assert state["lm_head.weight"].shape == (151936, hidden)
+
+
+# --- DeepStack -----------------------------------------------------------------------------
+
+
+def test_deepstack_adds_only_at_audio_positions_after_the_first_k_layers(
+    processor, tiny_model
+) -> None:
+    """For each decoder layer, (input of the next layer) - layer(input) is the injection."""
+    inputs = prompt(processor, 3.0)
+    layers = tiny_model.language_model.layers
+    seen: list[torch.Tensor] = []
+    handles = [
+        layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) for layer in layers
+    ]
+    handles.append(
+        tiny_model.language_model.norm.register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0])
+        )
+    )
+    try:
+        with torch.no_grad():
+            tiny_model(**inputs)
+            audio = tiny_model.project_audio(
+                tiny_model.encode_audio(inputs["audio_data"], inputs["audio_data_seqlens"])
+            )
+            mask = inputs["input_ids"] == AUDIO_TOKEN_ID
+            rope = tiny_model.language_model.rotary_emb(
+                torch.arange(mask.shape[1])[None], seen[0].dtype
+            )
+            attn = attention_mask_4d(inputs["attention_mask"], mask.shape[1])
+            k = tiny_model.config.num_deepstack_mergers
+            assert k == 2 and len(audio.deepstack) == k
+            for index, layer in enumerate(layers):
+                injected = seen[index + 1] - layer(seen[index], rope, attn, None)
+                tol = 1e-6 * float(seen[index + 1].abs().max())  # float32 rounding of the sum
+                if index < k:
+                    torch.testing.assert_close(
+                        injected[mask], audio.deepstack[index], atol=tol, rtol=0
+                    )
+                    assert injected[~mask].abs().max() <= tol
+                else:
+                    assert injected.abs().max() <= tol
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_audio_count_mismatch_is_a_clear_error(processor, tiny_model) -> None:
+    inputs = prompt(processor, 2.0)
+    inputs["input_ids"][0, -3] = AUDIO_TOKEN_ID  # one <|AUDIO|> too many
+    with pytest.raises(ValueError, match="build inputs with the processor"):
+        tiny_model(**inputs)
+
+
+def test_loss_is_next_token_cross_entropy(processor, tiny_model) -> None:
+    inputs = prompt(processor, 2.0)
+    labels = inputs["input_ids"].clone()
+    labels[:, :-5] = -100  # train on the last 5 tokens only
+    with torch.no_grad():
+        out = tiny_model(**inputs, labels=labels)
+    logits = out.logits[0, -6:-1]
+    expected = torch.nn.functional.cross_entropy(logits, inputs["input_ids"][0, -5:])
+    torch.testing.assert_close(out.loss, expected)
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shard", [None, "2MB"])
+def test_save_and_from_pretrained_round_trip_is_bit_exact(
+    processor, tiny_model, tmp_path, shard
+) -> None:
+    kwargs = {"max_shard_size": shard} if shard else {}
+    tiny_model.save_pretrained(tmp_path, **kwargs)
+    assert (tmp_path / "model.safetensors.index.json").is_file() == bool(shard)
+    loaded, info = MossAudioModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ours, theirs = tiny_model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "moss_audio" and "rope_theta" in saved["language_config"]
+    inputs = prompt(processor, 1.5)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(**inputs).logits, loaded.eval()(**inputs).logits)
+
+
+def released_names(layers: int, decoder_layers: int, mergers: int) -> list[str]:
+    """The parameter names of a released checkpoint, spelled out from the release itself."""
+    names = [f"audio_encoder.conv{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")]
+    names += ["audio_encoder.stem_proj.weight", "audio_encoder.stem_proj.bias"]
+    for i in range(layers):
+        base = f"audio_encoder.layers.{i}."
+        names += [base + "self_attn.k_proj.weight"]
+        for p in (
+            "self_attn.q_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+            "fc1",
+            "fc2",
+            "self_attn_layer_norm",
+            "final_layer_norm",
+        ):
+            names += [f"{base}{p}.weight", f"{base}{p}.bias"]
+    names += ["audio_encoder.layer_norm.weight", "audio_encoder.layer_norm.bias"]
+    for prefix in ["audio_adapter"] + [f"deepstack_audio_merger_list.{k}" for k in range(mergers)]:
+        names += [f"{prefix}.{p}_proj.weight" for p in ("gate", "up", "down")]
+    names += ["language_model.embed_tokens.weight", "language_model.norm.weight", "lm_head.weight"]
+    for i in range(decoder_layers):
+        base = f"language_model.layers.{i}."
+        names += [base + f"self_attn.{p}_proj.weight" for p in "qkvo"]
+        names += [base + "self_attn.q_norm.weight", base + "self_attn.k_norm.weight"]
+        names += [base + f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+        names += [base + "input_layernorm.weight", base + "post_attention_layernorm.weight"]
+    return names
+
+
+def test_hand_written_released_directory_loads_cleanly(processor, tmp_path) -> None:
+    config = preset_config("tiny").to_dict()
+    config["audio_config"]["conv_chunksize"] = 500  # fields we do not use must not break loading
+    config["auto_map"] = {"AutoModel": "modeling_moss_audio.MossAudioModel"}
+    config["torch_dtype"] = "float32"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    shapes = {k: v.shape for k, v in MossAudioModel(preset_config("tiny")).state_dict().items()}
+    names = released_names(3, 4, 2)
+    assert sorted(names) == sorted(shapes)
+    generator = torch.Generator().manual_seed(7)
+    tensors = {n: torch.randn(shapes[n], generator=generator) * 0.05 for n in names}
+    half = len(names) // 2
+    shards = {
+        "model-00001-of-00002.safetensors": names[:half],
+        "model-00002-of-00002.safetensors": names[half:],
+    }
+    for filename, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, tmp_path / filename, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    model, info = MossAudioModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    assert not info["unexpected_keys"] and not info.get("mismatched_keys")
+    assert model.config.audio_config.extra["conv_chunksize"] == 500
+    state = model.state_dict()
+    assert all(torch.equal(state[n], tensors[n]) for n in names)
+    inputs = prompt(processor, 1.0)
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+def test_greedy_with_kv_cache_equals_full_recomputation(processor, windowed_model) -> None:
+    inputs = prompt(processor, 5.3)
+    cached = new_tokens(windowed_model, inputs, max_new_tokens=10)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    recomputed: list[int] = []
+    with torch.no_grad():
+        for _ in range(10):
+            logits = windowed_model(
+                ids, mask, inputs["audio_data"], inputs["audio_data_seqlens"]
+            ).logits
+            token = int(logits[0, -1].argmax())
+            recomputed.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+    assert cached == recomputed
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "windowed_model"])
+def test_batched_generation_equals_each_row_alone(processor, request, fixture) -> None:
+    model = request.getfixturevalue(fixture)
+    texts = ["Describe the audio.", "Transcribe the speech in this recording, please.", "Hi"]
+    clips = [noise(5.7, seed=1), noise(1.2, seed=2), tone(2.9) + noise(2.9, seed=3)]
+    batch = processor(text=texts, audios=clips)
+    batched = model.generate(**batch, max_new_tokens=8)[:, batch["input_ids"].shape[1] :]
+    for row, (text, clip) in enumerate(zip(texts, clips, strict=True)):
+        alone = new_tokens(model, processor(text=text, audios=[clip]), max_new_tokens=8)
+        assert batched[row, : len(alone)].tolist() == alone
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(processor, tiny_model) -> None:
+    inputs = prompt(processor, 2.0)
+    sample = {"do_sample": True, "temperature": 1.5, "max_new_tokens": 8}
+    first = new_tokens(tiny_model, inputs, seed=11, **sample)
+    assert new_tokens(tiny_model, inputs, seed=11, **sample) == first
+    others = {tuple(new_tokens(tiny_model, inputs, seed=s, **sample)) for s in range(12, 16)}
+    assert len(others | {tuple(first)}) > 1
+    greedy = new_tokens(tiny_model, inputs, max_new_tokens=8)
+    assert (
+        new_tokens(tiny_model, inputs, do_sample=True, top_k=1, seed=3, max_new_tokens=8) == greedy
+    )
+    assert (
+        new_tokens(tiny_model, inputs, do_sample=True, top_p=1e-6, seed=3, max_new_tokens=8)
+        == greedy
+    )
+
+
+def test_generation_stops_at_eos_and_pads(processor, tiny_model) -> None:
+    inputs = prompt(processor, 2.0)
+    free = new_tokens(tiny_model, inputs, max_new_tokens=6)
+    stop_at = free[2]
+    out = new_tokens(tiny_model, inputs, max_new_tokens=6, eos_token_id=stop_at)
+    assert out == free[: free.index(stop_at) + 1]
+    streamed: list[int] = []
+    new_tokens(tiny_model, inputs, max_new_tokens=6, streamer=lambda t: streamed.append(int(t[0])))
+    assert streamed == free
+
+
+def test_unsupported_generation_arguments_are_rejected(processor, tiny_model) -> None:
+    inputs = prompt(processor, 1.0)
+    with pytest.raises(TypeError, match="num_beams"):
+        tiny_model.generate(**inputs, num_beams=4)
