@@ -1,0 +1,91 @@
+"""One request end to end: audio -> segments -> batched generation -> text (+ thinking).
+
+Audio longer than the maximum segment is split at quiet points; the segments run as one
+left-padded batch (in groups of `batch_size`) and their answers are joined in order, each
+keeping its time offset so callers can shift timestamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .processor import MossAudioProcessor
+from .segment import DEFAULT_MAX_SEGMENT_SECONDS, split_audio
+from .thinking import split_thinking
+
+
+@dataclass
+class SegmentAnswer:
+    offset_seconds: float
+    duration_seconds: float
+    text: str
+    thinking: str | None
+    num_tokens: int
+
+
+@dataclass
+class InferenceResult:
+    text: str
+    thinking: str | None
+    segments: list[SegmentAnswer] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.segments)
+
+
+def run_inference(
+    model: torch.nn.Module,
+    processor: MossAudioProcessor,
+    audio: np.ndarray,
+    prompt: str,
+    *,
+    max_segment_seconds: float = DEFAULT_MAX_SEGMENT_SECONDS,
+    batch_size: int = 4,
+    on_step: Callable[[int], None] | None = None,
+    **generation: object,
+) -> InferenceResult:
+    """`on_step(n)` is called after every decoding step with the tokens produced so far."""
+    segments = split_audio(audio, max_seconds=max_segment_seconds)
+    answers: list[SegmentAnswer] = []
+    produced = 0
+    for first in range(0, len(segments), batch_size):
+        group = segments[first : first + batch_size]
+        inputs = processor(text=[prompt] * len(group), audios=[s.audio for s in group])
+
+        def count(tokens: torch.Tensor) -> None:
+            nonlocal produced
+            produced += len(tokens)
+            if on_step is not None:
+                on_step(produced)
+
+        new = model.generate(**inputs, streamer=count, **generation)
+        new = new[:, inputs["input_ids"].shape[1] :]
+        for segment, row in zip(group, new, strict=True):
+            ids = _strip_padding(row.tolist(), processor.pad_token_id)
+            split = split_thinking(processor.decode(ids))
+            answers.append(
+                SegmentAnswer(
+                    offset_seconds=segment.offset_seconds,
+                    duration_seconds=segment.duration_seconds,
+                    text=split.answer,
+                    thinking=split.thinking,
+                    num_tokens=len(ids),
+                )
+            )
+    thinking = [a.thinking for a in answers if a.thinking]
+    return InferenceResult(
+        text=" ".join(a.text for a in answers if a.text),
+        thinking="\n\n".join(thinking) if thinking else None,
+        segments=answers,
+    )
+
+
+def _strip_padding(ids: list[int], pad_id: int) -> list[int]:
+    while ids and ids[-1] == pad_id:
+        ids.pop()
+    return ids
