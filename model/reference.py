@@ -165,14 +165,13 @@ class ReferenceMossAudio(nn.Module):
             input_ids, audio_data, audio_data_seqlens
         )
         handles = self._hooks(deepstack, audio_mask)
+        options = {"eos_token_id": list(STOP_TOKEN_IDS), "pad_token_id": ENDOFTEXT_ID, **kwargs}
         try:
             return self.lm.generate(
                 inputs_embeds=embeds,
                 attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=max_new_tokens,
-                eos_token_id=list(STOP_TOKEN_IDS),
-                pad_token_id=ENDOFTEXT_ID,
-                **kwargs,
+                **options,
             )
         finally:
             for handle in handles:
