@@ -115,9 +115,6 @@ class MossAudioConfig(PretrainedConfig):
         out["language_config"] = language
         return out
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> MossAudioConfig:
-        return MossAudioConfig(**copy.deepcopy(self.to_dict(), memo))
-
 
 # --- Presets -------------------------------------------------------------------------------------
 
