@@ -1,0 +1,282 @@
+"""The job store: the source of truth for jobs and API keys (SQLite or PostgreSQL).
+
+Every state change is one short transaction. Transitions are guarded in SQL (`WHERE status IN
+...`), so a redelivered or duplicated task cannot move a finished or cancelled job, and two
+workers cannot both start the same stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.orm import sessionmaker
+
+from .models import ApiKey, Job, utcnow
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+KEY_PREFIX = "moss_"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the latest revision (idempotent; safe at every start-up)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    config.attributes["connection"] = engine
+    command.upgrade(config, "head")
+
+
+def hash_key(plain: str) -> str:
+    # API keys are 256-bit random strings, so a plain SHA-256 is enough (no brute force).
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant: str
+    scopes: tuple[str, ...]
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def connect(cls, url: str, run_migrations: bool = True) -> JobStore:
+        engine = make_engine(url)
+        if run_migrations:
+            migrate(engine)
+        return cls(engine)
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def create_job(self, **fields: Any) -> Job:
+        now = utcnow()
+        job = Job(
+            id=fields.pop("id", None) or str(uuid.uuid4()),
+            status="queued",
+            stage="queued",
+            progress=0.0,
+            timings={},
+            attempts=0,
+            cancel_requested=False,
+            created_at=now,
+            updated_at=now,
+            **fields,
+        )
+        with self.sessions.begin() as session:
+            session.add(job)
+        return job
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            return job
+
+    def list_jobs(
+        self, tenant: str, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Job], int]:
+        query = select(Job).where(Job.tenant == tenant)
+        if status:
+            query = query.where(Job.status == status)
+        with self.sessions() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(
+                query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+            ).all()
+            return list(rows), int(total or 0)
+
+    def delete_job(self, job_id: str) -> None:
+        with self.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is not None:
+                session.delete(job)
+
+    def _update(self, job_id: str, where: tuple[str, ...], **values: Any) -> bool:
+        values["updated_at"] = utcnow()
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_(where)).values(**values)
+            )
+            return result.rowcount == 1
+
+    def start_stage(self, job_id: str, stage: str) -> bool:
+        """Mark `stage` running. False when the job is finished or cancelled (skip the work)."""
+        job = self.get_job(job_id)
+        if job is None or job.status in FINISHED or job.cancel_requested:
+            return False
+        timings = dict(job.timings or {})
+        timings[stage] = {"started_at": utcnow().isoformat()}
+        return self._update(
+            job_id,
+            ACTIVE,
+            status="running",
+            stage=stage,
+            heartbeat_at=utcnow(),
+            timings=timings,
+            attempts=job.attempts + 1,
+        )
+
+    def finish_stage(self, job_id: str, stage: str, **values: Any) -> bool:
+        job = self.get_job(job_id)
+        if job is None:
+            return False
+        timings = dict(job.timings or {})
+        entry = dict(timings.get(stage, {}))
+        entry["finished_at"] = utcnow().isoformat()
+        if "started_at" in entry:
+            started = datetime.fromisoformat(entry["started_at"])
+            entry["seconds"] = round((utcnow() - started).total_seconds(), 4)
+        timings[stage] = entry
+        return self._update(job_id, ACTIVE, timings=timings, heartbeat_at=utcnow(), **values)
+
+    def heartbeat(self, job_id: str, progress: float | None = None) -> bool:
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values["progress"] = max(0.0, min(1.0, progress))
+        return self._update(job_id, ("running",), **values)
+
+    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+        now = utcnow()
+        return self._update(
+            job_id,
+            ACTIVE,
+            status="succeeded",
+            stage="done",
+            progress=1.0,
+            result=result,
+            finished_at=now,
+        )
+
+    def fail(self, job_id: str, code: str, message: str) -> bool:
+        return self._update(
+            job_id,
+            ACTIVE,
+            status="failed",
+            error={"code": code, "message": message},
+            finished_at=utcnow(),
+        )
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Cancel a job: queued jobs end at once; running ones stop at the next step."""
+        return self._update(
+            job_id,
+            ACTIVE,
+            cancel_requested=True,
+            status="cancelled",
+            finished_at=utcnow(),
+        )
+
+    def is_cancelled(self, job_id: str) -> bool:
+        with self.sessions() as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            return status in (None, "cancelled")
+
+    def requeue(self, job_id: str) -> bool:
+        return self._update(job_id, ("running",), status="queued", heartbeat_at=None)
+
+    def stale_jobs(self, older_than_s: float) -> list[Job]:
+        """Running jobs whose worker has not reported for `older_than_s` (it died)."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)
+            ).all()
+            return list(rows)
+
+    def queued_jobs(self, older_than_s: float) -> list[Job]:
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(Job).where(Job.status == "queued", Job.updated_at < cutoff)
+            ).all()
+            return list(rows)
+
+    # --- API keys ------------------------------------------------------------------------
+
+    def create_key(
+        self, tenant: str, scopes: list[str], name: str = "", plain: str | None = None
+    ) -> tuple[str, ApiKey]:
+        """Returns the plain key (shown once, never stored) and its record."""
+        plain = plain or KEY_PREFIX + secrets.token_urlsafe(32)
+        record = ApiKey(
+            id=str(uuid.uuid4()),
+            tenant=tenant,
+            name=name or tenant,
+            prefix=plain[:12],
+            key_hash=hash_key(plain),
+            scopes=list(scopes),
+            created_at=utcnow(),
+        )
+        with self.sessions.begin() as session:
+            existing = session.scalar(select(ApiKey).where(ApiKey.key_hash == record.key_hash))
+            if existing is not None:
+                return plain, existing
+            session.add(record)
+        return plain, record
+
+    def authenticate(self, plain: str) -> Principal | None:
+        with self.sessions() as session:
+            record = session.scalar(
+                select(ApiKey).where(
+                    ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None)
+                )
+            )
+            if record is None:
+                return None
+            return Principal(record.id, record.tenant, tuple(record.scopes))
+
+    def revoke_key(self, key_id: str, tenant: str | None = None) -> bool:
+        with self.sessions.begin() as session:
+            record = session.get(ApiKey, key_id)
+            if record is None or (tenant is not None and record.tenant != tenant):
+                return False
+            record.revoked_at = record.revoked_at or datetime.now(UTC)
+            return True
+
+    def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        query = select(ApiKey).order_by(ApiKey.created_at)
+        if tenant is not None:
+            query = query.where(ApiKey.tenant == tenant)
+        with self.sessions() as session:
+            return list(session.scalars(query).all())

@@ -1,0 +1,87 @@
+"""Settings: every knob is a `MOSS_*` environment variable (documented in docs/configuration.md).
+
+One `Settings` object per process, read once at start-up. Secrets are `SecretStr`, so they never
+appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOSS_", extra="ignore")
+
+    # Where the embedded stack keeps its state (database, objects, keys, checkpoints, logs).
+    home: Path = Path(".moss")
+
+    # Gateway
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: SecretStr | None = Field(
+        default=None, description="Admin API key for `mossctl up`; generated once when unset."
+    )
+    max_upload_mb: float = 100.0
+    max_audio_seconds: float = 3600.0
+    default_model: str = "tiny"
+    public_url: str | None = None
+
+    # State
+    database_url: str | None = None  # default: SQLite under MOSS_HOME
+    redis_url: str | None = None  # default for `mossctl up`: an embedded Valkey
+    storage: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = None  # local backend root; default MOSS_HOME/objects
+    s3_endpoint: str | None = None  # host:port or URL of any S3 API
+    s3_bucket: str = "moss-audio"
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str | None = None
+    s3_secure: bool = True
+
+    # Models: name -> checkpoint directory, as "name=/path,other=/path"; plus a search root.
+    models: str = ""
+    models_dir: Path | None = None  # default MOSS_HOME/models: each subdirectory is a model
+
+    # Workers
+    max_segment_seconds: float = 120.0
+    generator_max_batch: int = 8
+    generator_concurrency: int = 8
+    task_time_limit_s: int = 1800
+    task_max_retries: int = 5
+    sweep_after_s: int = 120  # a running job whose heartbeat is older than this is re-enqueued
+    heartbeat_s: float = 5.0
+    device: str = "cpu"
+    max_new_tokens: int = 512
+
+    @field_validator("max_upload_mb", "max_audio_seconds")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'moss.db').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.home / "objects").resolve()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.home / "models").resolve()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

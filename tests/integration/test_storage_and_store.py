@@ -1,0 +1,124 @@
+"""The storage backends (local directory, S3 over HTTP) and the job store (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+
+from services.storage import LocalStorage, ObjectNotFound, S3Storage
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path, s3_endpoint):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "objects")
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    return S3Storage(s3_endpoint, bucket, "test", "test", region="us-east-1", secure=False)
+
+
+def test_round_trip_and_delete(storage) -> None:
+    data = b"\x00\x01" * 100_000
+    storage.put_file("audio/t1/job.bin", io.BytesIO(data), len(data))
+    assert storage.exists("audio/t1/job.bin")
+    assert storage.get_bytes("audio/t1/job.bin") == data
+    storage.put_bytes("features/abc.safetensors", b"xyz")
+    assert storage.get_bytes("features/abc.safetensors") == b"xyz"
+    storage.delete("audio/t1/job.bin")
+    assert not storage.exists("audio/t1/job.bin")
+    with pytest.raises(ObjectNotFound):
+        storage.get_bytes("audio/t1/job.bin")
+    storage.ping()
+
+
+def test_failed_write_leaves_nothing(storage) -> None:
+    class Broken(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            if self.sent > 100_000:
+                raise OSError("client went away")
+            self.sent += 50_000
+            return b"a" * 50_000
+
+    with pytest.raises(OSError):
+        storage.put_file("audio/t1/broken.bin", Broken(), 1_000_000)
+    assert not storage.exists("audio/t1/broken.bin")
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", ""])
+def test_unsafe_keys_are_refused(tmp_path, key) -> None:
+    with pytest.raises(ValueError):
+        LocalStorage(tmp_path).put_bytes(key, b"x")
+
+
+def _job(store, tenant="acme"):
+    return store.create_job(
+        tenant=tenant,
+        task="caption",
+        prompt=None,
+        model="tiny",
+        params={},
+        audio_key="k",
+        audio_sha256="0" * 64,
+        audio_seconds=1.0,
+    )
+
+
+def test_job_lifecycle(job_store) -> None:
+    job = _job(job_store)
+    assert job_store.get_job(job.id).status == "queued"
+    assert job_store.start_stage(job.id, "encode")
+    assert job_store.finish_stage(job.id, "encode", features_key="f")
+    assert job_store.start_stage(job.id, "generate")
+    assert job_store.heartbeat(job.id, progress=0.5)
+    assert job_store.succeed(job.id, {"text": "a dog barks"})
+    done = job_store.get_job(job.id)
+    assert done.status == "succeeded" and done.result == {"text": "a dog barks"}
+    assert done.progress == 1.0 and done.features_key == "f"
+    assert set(done.timings) == {"encode", "generate"} and done.timings["encode"]["seconds"] >= 0
+    # A redelivered task cannot move a finished job.
+    assert not job_store.start_stage(job.id, "generate")
+    assert not job_store.fail(job.id, "x", "y")
+
+
+def test_cancel_and_tenants(job_store) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    job = _job(job_store, tenant)
+    assert job_store.get_job(job.id, tenant="someone-else") is None
+    assert job_store.request_cancel(job.id)
+    assert job_store.is_cancelled(job.id)
+    assert not job_store.start_stage(job.id, "encode")
+    other = _job(job_store, tenant)
+    rows, total = job_store.list_jobs(tenant)
+    assert total == 2 and [r.id for r in rows] == [other.id, job.id]
+    rows, total = job_store.list_jobs(tenant, status="cancelled")
+    assert total == 1 and rows[0].id == job.id
+    rows, _ = job_store.list_jobs(tenant, limit=1, offset=1)
+    assert [r.id for r in rows] == [job.id]
+
+
+def test_stale_running_jobs_are_found(job_store) -> None:
+    job = _job(job_store)
+    job_store.start_stage(job.id, "encode")
+    assert job.id in {j.id for j in job_store.stale_jobs(older_than_s=-1)}
+    assert job.id not in {j.id for j in job_store.stale_jobs(older_than_s=3600)}
+    assert job_store.requeue(job.id)
+    assert job_store.get_job(job.id).status == "queued"
+
+
+def test_api_keys(job_store) -> None:
+    plain, record = job_store.create_key("acme", ["jobs"], name="ci")
+    principal = job_store.authenticate(plain)
+    assert principal.tenant == "acme" and principal.can("jobs") and not principal.can("admin")
+    assert record.key_hash != plain and plain.startswith("moss_")
+    assert job_store.authenticate(plain + "x") is None
+    assert job_store.revoke_key(record.id)
+    assert job_store.authenticate(plain) is None
