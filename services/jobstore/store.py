@@ -24,6 +24,9 @@ from .models import ApiKey, Job, utcnow
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
+# A stage can be claimed when the job waits in the stage before it.
+WAITING_FOR = {"encode": "queued", "generate": "encoded"}
+NEXT_STAGE = {"encode": "encoded", "generate": "done"}
 KEY_PREFIX = "moss_"
 
 
@@ -132,24 +135,29 @@ class JobStore:
             if job is not None:
                 session.delete(job)
 
-    def _update(self, job_id: str, where: tuple[str, ...], **values: Any) -> bool:
+    def _update(self, job_id: str, *conditions: Any, **values: Any) -> bool:
         values["updated_at"] = utcnow()
         with self.sessions.begin() as session:
             result = session.execute(
-                update(Job).where(Job.id == job_id, Job.status.in_(where)).values(**values)
+                update(Job).where(Job.id == job_id, *conditions).values(**values)
             )
             return result.rowcount == 1
 
-    def start_stage(self, job_id: str, stage: str) -> bool:
-        """Mark `stage` running. False when the job is finished or cancelled (skip the work)."""
+    def claim_stage(self, job_id: str, stage: str) -> bool:
+        """Take `stage` ("encode" or "generate") of a job: True for exactly one caller.
+
+        A redelivered or duplicated task finds the stage already taken (or the job finished or
+        cancelled) and must skip its work.
+        """
         job = self.get_job(job_id)
-        if job is None or job.status in FINISHED or job.cancel_requested:
+        if job is None:
             return False
         timings = dict(job.timings or {})
         timings[stage] = {"started_at": utcnow().isoformat()}
         return self._update(
             job_id,
-            ACTIVE,
+            Job.stage == WAITING_FOR[stage],
+            Job.status.in_(ACTIVE),
             status="running",
             stage=stage,
             heartbeat_at=utcnow(),
@@ -157,7 +165,8 @@ class JobStore:
             attempts=job.attempts + 1,
         )
 
-    def finish_stage(self, job_id: str, stage: str, **values: Any) -> bool:
+    def complete_stage(self, job_id: str, stage: str, **values: Any) -> bool:
+        """Hand the job to the next stage ("encode" -> "encoded", waiting for a generator)."""
         job = self.get_job(job_id)
         if job is None:
             return False
@@ -168,40 +177,38 @@ class JobStore:
             started = datetime.fromisoformat(entry["started_at"])
             entry["seconds"] = round((utcnow() - started).total_seconds(), 4)
         timings[stage] = entry
-        return self._update(job_id, ACTIVE, timings=timings, heartbeat_at=utcnow(), **values)
+        if stage == "generate":
+            values.update(status="succeeded", progress=1.0, finished_at=utcnow())
+        return self._update(
+            job_id,
+            Job.stage == stage,
+            Job.status == "running",
+            stage=NEXT_STAGE[stage],
+            timings=timings,
+            heartbeat_at=utcnow(),
+            **values,
+        )
 
     def heartbeat(self, job_id: str, progress: float | None = None) -> bool:
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if progress is not None:
             values["progress"] = max(0.0, min(1.0, progress))
-        return self._update(job_id, ("running",), **values)
-
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        now = utcnow()
-        return self._update(
-            job_id,
-            ACTIVE,
-            status="succeeded",
-            stage="done",
-            progress=1.0,
-            result=result,
-            finished_at=now,
-        )
+        return self._update(job_id, Job.status == "running", **values)
 
     def fail(self, job_id: str, code: str, message: str) -> bool:
         return self._update(
             job_id,
-            ACTIVE,
+            Job.status.in_(ACTIVE),
             status="failed",
             error={"code": code, "message": message},
             finished_at=utcnow(),
         )
 
     def request_cancel(self, job_id: str) -> bool:
-        """Cancel a job: queued jobs end at once; running ones stop at the next step."""
+        """Cancel a job: queued jobs end at once; running ones stop at their next step."""
         return self._update(
             job_id,
-            ACTIVE,
+            Job.status.in_(ACTIVE),
             cancel_requested=True,
             status="cancelled",
             finished_at=utcnow(),
@@ -212,25 +219,46 @@ class JobStore:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
             return status in (None, "cancelled")
 
-    def requeue(self, job_id: str) -> bool:
-        return self._update(job_id, ("running",), status="queued", heartbeat_at=None)
+    def release_stale(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Give back the stages of running jobs whose worker stopped reporting (it died).
 
-    def stale_jobs(self, older_than_s: float) -> list[Job]:
-        """Running jobs whose worker has not reported for `older_than_s` (it died)."""
+        Returns (job id, stage to enqueue again). A guarded update, so when several sweepers
+        race, each stale stage is released once.
+        """
         cutoff = utcnow() - timedelta(seconds=older_than_s)
         with self.sessions() as session:
-            rows = session.scalars(
-                select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)
+            stale = session.execute(
+                select(Job.id, Job.stage).where(
+                    Job.status == "running", Job.stage.in_(WAITING_FOR), Job.heartbeat_at < cutoff
+                )
             ).all()
-            return list(rows)
+        released = []
+        for job_id, stage in stale:
+            if self._update(
+                job_id,
+                Job.stage == stage,
+                Job.status == "running",
+                Job.heartbeat_at < cutoff,
+                stage=WAITING_FOR[stage],
+                heartbeat_at=None,
+            ):
+                released.append((job_id, stage))
+        return released
 
-    def queued_jobs(self, older_than_s: float) -> list[Job]:
+    def touch(self, job_id: str) -> bool:
+        return self._update(job_id, Job.status.in_(ACTIVE))
+
+    def waiting(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Jobs waiting for a stage for longer than `older_than_s`: (job id, stage)."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)
+        waiting_stage = {v: k for k, v in WAITING_FOR.items()}
         with self.sessions() as session:
-            rows = session.scalars(
-                select(Job).where(Job.status == "queued", Job.updated_at < cutoff)
+            rows = session.execute(
+                select(Job.id, Job.stage).where(
+                    Job.status.in_(ACTIVE), Job.stage.in_(waiting_stage), Job.updated_at < cutoff
+                )
             ).all()
-            return list(rows)
+        return [(job_id, waiting_stage[stage]) for job_id, stage in rows]
 
     # --- API keys ------------------------------------------------------------------------
 

@@ -75,17 +75,21 @@ def _job(store, tenant="acme"):
 def test_job_lifecycle(job_store) -> None:
     job = _job(job_store)
     assert job_store.get_job(job.id).status == "queued"
-    assert job_store.start_stage(job.id, "encode")
-    assert job_store.finish_stage(job.id, "encode", features_key="f")
-    assert job_store.start_stage(job.id, "generate")
+    assert not job_store.claim_stage(job.id, "generate")  # not encoded yet
+    assert job_store.claim_stage(job.id, "encode")
+    assert not job_store.claim_stage(job.id, "encode")  # a duplicate delivery skips
+    assert job_store.complete_stage(job.id, "encode", features_key="f")
+    assert job_store.get_job(job.id).stage == "encoded"
+    assert job_store.claim_stage(job.id, "generate")
     assert job_store.heartbeat(job.id, progress=0.5)
-    assert job_store.succeed(job.id, {"text": "a dog barks"})
+    assert job_store.complete_stage(job.id, "generate", result={"text": "a dog barks"})
     done = job_store.get_job(job.id)
     assert done.status == "succeeded" and done.result == {"text": "a dog barks"}
-    assert done.progress == 1.0 and done.features_key == "f"
+    assert done.progress == 1.0 and done.features_key == "f" and done.stage == "done"
     assert set(done.timings) == {"encode", "generate"} and done.timings["encode"]["seconds"] >= 0
+    assert done.attempts == 2
     # A redelivered task cannot move a finished job.
-    assert not job_store.start_stage(job.id, "generate")
+    assert not job_store.claim_stage(job.id, "generate")
     assert not job_store.fail(job.id, "x", "y")
 
 
@@ -95,7 +99,7 @@ def test_cancel_and_tenants(job_store) -> None:
     assert job_store.get_job(job.id, tenant="someone-else") is None
     assert job_store.request_cancel(job.id)
     assert job_store.is_cancelled(job.id)
-    assert not job_store.start_stage(job.id, "encode")
+    assert not job_store.claim_stage(job.id, "encode")
     other = _job(job_store, tenant)
     rows, total = job_store.list_jobs(tenant)
     assert total == 2 and [r.id for r in rows] == [other.id, job.id]
@@ -105,13 +109,15 @@ def test_cancel_and_tenants(job_store) -> None:
     assert [r.id for r in rows] == [job.id]
 
 
-def test_stale_running_jobs_are_found(job_store) -> None:
+def test_stale_stages_are_released_once(job_store) -> None:
     job = _job(job_store)
-    job_store.start_stage(job.id, "encode")
-    assert job.id in {j.id for j in job_store.stale_jobs(older_than_s=-1)}
-    assert job.id not in {j.id for j in job_store.stale_jobs(older_than_s=3600)}
-    assert job_store.requeue(job.id)
-    assert job_store.get_job(job.id).status == "queued"
+    job_store.claim_stage(job.id, "encode")
+    assert (job.id, "encode") not in job_store.release_stale(older_than_s=3600)
+    assert (job.id, "encode") in job_store.release_stale(older_than_s=-1)
+    assert (job.id, "encode") not in job_store.release_stale(older_than_s=-1)
+    assert job_store.get_job(job.id).stage == "queued"
+    assert (job.id, "encode") in job_store.waiting(older_than_s=-1)
+    assert job_store.claim_stage(job.id, "encode")
 
 
 def test_api_keys(job_store) -> None:
