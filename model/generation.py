@@ -77,13 +77,14 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     streamer: Streamer | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool | torch.Tensor] | None = None,
     **unsupported: object,
 ) -> torch.LongTensor:
     """Returns the new tokens only, (B, n) with n <= max_new_tokens.
 
-    `should_stop` is polled between steps (cancellation); `streamer` receives each step's (B,)
-    tokens as they are chosen.
+    `should_stop` is polled between steps (cancellation): True stops every row, a (B,) bool
+    tensor stops the rows it marks (they emit padding from then on); `streamer` receives each
+    step's (B,) tokens as they are chosen.
     """
     ignored = {k for k, v in unsupported.items() if v is not None} - {"use_cache", "return_dict"}
     if ignored:
@@ -126,8 +127,10 @@ def generate(
         if streamer is not None:
             streamer(token)
         finished |= torch.isin(token, stop_ids)
-        last = step == params.max_new_tokens - 1
-        if last or bool(finished.all()) or (should_stop is not None and should_stop()):
+        if should_stop is not None:
+            stop = should_stop()
+            finished |= stop.to(device) if isinstance(stop, torch.Tensor) else bool(stop)
+        if step == params.max_new_tokens - 1 or bool(finished.all()):
             break
         attention_mask = torch.cat([attention_mask, ones], dim=1)
         logits = model(token[:, None], attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]

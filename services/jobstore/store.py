@@ -245,6 +245,14 @@ class JobStore:
                 released.append((job_id, stage))
         return released
 
+    def record_timing(self, job_id: str, stage: str, **extra: Any) -> None:
+        """Add details (e.g. cache_hit) to a stage's timing entry."""
+        job = self.get_job(job_id)
+        if job is not None:
+            timings = dict(job.timings or {})
+            timings[stage] = {**timings.get(stage, {}), **extra}
+            self._update(job_id, timings=timings)
+
     def touch(self, job_id: str) -> bool:
         return self._update(job_id, Job.status.in_(ACTIVE))
 

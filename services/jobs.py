@@ -1,0 +1,330 @@
+"""The job path as plain functions: submit, encode, generate, sweep.
+
+The gateway calls `submit_job`; Celery tasks are thin wrappers over `encode_job` and
+`generate_job`; the sweeper runs `sweep`. Tests call them directly, without a broker. Messages
+carry job ids only: audio and features travel through the object store (claim checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from model import AudioDecodeError, EncoderOutput, load_audio, split_audio
+from model.features import SAMPLE_RATE, log_mel_spectrogram
+from model.processor import default_prompt
+from model.thinking import split_thinking
+
+from .errors import ApiError
+from .jobstore import Job, JobStore, Principal
+from .models import ModelCache, ModelNotFound, model_version, resolve
+from .settings import Settings
+from .storage import Storage
+from .timestamps import parse_timestamps
+
+log = logging.getLogger("moss.jobs")
+
+TASK_PROMPTS = {
+    "transcribe": "Transcribe the speech in this audio.",
+    "transcribe_timestamps": (
+        "Transcribe the speech in this audio with timestamps for each sentence."
+    ),
+    "caption": "Describe this audio in detail.",
+}
+TASKS = (*TASK_PROMPTS, "ask", "chat")
+Enqueue = Callable[[str, str], None]  # (stage, job_id)
+PROGRESS_EVERY_S = 0.25
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    models: ModelCache
+    enqueue: Enqueue
+
+
+# --- submit ----------------------------------------------------------------------------------
+
+
+def submit_job(
+    ctx: Context,
+    principal: Principal,
+    upload: BinaryIO,
+    size: int,
+    task: str,
+    prompt: str | None,
+    model: str | None,
+    max_new_tokens: int | None,
+    temperature: float,
+) -> Job:
+    """Validate, store the audio, record the job (durable from here), enqueue the encoder."""
+    settings = ctx.settings
+    if task not in TASKS:
+        raise ApiError(422, "invalid_task", f"task must be one of {', '.join(TASKS)}")
+    if task in ("ask", "chat") and not (prompt or "").strip():
+        raise ApiError(422, "prompt_required", f"task {task!r} needs a prompt")
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= 8192:
+        raise ApiError(422, "invalid_max_new_tokens", "max_new_tokens must be in 1..8192")
+    if not 0.0 <= temperature <= 2.0:
+        raise ApiError(422, "invalid_temperature", "temperature must be in 0..2")
+    try:
+        spec = resolve(model, settings)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_model", str(exc)) from exc
+    except ModelNotFound as exc:
+        raise ApiError(422, "unknown_model", str(exc)) from exc
+    if size > settings.max_upload_bytes:
+        raise ApiError(413, "upload_too_large", f"the upload exceeds {settings.max_upload_mb} MB")
+    if size == 0:
+        raise ApiError(415, "empty_audio", "the uploaded file is empty")
+
+    upload.seek(0)
+    data = upload.read()
+    try:
+        audio = load_audio(data)
+    except AudioDecodeError as exc:
+        raise ApiError(415, exc.code, exc.message) from exc
+    seconds = len(audio) / SAMPLE_RATE
+    if seconds > settings.max_audio_seconds:
+        raise ApiError(
+            422,
+            "audio_too_long",
+            f"the audio lasts {seconds:.1f} s; the limit is {settings.max_audio_seconds:g} s",
+        )
+    if seconds < 0.1:
+        raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
+
+    job_id = str(uuid.uuid4())
+    audio_key = f"audio/{principal.tenant}/{job_id}"
+    upload.seek(0)
+    ctx.storage.put_file(audio_key, upload, size)
+    try:
+        job = ctx.store.create_job(
+            id=job_id,
+            tenant=principal.tenant,
+            task=task,
+            prompt=prompt,
+            model=spec.ref,
+            params={
+                "max_new_tokens": max_new_tokens or settings.max_new_tokens,
+                "temperature": temperature,
+            },
+            audio_key=audio_key,
+            audio_sha256=hashlib.sha256(data).hexdigest(),
+            audio_seconds=round(seconds, 3),
+        )
+    except BaseException:
+        ctx.storage.delete(audio_key)  # nothing left behind
+        raise
+    try:
+        ctx.enqueue("encode", job.id)
+    except Exception:
+        log.warning("could not enqueue job %s now; the sweeper will", job.id, exc_info=True)
+    return job
+
+
+# --- encode ----------------------------------------------------------------------------------
+
+
+def features_key(audio_sha256: str, version: str) -> str:
+    return f"features/{audio_sha256}-{version}.safetensors"
+
+
+def encode_job(ctx: Context, job_id: str) -> bool:
+    """Audio -> segments -> mel -> encoder -> features in the object store (content-addressed).
+
+    Returns True when the generator should run next, False when this delivery had nothing to do
+    (stage already taken, job cancelled or gone).
+    """
+    if not ctx.store.claim_stage(job_id, "encode"):
+        return False
+    job = ctx.store.get_job(job_id)
+    spec = resolve(job.model, ctx.settings)
+    version = model_version(spec.path)
+    key = features_key(job.audio_sha256, version)
+    cached = ctx.storage.exists(key)
+    if not cached:
+        with heartbeat(ctx, job_id):
+            loaded = ctx.models.get(spec)
+            audio = load_audio(ctx.storage.get_bytes(job.audio_key))
+            ctx.storage.put_bytes(key, encode_features(loaded.model, audio, ctx.settings))
+    ctx.store.complete_stage(job_id, "encode", features_key=key, progress=0.1)
+    ctx.store.record_timing(job_id, "encode", cache_hit=cached)
+    return True
+
+
+def encode_features(model: torch.nn.Module, audio: np.ndarray, settings: Settings) -> bytes:
+    """Encoder outputs for every segment, as one safetensors blob."""
+    segments = split_audio(audio, max_seconds=settings.max_segment_seconds)
+    mels = [log_mel_spectrogram(s.audio) for s in segments]
+    frames = max(m.shape[-1] for m in mels)
+    batch = torch.zeros(len(mels), mels[0].shape[0], frames)
+    for i, mel in enumerate(mels):
+        batch[i, :, : mel.shape[-1]] = mel
+    lengths = torch.tensor([m.shape[-1] for m in mels])
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.encode_audio(batch.to(device), lengths.to(device))
+    counts = out.token_lengths.tolist()
+    tensors: dict[str, torch.Tensor] = {}
+    for i, features in enumerate(out.features.split(counts)):
+        tensors[f"features.{i}"] = features.contiguous().cpu()
+    for k, tap in enumerate(out.taps):
+        for i, part in enumerate(tap.split(counts)):
+            tensors[f"tap{k}.{i}"] = part.contiguous().cpu()
+    meta = [
+        {"offset": s.offset_seconds, "duration": s.duration_seconds, "tokens": n}
+        for s, n in zip(segments, counts, strict=True)
+    ]
+    return save_safetensors(tensors, metadata={"segments": json.dumps(meta)})
+
+
+def load_features(blob: bytes) -> tuple[list[dict], list[EncoderOutput]]:
+    tensors = load_safetensors(blob)
+    segments = json.loads(_metadata(blob)["segments"])
+    taps = sorted({int(k[3:].split(".")[0]) for k in tensors if k.startswith("tap")})
+    outputs = [
+        EncoderOutput(
+            features=tensors[f"features.{i}"],
+            taps=[tensors[f"tap{k}.{i}"] for k in taps],
+            token_lengths=torch.tensor([s["tokens"]]),
+        )
+        for i, s in enumerate(segments)
+    ]
+    return segments, outputs
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    """The safetensors header's `__metadata__` (8-byte length, then JSON)."""
+    header_len = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
+
+
+# --- generate --------------------------------------------------------------------------------
+
+
+def generate_job(ctx: Context, job_id: str, engine_for: Callable[[object], object]) -> bool:
+    """Features -> adapter/mergers -> prompt -> engine -> result in the job store."""
+    from .generator.engine import GenerationRequest
+
+    if not ctx.store.claim_stage(job_id, "generate"):
+        return False
+    job = ctx.store.get_job(job_id)
+    loaded = ctx.models.get(resolve(job.model, ctx.settings))
+    segments, encoded = load_features(ctx.storage.get_bytes(job.features_key))
+    instruction = job.prompt if job.task in ("ask", "chat") else TASK_PROMPTS[job.task]
+    if job.task in ("transcribe", "transcribe_timestamps", "caption") and job.prompt:
+        instruction = f"{instruction} {job.prompt}"
+    params = job.params or {}
+    engine = engine_for(loaded)
+    device = next(loaded.model.parameters()).device
+    handles = []
+    with torch.inference_mode():
+        for segment, output in zip(segments, encoded, strict=True):
+            output = EncoderOutput(
+                features=output.features.to(device),
+                taps=[t.to(device) for t in output.taps],
+                token_lengths=output.token_lengths,
+            )
+            audio = loaded.model.project_audio(output)
+            ids = loaded.processor.encode_prompt(default_prompt(instruction), [segment["tokens"]])
+            handles.append(
+                engine.submit(
+                    GenerationRequest(
+                        prompt_ids=ids,
+                        audio=audio,
+                        max_new_tokens=int(params.get("max_new_tokens", 512)),
+                        temperature=float(params.get("temperature", 0.0)),
+                    )
+                )
+            )
+
+    budget = sum(h.request.max_new_tokens for h in handles)
+    with heartbeat(ctx, job_id):
+        while not all(h.done for h in handles):
+            time.sleep(PROGRESS_EVERY_S)
+            if ctx.store.is_cancelled(job_id):
+                for handle in handles:
+                    handle.cancel()  # the engine stops these rows at its next step
+                break
+            produced = sum(len(h.tokens) for h in handles)
+            ctx.store.heartbeat(job_id, progress=0.1 + 0.9 * produced / max(budget, 1))
+        for handle in handles:
+            handle.result()
+    if ctx.store.is_cancelled(job_id):
+        return False
+    result = build_result(job.task, loaded.processor, segments, [h.tokens for h in handles])
+    ctx.store.complete_stage(job_id, "generate", result=result)
+    return True
+
+
+def build_result(task: str, processor, segments: list[dict], outputs: list[list[int]]) -> dict:
+    texts, thoughts, timed = [], [], []
+    for segment, tokens in zip(segments, outputs, strict=True):
+        split = split_thinking(processor.decode(tokens))
+        texts.append(split.answer)
+        if split.thinking:
+            thoughts.append(split.thinking)
+        if task == "transcribe_timestamps":
+            for item in parse_timestamps(split.answer, offset=segment["offset"]):
+                timed.append({"start": item.start, "end": item.end, "text": item.text})
+    result: dict = {"text": " ".join(t for t in texts if t)}
+    if task == "transcribe_timestamps":
+        result["segments"] = timed
+    if thoughts:
+        result["thinking"] = "\n\n".join(thoughts)
+    return result
+
+
+@contextmanager
+def heartbeat(ctx: Context, job_id: str):
+    """Report liveness every MOSS_HEARTBEAT_S while a stage runs, so the sweeper can tell a
+    slow stage from a dead worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ctx.settings.heartbeat_s):
+            try:
+                ctx.store.heartbeat(job_id)
+            except Exception:
+                log.warning("heartbeat for %s failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+
+def sweep(ctx: Context) -> list[tuple[str, str]]:
+    """Re-enqueue what a dead worker left: stale running stages, and jobs never picked up."""
+    settings = ctx.settings
+    actions = ctx.store.release_stale(older_than_s=settings.sweep_after_s)
+    actions += ctx.store.waiting(older_than_s=settings.sweep_after_s * 5)
+    for job_id, stage in actions:
+        try:
+            ctx.enqueue(stage, job_id)
+            ctx.store.touch(job_id)
+        except Exception:
+            log.warning("sweeper could not enqueue %s for %s", stage, job_id, exc_info=True)
+    return actions

@@ -1,0 +1,126 @@
+"""Which checkpoint serves a job, and loading it once per process.
+
+A job names a model as `name` or `name@alias`. Today names resolve to local checkpoint
+directories: `MOSS_MODELS="name=/path,other=/path"` and every subdirectory of `MOSS_MODELS_DIR`
+(default `MOSS_HOME/models`) that holds a `config.json`. Aliases resolve through the MLflow
+registry once the model lifecycle lands; a local directory answers to any alias for now (said in
+docs/configuration.md). The model version is a digest of the checkpoint's config and weights, so
+cached features are never reused across different weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DIGEST_FILE = ".moss-digest.json"
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    alias: str | None
+    path: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias else self.name
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    name, _, alias = ref.partition("@")
+    if not _NAME.match(name) or (alias and not _NAME.match(alias)):
+        raise ValueError(f"invalid model reference {ref!r}: use `name` or `name@alias`")
+    return name, alias or None
+
+
+def available_models(settings: Settings) -> dict[str, Path]:
+    models: dict[str, Path] = {}
+    root = settings.resolved_models_dir
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if (child / "config.json").is_file():
+                models[child.name] = child
+    for entry in filter(None, (e.strip() for e in settings.models.split(","))):
+        name, sep, path = entry.partition("=")
+        if not sep:
+            raise ValueError(f"MOSS_MODELS entry {entry!r} must be name=/path")
+        models[name.strip()] = Path(path.strip()).expanduser()
+    return models
+
+
+def resolve(ref: str | None, settings: Settings) -> ModelSpec:
+    name, alias = parse_ref(ref or settings.default_model)
+    path = available_models(settings).get(name)
+    if path is None or not (path / "config.json").is_file():
+        raise ModelNotFound(f"unknown model {name!r}")
+    return ModelSpec(name=name, alias=alias, path=path)
+
+
+def model_version(path: Path) -> str:
+    """A digest of config.json and every weight file; file digests are cached beside them."""
+    path = Path(path)
+    cache_file = path / _DIGEST_FILE
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    total = hashlib.sha256((path / "config.json").read_bytes())
+    changed = False
+    for weights in sorted(path.glob("*.safetensors")):
+        stat = weights.stat()
+        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+        entry = cache.get(weights.name)
+        if not entry or entry.get("stamp") != stamp:
+            digest = hashlib.sha256()
+            with weights.open("rb") as handle:
+                while block := handle.read(16 * 1024 * 1024):
+                    digest.update(block)
+            entry = {"stamp": stamp, "sha256": digest.hexdigest()}
+            cache[weights.name] = entry
+            changed = True
+        total.update(weights.name.encode() + entry["sha256"].encode())
+    if changed:
+        with contextlib.suppress(OSError):  # read-only checkpoint dir: recompute next time
+            cache_file.write_text(json.dumps(cache))
+    return total.hexdigest()[:16]
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    version: str
+    model: object  # model.MossAudioModel
+    processor: object  # model.MossAudioProcessor
+
+
+class ModelCache:
+    """Models loaded once per process and kept (workers serve many jobs per model)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._loaded: dict[Path, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        with self._lock:
+            key = spec.path.resolve()
+            if key not in self._loaded:
+                from model import MossAudioModel, MossAudioProcessor
+
+                model = MossAudioModel.from_pretrained(spec.path).to(self.device).eval()
+                processor = MossAudioProcessor.from_pretrained(spec.path)
+                self._loaded[key] = LoadedModel(spec, model_version(spec.path), model, processor)
+            return self._loaded[key]

@@ -1,0 +1,57 @@
+"""A job-path context for tests: SQLite, local storage, a tiny checkpoint, recorded enqueues."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model import MossAudioProcessor
+from services.generator.engine import BatchingEngine
+from services.jobs import Context
+from services.jobstore import JobStore
+from services.models import ModelCache
+from services.settings import Settings
+from services.storage import LocalStorage
+from tests.conftest import make_tiny_model
+
+
+def write_checkpoint(directory: Path, seed: int = 5) -> Path:
+    make_tiny_model(seed=seed, n_window=200).save_pretrained(directory)
+    MossAudioProcessor.from_pretrained(None).save_pretrained(directory)
+    return directory
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, stage: str, job_id: str) -> None:
+        self.calls.append((stage, job_id))
+
+
+def make_context(home: Path, **overrides) -> Context:
+    settings = Settings(home=home, default_model="tiny", heartbeat_s=0.2, **overrides)
+    store = JobStore.connect(settings.resolved_database_url)
+    return Context(
+        settings=settings,
+        store=store,
+        storage=LocalStorage(settings.resolved_storage_dir),
+        models=ModelCache(),
+        enqueue=Recorder(),
+    )
+
+
+class Engines:
+    """One engine per loaded model, as a generator worker keeps them."""
+
+    def __init__(self) -> None:
+        self.engines: dict[int, BatchingEngine] = {}
+
+    def __call__(self, loaded) -> BatchingEngine:
+        key = id(loaded.model)
+        if key not in self.engines:
+            self.engines[key] = BatchingEngine(loaded.model, max_batch=8)
+        return self.engines[key]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()

@@ -1,0 +1,148 @@
+"""The job path as plain functions (no broker): submit -> encode -> generate, errors, cache."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from services.errors import ApiError
+from services.jobs import encode_job, generate_job, submit_job, sweep
+from services.jobstore import Principal
+from tests.audio_files import encode, stereo_tone
+from tests.jobs_env import Engines, make_context, write_checkpoint
+
+ACME = Principal("k1", "acme", ("jobs",))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    write_checkpoint(home / "models" / "tiny")
+    return home
+
+
+@pytest.fixture
+def ctx(home):
+    return make_context(home)
+
+
+@pytest.fixture(scope="module")
+def engines():
+    engines = Engines()
+    yield engines
+    engines.close()
+
+
+def wav(seconds: float = 2.0, freq: float = 440.0) -> bytes:
+    return encode(*stereo_tone(seconds, freq=freq), 44_100, "wav")
+
+
+def submit(ctx, data: bytes, task: str = "caption", prompt: str | None = None, **kw):
+    return submit_job(
+        ctx,
+        ACME,
+        io.BytesIO(data),
+        len(data),
+        task,
+        prompt,
+        kw.get("model"),
+        kw.get("max_new_tokens", 6),
+        kw.get("temperature", 0.0),
+    )
+
+
+def objects(ctx) -> list[str]:
+    root = ctx.settings.resolved_storage_dir
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+def test_submit_encode_generate(ctx, engines) -> None:
+    job = submit(ctx, wav())
+    assert ctx.enqueue.calls == [("encode", job.id)]
+    assert ctx.storage.exists(job.audio_key) and job.audio_seconds == pytest.approx(2.0, abs=0.01)
+    assert encode_job(ctx, job.id)
+    assert not encode_job(ctx, job.id)  # a redelivered task does nothing
+    stored = ctx.store.get_job(job.id)
+    assert stored.stage == "encoded" and ctx.storage.exists(stored.features_key)
+    assert generate_job(ctx, job.id, engines)
+    done = ctx.store.get_job(job.id)
+    assert done.status == "succeeded" and done.progress == 1.0
+    assert isinstance(done.result["text"], str) and done.result["text"]
+    assert done.timings["encode"]["cache_hit"] is False and done.timings["generate"]["seconds"] > 0
+
+
+def test_second_job_on_the_same_audio_reuses_features(ctx, engines) -> None:
+    data = wav(1.5, freq=300.0)
+    first, second = submit(ctx, data), submit(ctx, data, task="ask", prompt="What is it?")
+    encode_job(ctx, first.id)
+    encode_job(ctx, second.id)
+    a, b = ctx.store.get_job(first.id), ctx.store.get_job(second.id)
+    assert a.features_key == b.features_key
+    assert a.timings["encode"]["cache_hit"] is False and b.timings["encode"]["cache_hit"] is True
+    assert generate_job(ctx, second.id, engines)
+
+
+def test_long_audio_runs_as_segments_with_offsets(home, engines) -> None:
+    ctx = make_context(home, max_segment_seconds=2.0)
+    job = submit(ctx, wav(5.0, freq=500.0), task="transcribe_timestamps")
+    encode_job(ctx, job.id)
+    generate_job(ctx, job.id, engines)
+    done = ctx.store.get_job(job.id)
+    assert done.status == "succeeded" and "segments" in done.result
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"task": "sing"}, 422, "invalid_task"),
+        ({"task": "ask"}, 422, "prompt_required"),
+        ({"model": "nope"}, 422, "unknown_model"),
+        ({"model": "bad name!"}, 422, "invalid_model"),
+        ({"max_new_tokens": 0}, 422, "invalid_max_new_tokens"),
+        ({"temperature": 5.0}, 422, "invalid_temperature"),
+        ({"data": b"not audio at all" * 100}, 415, "not_audio"),
+        ({"data": b""}, 415, "empty_audio"),
+    ],
+)
+def test_bad_input_is_rejected_and_leaves_nothing(ctx, kwargs, status, code) -> None:
+    before_objects, (_, before_rows) = objects(ctx), ctx.store.list_jobs("acme")
+    data = kwargs.pop("data", wav(0.5))
+    with pytest.raises(ApiError) as info:
+        submit(ctx, data, **kwargs)
+    assert (info.value.status, info.value.code) == (status, code)
+    assert objects(ctx) == before_objects
+    assert ctx.store.list_jobs("acme")[1] == before_rows
+
+
+def test_limits(home) -> None:
+    ctx = make_context(home, max_audio_seconds=1.0, max_upload_mb=0.05)
+    with pytest.raises(ApiError) as info:
+        submit(ctx, wav(2.0))
+    assert (info.value.status, info.value.code) == (413, "upload_too_large")
+    small = encode(*stereo_tone(2.0), 44_100, "mp3")
+    with pytest.raises(ApiError) as info:
+        submit(ctx, small)
+    assert (info.value.status, info.value.code) == (422, "audio_too_long")
+
+
+def test_cancelled_job_is_not_generated(ctx, engines) -> None:
+    job = submit(ctx, wav(1.0))
+    encode_job(ctx, job.id)
+    assert ctx.store.request_cancel(job.id)
+    assert not generate_job(ctx, job.id, engines)
+    assert ctx.store.get_job(job.id).status == "cancelled"
+
+
+def test_sweep_reenqueues_a_dead_workers_stage(home) -> None:
+    ctx = make_context(home, sweep_after_s=0)
+    job = submit(ctx, wav(1.0))
+    assert ctx.store.claim_stage(job.id, "encode")  # a worker took it, then died
+    ctx.enqueue.calls.clear()
+    actions = sweep(ctx)
+    assert (job.id, "encode") in actions
+    assert ("encode", job.id) in ctx.enqueue.calls
+    assert ctx.store.get_job(job.id).stage == "queued"
