@@ -189,6 +189,16 @@ class JobStore:
             **values,
         )
 
+    def release_stage(self, job_id: str, stage: str) -> bool:
+        """Give a claimed stage back (its task will be retried)."""
+        return self._update(
+            job_id,
+            Job.stage == stage,
+            Job.status == "running",
+            stage=WAITING_FOR[stage],
+            heartbeat_at=None,
+        )
+
     def heartbeat(self, job_id: str, progress: float | None = None) -> bool:
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if progress is not None:

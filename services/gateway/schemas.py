@@ -1,0 +1,120 @@
+"""Request and response bodies of the API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. `upload_too_large`.")
+    message: str = Field(description="What went wrong and what to do, for people.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TimedSegment(BaseModel):
+    start: float
+    end: float
+    text: str
+
+
+class JobResult(BaseModel):
+    text: str
+    segments: list[TimedSegment] | None = None
+    thinking: str | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    stage: str = Field(description="queued, encode, encoded, generate or done.")
+    progress: float = Field(ge=0, le=1)
+    task: str
+    prompt: str | None
+    model: str
+    audio_seconds: float
+    params: dict[str, Any]
+    result: JobResult | None
+    error: ErrorDetail | None
+    timings: dict[str, Any] = Field(description="Per stage: started_at, finished_at, seconds.")
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Any) -> JobOut:
+        return cls(
+            id=job.id,
+            status=job.status,
+            stage=job.stage,
+            progress=job.progress,
+            task=job.task,
+            prompt=job.prompt,
+            model=job.model,
+            audio_seconds=job.audio_seconds,
+            params=job.params or {},
+            result=job.result,
+            error=job.error,
+            timings=job.timings or {},
+            created_at=_utc(job.created_at),
+            updated_at=_utc(job.updated_at),
+            finished_at=_utc(job.finished_at),
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class KeyCreate(BaseModel):
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    scopes: list[Literal["jobs", "admin"]] = Field(default_factory=lambda: ["jobs"])
+    name: str = Field(default="", max_length=128)
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret. Shown once; only its hash is stored.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite drops the zone; we store UTC
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def key_out(record: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "tenant": record.tenant,
+        "name": record.name,
+        "prefix": record.prefix,
+        "scopes": list(record.scopes),
+        "created_at": _utc(record.created_at),
+        "revoked_at": _utc(record.revoked_at),
+        **extra,
+    }

@@ -1,0 +1,84 @@
+"""Celery workers: thin tasks over services.jobs, one process per queue.
+
+    celery -A services.worker worker -Q encode -P solo            # the encoder
+    celery -A services.worker worker -Q generate -P threads -c 8  # the generator
+
+The generator's threads each hold a job and feed one BatchingEngine per model, so concurrent
+jobs share forward passes. Models load once per process and stay.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from celery.exceptions import Retry
+from minio.error import S3Error
+from sqlalchemy.exc import OperationalError
+
+from .generator.engine import BatchingEngine
+from .jobs import Context, encode_job, generate_job
+from .jobstore import JobStore
+from .models import ModelCache
+from .queue import enqueuer, make_celery
+from .settings import get_settings
+from .storage import make_storage
+
+log = logging.getLogger("moss.worker")
+settings = get_settings()
+app = make_celery(settings)
+# Failures worth retrying: the database, the object store or the network briefly away.
+TRANSIENT = (OperationalError, S3Error, ConnectionError, TimeoutError)
+
+
+@functools.cache
+def context() -> Context:
+    return Context(
+        settings=settings,
+        store=JobStore.connect(settings.resolved_database_url),
+        storage=make_storage(settings),
+        models=ModelCache(settings.device),
+        enqueue=enqueuer(app),
+    )
+
+
+class _Engines:
+    def __init__(self) -> None:
+        self._engines: dict[int, BatchingEngine] = {}
+
+    def __call__(self, loaded) -> BatchingEngine:
+        key = id(loaded.model)
+        if key not in self._engines:
+            self._engines[key] = BatchingEngine(loaded.model, settings.generator_max_batch)
+        return self._engines[key]
+
+
+engines = _Engines()
+
+
+def _run(task, stage: str, job_id: str, work) -> None:
+    ctx = context()
+    try:
+        if work(ctx) and stage == "encode":
+            ctx.enqueue("generate", job_id)
+    except Retry:
+        raise
+    except TRANSIENT as exc:
+        ctx.store.release_stage(job_id, stage)
+        if task.request.retries >= settings.task_max_retries:
+            ctx.store.fail(job_id, f"{stage}_failed", f"gave up after retries: {exc}")
+            return
+        raise task.retry(exc=exc, countdown=min(60, 2**task.request.retries)) from exc
+    except Exception as exc:
+        log.exception("%s failed for job %s", stage, job_id)
+        ctx.store.fail(job_id, f"{stage}_failed", f"{type(exc).__name__}: {exc}")
+
+
+@app.task(name="moss.encode", bind=True, max_retries=None)
+def encode(self, job_id: str) -> None:
+    _run(self, "encode", job_id, lambda ctx: encode_job(ctx, job_id))
+
+
+@app.task(name="moss.generate", bind=True, max_retries=None)
+def generate(self, job_id: str) -> None:
+    _run(self, "generate", job_id, lambda ctx: generate_job(ctx, job_id, engines))

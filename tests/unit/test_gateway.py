@@ -1,0 +1,183 @@
+"""The HTTP API over a real job store and storage, with enqueues recorded (no broker here)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.gateway.app import create_app
+from tests.audio_files import encode, stereo_tone
+from tests.jobs_env import make_context, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    write_checkpoint(home / "models" / "tiny")
+    ctx = make_context(home, max_upload_mb=1.0, max_audio_seconds=10.0)
+    app = create_app(ctx.settings, ctx, worker_queues=lambda: {"encode"}, run_sweeper=False)
+    admin, _ = ctx.store.create_key("ops", ["admin", "jobs"])
+    alice, _ = ctx.store.create_key("alice", ["jobs"])
+    bob, _ = ctx.store.create_key("bob", ["jobs"])
+    with TestClient(app) as client:
+        yield client, ctx, {"admin": admin, "alice": alice, "bob": bob}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def clip(seconds: float = 1.0, fmt: str = "flac") -> bytes:
+    return encode(*stereo_tone(seconds), 44_100, fmt)
+
+
+def post(client, key, data=None, **fields):
+    files = {"file": ("clip.flac", data if data is not None else clip(), "audio/flac")}
+    return client.post(
+        "/v1/jobs", headers=auth(key), files=files, data={"task": "caption", **fields}
+    )
+
+
+def objects(ctx) -> int:
+    return sum(len(f) for _, _, f in os.walk(ctx.settings.resolved_storage_dir / "audio"))
+
+
+def test_health_needs_no_key_and_readyz_reports(env) -> None:
+    client, _, _ = env
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 503  # no generate worker in this test
+    assert ready.json()["checks"]["workers.generate"] == "no worker"
+    assert ready.json()["checks"]["database"] == "ok"
+
+
+def test_submit_get_list_cancel(env) -> None:
+    client, ctx, keys = env
+    response = post(client, keys["alice"], max_new_tokens="5")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["params"]["max_new_tokens"] == 5
+    assert ("encode", job["id"]) in ctx.enqueue.calls
+    got = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alice"]))
+    assert got.status_code == 200 and got.json()["id"] == job["id"]
+    listed = client.get("/v1/jobs?status=queued&limit=1", headers=auth(keys["alice"])).json()
+    assert listed["total"] >= 1 and len(listed["jobs"]) == 1 and listed["limit"] == 1
+    cancelled = client.delete(f"/v1/jobs/{job['id']}", headers=auth(keys["alice"]))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = client.delete(f"/v1/jobs/{job['id']}", headers=auth(keys["alice"]))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
+
+
+def test_tenants_see_only_their_jobs(env) -> None:
+    client, _, keys = env
+    job = post(client, keys["alice"]).json()
+    for method in ("get", "delete"):
+        response = getattr(client, method)(f"/v1/jobs/{job['id']}", headers=auth(keys["bob"]))
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    ids = [j["id"] for j in client.get("/v1/jobs", headers=auth(keys["bob"])).json()["jobs"]]
+    assert job["id"] not in ids
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "Authorization"),
+        ({"Authorization": "Bearer nope"}, "unknown or revoked"),
+        ({"Authorization": "Basic abc"}, "Authorization"),
+    ],
+)
+def test_every_api_route_needs_a_key(env, headers, message) -> None:
+    client, _, _ = env
+    for method, path in [
+        ("get", "/v1/jobs"),
+        ("get", "/v1/jobs/x"),
+        ("delete", "/v1/jobs/x"),
+        ("post", "/v1/jobs"),
+        ("get", "/v1/keys"),
+    ]:
+        response = getattr(client, method)(path, headers=headers)
+        assert response.status_code == 401, (method, path)
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert message in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "status", "code"),
+    [
+        (b"<html>not audio</html>" * 50, {}, 415, "not_audio"),
+        (None, {"task": "dance"}, 422, "invalid_task"),
+        (None, {"task": "ask"}, 422, "prompt_required"),
+        (None, {"model": "missing"}, 422, "unknown_model"),
+        (None, {"max_new_tokens": "many"}, 422, "invalid_request"),
+        ("long", {}, 422, "audio_too_long"),
+        ("big", {}, 413, "upload_too_large"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_leaves_nothing(env, data, fields, status, code) -> None:
+    client, ctx, keys = env
+    if data == "long":
+        data = clip(12.0, "mp3")
+    elif data == "big":
+        data = os.urandom(3 * 1024 * 1024)
+    before_objects, before_rows = objects(ctx), ctx.store.list_jobs("alice")[1]
+    response = post(client, keys["alice"], data, **fields)
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["code"] == code and body["message"]
+    assert objects(ctx) == before_objects and ctx.store.list_jobs("alice")[1] == before_rows
+
+
+def test_chunked_upload_over_the_cap_is_cut_off(env) -> None:
+    client, ctx, keys = env
+
+    def body():  # a well-formed multipart upload whose file part never ends in time
+        yield (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n"
+        )
+        for _ in range(40):
+            yield b"x" * (128 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    before = objects(ctx)
+    response = client.post(
+        "/v1/jobs",
+        headers={**auth(keys["alice"]), "Content-Type": "multipart/form-data; boundary=b"},
+        content=body(),
+    )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "upload_too_large"
+    assert objects(ctx) == before
+
+
+def test_missing_file_field(env) -> None:
+    client, _, keys = env
+    response = client.post("/v1/jobs", headers=auth(keys["alice"]), data={"task": "caption"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
+    assert "file" in response.json()["error"]["message"]
+
+
+def test_keys_are_admin_only_and_revocable(env) -> None:
+    client, _, keys = env
+    assert (
+        client.post("/v1/keys", headers=auth(keys["alice"]), json={"tenant": "x"}).status_code
+        == 403
+    )
+    created = client.post("/v1/keys", headers=auth(keys["admin"]), json={"tenant": "carol"})
+    assert created.status_code == 201
+    key = created.json()
+    assert key["key"].startswith("moss_") and key["scopes"] == ["jobs"]
+    assert client.get("/v1/jobs", headers=auth(key["key"])).status_code == 200
+    listed = client.get("/v1/keys", headers=auth(keys["admin"])).json()
+    assert all("key" not in k and "key_hash" not in k for k in listed)
+    assert client.delete(f"/v1/keys/{key['id']}", headers=auth(keys["admin"])).status_code == 204
+    assert client.get("/v1/jobs", headers=auth(key["key"])).status_code == 401
+
+
+def test_openapi_is_served(env) -> None:
+    client, _, _ = env
+    spec = client.get("/openapi.json").json()
+    assert "/v1/jobs" in spec["paths"] and "/v1/jobs/{job_id}" in spec["paths"]
+    assert client.get("/docs").status_code == 200
