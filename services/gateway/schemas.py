@@ -44,6 +44,7 @@ class JobOut(BaseModel):
     result: JobResult | None
     error: ErrorDetail | None
     timings: dict[str, Any] = Field(description="Per stage: started_at, finished_at, seconds.")
+    attempts: int = Field(description="Stage runs so far (more than 2: a stage was retried).")
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None

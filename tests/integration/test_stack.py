@@ -1,0 +1,138 @@
+"""The whole platform as real processes: Valkey, the gateway, Celery workers, SQLite, storage.
+
+One stack per module (services.stack.LocalStack, the code behind `mossctl up`); workers are
+stopped, killed and restarted inside tests to check that no accepted job is lost.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from services.settings import Settings
+from services.stack import LocalStack, free_port
+from tests.audio_files import encode, stereo_tone
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_url):
+    settings = Settings(
+        home=tmp_path_factory.mktemp("moss-home"),
+        port=free_port(),
+        redis_url=redis_url,
+        sweep_after_s=3,
+        heartbeat_s=0.5,
+        generator_concurrency=4,
+        max_audio_seconds=60,
+    )
+    stack = LocalStack(settings)
+    stack.start()
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    with httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30
+    ) as client:
+        yield client
+
+
+def clip(seconds: float = 2.0, freq: float = 440.0) -> bytes:
+    return encode(*stereo_tone(seconds, freq=freq), 44_100, "mp3")
+
+
+def submit(api, data: bytes, **fields) -> dict:
+    response = api.post(
+        "/v1/jobs",
+        files={"file": ("clip.mp3", data, "audio/mpeg")},
+        data={"task": "caption", "max_new_tokens": "8", **fields},
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait(api, job_id: str, until=("succeeded", "failed", "cancelled"), timeout=90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in until if isinstance(until, tuple) else until(job):
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} still {job['status']}/{job['stage']} after {timeout} s")
+
+
+def test_submit_over_http_gives_a_result(api) -> None:
+    job = wait(api, submit(api, clip())["id"])
+    assert job["status"] == "succeeded", job
+    assert job["result"]["text"] and job["progress"] == 1.0 and job["stage"] == "done"
+    assert job["timings"]["encode"]["seconds"] > 0 and job["timings"]["generate"]["seconds"] > 0
+
+
+def test_second_job_on_the_same_audio_hits_the_feature_cache(api) -> None:
+    data = clip(1.5, freq=330.0)
+    first = wait(api, submit(api, data)["id"])
+    second = wait(api, submit(api, data, task="ask", prompt="Is there speech?")["id"])
+    assert first["status"] == second["status"] == "succeeded"
+    assert first["timings"]["encode"]["cache_hit"] is False
+    assert second["timings"]["encode"]["cache_hit"] is True
+
+
+def test_cancel_stops_generation_mid_way(api) -> None:
+    job = submit(api, clip(), max_new_tokens="4000")
+    wait(api, job["id"], until=lambda j: j["stage"] == "generate" and j["progress"] > 0.12)
+    response = api.delete(f"/v1/jobs/{job['id']}")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    # The generator lets go of the job: the next one finishes long before 4000 tokens would.
+    follow = wait(api, submit(api, clip(1.0, freq=660.0))["id"], timeout=60)
+    assert follow["status"] == "succeeded"
+    final = api.get(f"/v1/jobs/{job['id']}").json()
+    assert final["status"] == "cancelled" and final["result"] is None and final["progress"] < 1
+
+
+def test_tenants_are_isolated(api, stack) -> None:
+    other = api.post("/v1/keys", json={"tenant": "someone-else"}).json()["key"]
+    job = submit(api, clip(0.5))
+    response = httpx.get(
+        f"{stack.url}/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {other}"}
+    )
+    assert response.status_code == 404
+
+
+def test_bad_upload_over_http(api) -> None:
+    response = api.post(
+        "/v1/jobs", files={"file": ("x.mp3", b"garbage" * 100)}, data={"task": "caption"}
+    )
+    assert response.status_code == 415 and response.json()["error"]["code"] == "not_audio"
+
+
+def test_killed_worker_mid_job_then_new_worker_finishes_it(api, stack) -> None:
+    job = submit(api, clip(), max_new_tokens="1500")
+    wait(api, job["id"], until=lambda j: j["stage"] == "generate" and j["progress"] > 0.12)
+    stack.stop_workers("generate", kill=True)  # SIGKILL: no goodbye, the message stays unacked
+    time.sleep(1)
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+    stack.start_worker("generate")
+    done = wait(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 3  # encode once, generate twice
+
+
+def test_job_accepted_while_workers_are_down_completes_later(api, stack) -> None:
+    stack.stop_workers()
+    job = submit(api, clip(1.0, freq=880.0))
+    time.sleep(1)
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    assert api.get("/readyz").status_code == 503
+    stack.start_worker("encode")
+    stack.start_worker("generate")
+    done = wait(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
