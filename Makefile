@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 up: $(STAMP)
-	$(VENV)/bin/mossctl demo
+	$(VENV)/bin/mossctl up
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

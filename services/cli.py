@@ -3,6 +3,9 @@
     mossctl infer clip.mp3 --model /models/MOSS-Audio-4B-Instruct --prompt "Transcribe the audio."
     mossctl infer clip.wav --preset tiny          # random weights: a smoke run, no download
     mossctl demo                                  # generate a clip and run the tiny model on it
+    mossctl up                                    # the whole platform locally; Ctrl-C stops it
+    mossctl submit clip.wav --task transcribe     # a job through the API, with a progress bar
+    mossctl jobs list | get ID | cancel ID;  mossctl keys create TENANT | list | revoke ID
 
 Errors print one line saying what to fix and exit with a non-zero code.
 """
@@ -26,7 +29,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="MOSS-Audio platform: local inference (jobs, pipelines and serving come next).",
+    help="MOSS-Audio platform: run it locally, submit jobs, manage keys, run local inference.",
 )
 err = Console(stderr=True, soft_wrap=True)
 DEFAULT_PROMPT = "Describe the audio."
@@ -185,6 +188,10 @@ def _write_demo_clip(path: Path) -> None:
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
+
+from .cli_platform import register  # noqa: E402 - the platform commands join the same app
+
+register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -47,9 +47,11 @@ def ensure_demo_model(models_dir: Path) -> Path | None:
     if models_dir.is_dir() and any((p / "config.json").is_file() for p in models_dir.iterdir()):
         return None
     import torch
+    from transformers.utils import logging as hf_logging
 
     from model import MossAudioModel, MossAudioProcessor, preset_config
 
+    hf_logging.disable_progress_bar()
     target = models_dir / "tiny"
     torch.manual_seed(0)
     MossAudioModel(preset_config("tiny")).save_pretrained(target)

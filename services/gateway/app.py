@@ -119,6 +119,11 @@ def create_app(
         where = ".".join(str(p) for p in first.get("loc", []) if p not in ("body", "query"))
         return _error(422, "invalid_request", f"{where}: {first.get('msg')}".strip(": "))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, "internal_error", "an internal error occurred; it has been logged")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

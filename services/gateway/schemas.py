@@ -64,6 +64,7 @@ class JobOut(BaseModel):
             result=job.result,
             error=job.error,
             timings=job.timings or {},
+            attempts=job.attempts,
             created_at=_utc(job.created_at),
             updated_at=_utc(job.updated_at),
             finished_at=_utc(job.finished_at),

@@ -1,0 +1,256 @@
+"""`mossctl up | submit | jobs | keys`: run the local stack and talk to any deployment's API."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .client import Client, ClientError, default_key, default_url
+from .settings import get_settings
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+jobs_app = typer.Typer(help="Read, list and cancel jobs.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys (admin).", no_args_is_help=True)
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _client() -> Client:
+    settings = get_settings()
+    return Client(default_url(settings), default_key(settings))
+
+
+def _guard(call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except ClientError as exc:
+        _fail(exc.message + (f" [{exc.code}]" if exc.status else ""), 1 if exc.status >= 500 else 2)
+
+
+def up() -> None:
+    """Start the whole platform locally (Valkey, gateway, workers); Ctrl-C stops it."""
+    from .stack import LocalStack  # heavy imports only for `up`
+
+    settings = get_settings()
+    stack = LocalStack(settings)
+    try:
+        with err.status("Preparing state under " + str(settings.home.resolve())):
+            stack.prepare()
+        with err.status("Starting Valkey, the gateway and the workers"):
+            stack.start_redis()
+            stack.start_gateway()
+            for queue in ("encode", "generate"):
+                stack.start_worker(queue)
+            stack.wait_ready()
+    except (OSError, TimeoutError) as exc:
+        stack.stop()
+        _fail(f"the stack did not start: {exc} (logs: {stack.logs})", 1)
+    if stack.created_model is not None:
+        err.print(
+            f"[yellow]note:[/] no trained model yet, so `up` created [bold]tiny[/], a "
+            f"random-weight checkpoint at {stack.created_model}: jobs run end to end but "
+            "their text is noise. Put real checkpoints under "
+            f"{settings.resolved_models_dir} (one directory per model)."
+        )
+    out.print(f"MOSS-Audio platform is up at [bold]{stack.url}[/] (API docs: {stack.url}/docs)")
+    out.print(f"admin API key: {stack.api_key}")
+    out.print(f"try: mossctl submit clip.wav --task caption     (logs: {stack.logs}; Ctrl-C stops)")
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            dead = [
+                n
+                for n, p in [("gateway", stack.gateway), ("valkey", stack.redis)]
+                if p is not None and p.poll() is not None
+            ]
+            dead += [
+                f"{q} worker"
+                for q, ps in stack.workers.items()
+                if any(p.poll() is not None for p in ps)
+            ]
+            if dead:
+                err.print(f"[bold red]error:[/] {', '.join(dead)} exited; see {stack.logs}")
+                break
+    except KeyboardInterrupt:
+        pass
+    with err.status("Stopping"):
+        stack.stop()
+    err.print("stopped")
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="Audio file to upload.")],
+    task: Annotated[
+        str, typer.Option(help="transcribe, transcribe_timestamps, caption, ask, chat")
+    ] = "caption",
+    prompt: Annotated[str | None, typer.Option(help="Question or instruction (ask/chat).")] = None,
+    model: Annotated[str | None, typer.Option(help="`name` or `name@alias`.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option()] = None,
+    temperature: Annotated[float, typer.Option()] = 0.0,
+    wait: Annotated[bool, typer.Option(help="Wait for the result, with a progress bar.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Upload audio as a job; wait and print the result (or --no-wait to print the id)."""
+    if not file.is_file():
+        _fail(f"no such file: {file}")
+    client = _client()
+    job = _guard(
+        client.submit,
+        file,
+        task,
+        prompt=prompt,
+        model=model,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+    )
+    if not wait:
+        out.print(job["id"])
+        return
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as progress:
+        bar = progress.add_task(f"job {job['id'][:8]} queued", total=1.0)
+        while job["status"] not in FINAL:
+            time.sleep(0.3)
+            job = _guard(client.job, job["id"])
+            progress.update(
+                bar,
+                completed=job["progress"],
+                description=f"job {job['id'][:8]} {job['status']} ({job['stage']})",
+            )
+    _print_job(job, as_json)
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _print_job(job: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(job, indent=2, ensure_ascii=False) + "\n")
+        return
+    if job["status"] == "failed":
+        _fail(f"job {job['id']} failed: {job['error']['message']} [{job['error']['code']}]", 1)
+    if job["status"] == "cancelled":
+        err.print(f"job {job['id']} was cancelled")
+        return
+    result = job.get("result") or {}
+    if result.get("thinking"):
+        err.print(f"[dim]thinking: {result['thinking']}[/]", highlight=False)
+    for segment in result.get("segments") or []:
+        out.print(
+            f"[{segment['start']:8.2f} - {segment['end']:8.2f}] {segment['text']}", highlight=False
+        )
+    if not result.get("segments"):
+        sys.stdout.write((result.get("text") or "") + "\n")
+
+
+@jobs_app.command("get")
+def jobs_get(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one job (its result when it has one)."""
+    job = _guard(_client().job, job_id)
+    if as_json or job["status"] not in FINAL:
+        sys.stdout.write(json.dumps(job, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_job(job, False)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Your jobs, newest first."""
+    page = _guard(_client().jobs, status, limit, offset)
+    table = Table("id", "status", "stage", "progress", "task", "model", "created")
+    for job in page["jobs"]:
+        table.add_row(
+            job["id"],
+            job["status"],
+            job["stage"],
+            f"{job['progress']:.0%}",
+            job["task"],
+            job["model"],
+            job["created_at"][:19],
+        )
+    out.print(table)
+    err.print(f"{len(page['jobs'])} of {page['total']} (offset {offset})")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    job = _guard(_client().cancel, job_id)
+    out.print(f"{job['id']} {job['status']}")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: str,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="jobs (default) or admin; repeatable.")
+    ] = None,
+    name: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Create a key for a tenant and print it (shown once)."""
+    created = _guard(_client().create_key, tenant, scope or ["jobs"], name)
+    out.print(created["key"])
+    err.print(
+        f"id {created['id']}, tenant {created['tenant']}, scopes {','.join(created['scopes'])}"
+    )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key (prefixes only; secrets are never stored)."""
+    table = Table("id", "tenant", "name", "prefix", "scopes", "revoked")
+    for key in _guard(_client().keys):
+        table.add_row(
+            key["id"],
+            key["tenant"],
+            key["name"],
+            key["prefix"] + "…",
+            ",".join(key["scopes"]),
+            "yes" if key["revoked_at"] else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: it stops working at once."""
+    _guard(_client().revoke_key, key_id)
+    out.print(f"revoked {key_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(submit)
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,85 @@
+"""`mossctl up` as a user runs it: jobs through `mossctl submit` and plain HTTP, then Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.stack import free_port
+from tests.audio_files import encode, stereo_tone
+
+pytestmark = pytest.mark.integration
+MOSSCTL = str(Path(sys.executable).with_name("mossctl"))
+
+
+def test_up_submit_curl_and_ctrl_c(tmp_path, redis_url) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MOSS_HOME": str(tmp_path / "home"),
+        "MOSS_PORT": str(port),
+        "MOSS_REDIS_URL": redis_url,
+        "MOSS_GENERATOR_CONCURRENCY": "2",
+    }
+    up = subprocess.Popen(
+        [MOSSCTL, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            lines.append(line)
+            if "admin API key:" in line or up.poll() is not None:
+                break
+        assert any("is up at" in line for line in lines), (lines, up.stderr.read())
+        key = lines[-1].split(":", 1)[1].strip()
+        assert (tmp_path / "home" / "admin.key").read_text().strip() == key
+
+        clip = tmp_path / "clip.wav"
+        clip.write_bytes(encode(*stereo_tone(2.0), 44_100, "wav"))
+        submitted = subprocess.run(
+            [MOSSCTL, "submit", str(clip), "--task", "caption", "--max-new-tokens", "5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        assert submitted.stdout.strip()
+
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            job = client.post(
+                "/v1/jobs",
+                files={"file": clip.open("rb")},
+                data={"task": "transcribe", "max_new_tokens": "4"},
+            ).json()
+            for _ in range(300):
+                job = client.get(f"/v1/jobs/{job['id']}").json()
+                if job["status"] == "succeeded":
+                    break
+                time.sleep(0.2)
+            assert job["status"] == "succeeded", job
+
+        failed = subprocess.run(
+            [MOSSCTL, "submit", str(tmp_path / "missing.wav")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert failed.returncode == 2 and "no such file" in failed.stderr
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
