@@ -5,7 +5,9 @@ Runs the real local stack (Valkey, gateway, Celery encode and generate workers, 
 object store; `services.stack.LocalStack`, what `mossctl up` runs) with a `small`-preset
 checkpoint (random weights). Each job gets its own audio, so the encoder always runs (no feature
 cache hits). Latencies are medians over repeats; the in-process baseline loads the same
-checkpoint and runs the same clip, prompt and token budget through `model.generate`.
+checkpoint and runs the same clip, prompt and token budget through `model.generate`. The single
+job polls its status every 10 ms; concurrent clients poll every 50 ms, as real clients would
+(faster polling only burns the shared CPU).
 
     .venv/bin/python benchmarks/jobs.py [--preset small] [--new-tokens 16] [--clients 1,8,32]
 """
@@ -45,7 +47,7 @@ def wav_bytes(seconds: float, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def run_job(client: httpx.Client, data: bytes, new_tokens: int) -> float:
+def run_job(client: httpx.Client, data: bytes, new_tokens: int, poll_s: float = 0.01) -> float:
     start = time.perf_counter()
     job = client.post(
         "/v1/jobs",
@@ -53,7 +55,7 @@ def run_job(client: httpx.Client, data: bytes, new_tokens: int) -> float:
         data={"task": "caption", "max_new_tokens": str(new_tokens)},
     ).json()
     while job["status"] not in ("succeeded", "failed", "cancelled"):
-        time.sleep(0.01)
+        time.sleep(poll_s)
         job = client.get(f"/v1/jobs/{job['id']}").json()
     if job["status"] != "succeeded":
         raise RuntimeError(f"job ended {job['status']}: {job.get('error')}")

@@ -255,10 +255,14 @@ def generate_job(ctx: Context, job_id: str, engine_for: Callable[[object], objec
             )
 
     budget = sum(h.request.max_new_tokens for h in handles)
+    deadline = time.monotonic() + ctx.settings.task_time_limit_s
+    timed_out = False
     with heartbeat(ctx, job_id):
-        while not all(h.done for h in handles):
-            time.sleep(PROGRESS_EVERY_S)
-            if ctx.store.is_cancelled(job_id):
+        while pending := [h for h in handles if not h.done]:
+            if pending[0].wait(PROGRESS_EVERY_S):  # returns as soon as it finishes
+                continue
+            timed_out = time.monotonic() > deadline
+            if timed_out or ctx.store.is_cancelled(job_id):
                 for handle in handles:
                     handle.cancel()  # the engine stops these rows at its next step
                 break
@@ -266,6 +270,10 @@ def generate_job(ctx: Context, job_id: str, engine_for: Callable[[object], objec
             ctx.store.heartbeat(job_id, progress=0.1 + 0.9 * produced / max(budget, 1))
         for handle in handles:
             handle.result()
+    if timed_out:
+        limit = ctx.settings.task_time_limit_s
+        ctx.store.fail(job_id, "timeout", f"generation ran past MOSS_TASK_TIME_LIMIT_S ({limit} s)")
+        return False
     if ctx.store.is_cancelled(job_id):
         return False
     result = build_result(job.task, loaded.processor, segments, [h.tokens for h in handles])

@@ -59,6 +59,10 @@ class RequestHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the request is done (True) or the timeout passes (False)."""
+        return self._done.wait(timeout)
+
     def stream(self, timeout: float | None = None):
         """Yield token ids as they are generated; ends when the request is done."""
         while True:

@@ -146,3 +146,12 @@ def test_sweep_reenqueues_a_dead_workers_stage(home) -> None:
     assert (job.id, "encode") in actions
     assert ("encode", job.id) in ctx.enqueue.calls
     assert ctx.store.get_job(job.id).stage == "queued"
+
+
+def test_generation_past_the_time_limit_fails_the_job(home, engines) -> None:
+    ctx = make_context(home, task_time_limit_s=0)
+    job = submit(ctx, wav(1.0, freq=770.0), max_new_tokens=4000)
+    encode_job(ctx, job.id)
+    assert not generate_job(ctx, job.id, engines)
+    failed = ctx.store.get_job(job.id)
+    assert failed.status == "failed" and failed.error["code"] == "timeout"
