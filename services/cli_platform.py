@@ -138,8 +138,7 @@ def submit(
     with Progress(*columns, console=err, transient=True) as progress:
         bar = progress.add_task(f"job {job['id'][:8]} queued", total=1.0)
         while job["status"] not in FINAL:
-            time.sleep(0.3)
-            job = _guard(client.job, job["id"])
+            job = _guard(client.job, job["id"], wait=0.5)  # long poll: no busy waiting
             progress.update(
                 bar,
                 completed=job["progress"],

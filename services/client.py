@@ -56,8 +56,10 @@ class Client:
         with path.open("rb") as handle:
             return self._call("POST", "/v1/jobs", files={"file": (path.name, handle)}, data=data)
 
-    def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/v1/jobs/{job_id}")
+    def job(self, job_id: str, wait: float = 0) -> dict:
+        """The job; with `wait`, the server answers as soon as it ends (long poll)."""
+        params = {"wait": wait} if wait else None
+        return self._call("GET", f"/v1/jobs/{job_id}", params=params)
 
     def jobs(self, status: str | None = None, limit: int = 20, offset: int = 0) -> dict:
         params = {"limit": limit, "offset": offset, **({"status": status} if status else {})}

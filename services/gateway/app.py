@@ -7,6 +7,7 @@ jobs (another tenant's job is 404, not 403, so ids leak nothing). Errors are
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +33,7 @@ from .schemas import ErrorBody, Health, JobList, JobOut, KeyCreate, KeyCreated, 
 
 log = logging.getLogger("moss.gateway")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+LONG_POLL_STEP_S = 0.02  # a primary-key read: far cheaper than a client's HTTP round trip
 ERRORS = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
 
@@ -183,8 +186,25 @@ def create_app(
         return JobOut.of(job)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=ERRORS)
-    def get_job(job_id: str, who: Jobs) -> JobOut:
-        return JobOut.of(_own(ctx.store, job_id, who))
+    async def get_job(
+        job_id: str,
+        who: Jobs,
+        wait: Annotated[
+            float,
+            Query(
+                ge=0,
+                le=60,
+                description="Long poll: answer as soon as the job ends, or after "
+                "this many seconds, whichever comes first.",
+            ),
+        ] = 0,
+    ) -> JobOut:
+        deadline = time.monotonic() + wait
+        job = await run_in_threadpool(_own, ctx.store, job_id, who)
+        while job.status in ACTIVE and time.monotonic() < deadline:
+            await asyncio.sleep(LONG_POLL_STEP_S)
+            job = await run_in_threadpool(_own, ctx.store, job_id, who)
+        return JobOut.of(job)
 
     @app.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=ERRORS)
     def list_jobs(

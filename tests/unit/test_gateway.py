@@ -181,3 +181,19 @@ def test_openapi_is_served(env) -> None:
     spec = client.get("/openapi.json").json()
     assert "/v1/jobs" in spec["paths"] and "/v1/jobs/{job_id}" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_long_poll_returns_when_the_job_ends(env) -> None:
+    import threading
+
+    client, ctx, keys = env
+    job = post(client, keys["alice"]).json()
+    queued = client.get(f"/v1/jobs/{job['id']}?wait=0.1", headers=auth(keys["alice"]))
+    assert queued.json()["status"] == "queued"
+    timer = threading.Timer(0.3, ctx.store.request_cancel, args=[job["id"]])
+    timer.start()
+    ended = client.get(f"/v1/jobs/{job['id']}?wait=30", headers=auth(keys["alice"]))
+    timer.join()
+    assert ended.json()["status"] == "cancelled"
+    too_long = client.get(f"/v1/jobs/{job['id']}?wait=600", headers=auth(keys["alice"]))
+    assert too_long.status_code == 422 and too_long.json()["error"]["code"] == "invalid_request"
