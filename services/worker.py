@@ -65,7 +65,7 @@ def _run(task, stage: str, job_id: str, work) -> None:
         raise
     except TRANSIENT as exc:
         ctx.store.release_stage(job_id, stage)
-        if task.request.retries >= settings.task_max_retries:
+        if task.request.retries >= ctx.settings.task_max_retries:
             ctx.store.fail(job_id, f"{stage}_failed", f"gave up after retries: {exc}")
             return
         raise task.retry(exc=exc, countdown=min(60, 2**task.request.retries)) from exc
