@@ -59,6 +59,9 @@ def up() -> None:
     except (OSError, TimeoutError) as exc:
         stack.stop()
         _fail(f"the stack did not start: {exc} (logs: {stack.logs})", 1)
+    except KeyboardInterrupt:
+        stack.stop()
+        raise typer.Exit(130) from None
     if stack.created_model is not None:
         err.print(
             f"[yellow]note:[/] no trained model yet, so `up` created [bold]tiny[/], a "
@@ -76,28 +79,29 @@ def up() -> None:
         nonlocal stopping
         stopping = True
 
+    # Handle SIGINT ourselves too: a shell that starts `up` in the background ignores it.
     signal.signal(signal.SIGTERM, stop)
-    try:
-        while not stopping:
-            time.sleep(0.5)
-            dead = [
-                n
-                for n, p in [("gateway", stack.gateway), ("valkey", stack.redis)]
-                if p is not None and p.poll() is not None
-            ]
-            dead += [
-                f"{q} worker"
-                for q, ps in stack.workers.items()
-                if any(p.poll() is not None for p in ps)
-            ]
-            if dead:
-                err.print(f"[bold red]error:[/] {', '.join(dead)} exited; see {stack.logs}")
-                break
-    except KeyboardInterrupt:
-        pass
+    signal.signal(signal.SIGINT, stop)
+    dead: list[str] = []
+    while not stopping and not dead:
+        time.sleep(0.5)
+        dead = [
+            n
+            for n, p in [("gateway", stack.gateway), ("valkey", stack.redis)]
+            if p is not None and p.poll() is not None
+        ]
+        dead += [
+            f"{q} worker"
+            for q, ps in stack.workers.items()
+            if any(p.poll() is not None for p in ps)
+        ]
+    if dead:
+        err.print(f"[bold red]error:[/] {', '.join(dead)} exited; see {stack.logs}")
     with err.status("Stopping"):
         stack.stop()
     err.print("stopped")
+    if dead:
+        raise typer.Exit(1)
 
 
 def submit(
