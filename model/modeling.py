@@ -128,8 +128,9 @@ class MossAudioModel(MossAudioPreTrainedModel):
         `audio_data` (N, 128, frames) mel with `audio_data_seqlens` (N,) frame counts, or
         precomputed `audio_embeddings`. `audio_input_mask` (B, T) marks `<|AUDIO|>` positions;
         it is computed from input_ids when not given. With `labels` (B, T) the loss is the
-        next-token cross entropy ignoring `config.ignore_index`. `logits_to_keep=n` computes
-        logits for the last n positions only (generation needs just the last one).
+        next-token cross entropy ignoring `config.ignore_index`, and `logits` holds only the
+        scored positions, (N, vocab) in row-major order. `logits_to_keep=n` computes logits for
+        the last n positions only (generation needs just the last one).
         """
         past = cache.length if cache is not None else 0
         if attention_mask is None:
@@ -166,18 +167,17 @@ class MossAudioModel(MossAudioPreTrainedModel):
             deepstack=deepstack,
             deepstack_mask=audio_input_mask,
         )
+        if labels is not None:
+            # Score only the positions that have a target: the vocabulary head is the largest
+            # matrix product of the model, and most positions (prompt, audio) carry no label.
+            targets = labels[:, 1:].to(hidden.device)
+            scored = targets != self.config.ignore_index  # (B, T-1)
+            logits = self.lm_head(hidden[:, :-1][scored])  # (N, vocab)
+            loss = F.cross_entropy(logits.float(), targets[scored])
+            return CausalLMOutput(loss=loss, logits=logits)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)  # (B, T, vocab)
-
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(),
-                labels[:, 1:].flatten().to(logits.device),
-                ignore_index=self.config.ignore_index,
-            )
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutput(loss=None, logits=self.lm_head(hidden))  # (B, T, vocab)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:
         language = self.config.language_config

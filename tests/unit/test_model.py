@@ -125,10 +125,13 @@ def test_loss_is_next_token_cross_entropy(processor, tiny_model) -> None:
     labels = inputs["input_ids"].clone()
     labels[:, :-5] = -100  # train on the last 5 tokens only
     with torch.no_grad():
+        full = tiny_model(**inputs).logits
         out = tiny_model(**inputs, labels=labels)
-    logits = out.logits[0, -6:-1]
-    expected = torch.nn.functional.cross_entropy(logits, inputs["input_ids"][0, -5:])
+    expected = torch.nn.functional.cross_entropy(full[0, -6:-1], inputs["input_ids"][0, -5:])
     torch.testing.assert_close(out.loss, expected)
+    # Only the 5 scored positions go through the vocabulary head.
+    assert out.logits.shape == (5, tiny_model.config.language_config.vocab_size)
+    torch.testing.assert_close(out.logits, full[0, -6:-1], atol=1e-5, rtol=1e-5)
 
 
 # --- checkpoints ---------------------------------------------------------------------------

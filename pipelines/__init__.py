@@ -1,0 +1,1 @@
+"""The model lifecycle: datasets, training, evaluation, MLflow registry, Kubeflow pipelines."""

@@ -1,0 +1,164 @@
+"""A local dataset the project generates itself: clips with known events at known times.
+
+Each clip is silence with a faint noise floor and one to three non-overlapping events: low or
+high beeps (tones), noise bursts, chirps (rising sweeps) and click trains. Every clip carries
+the annotations the training stages need, all derived from the events:
+
+- `caption`: "A low beep at 1.2 s, then a noise burst at 4.0 s."
+- `transcribe_timestamps`: one `[start-end] label` line per event (the format services parse)
+- `ask`: "What happens at 4 s?" -> "a noise burst"; "When does the noise burst start?" ->
+  "4.0"; "How many beeps?" -> "2"
+
+The manifest is JSONL (one clip per line, with its split); audio and manifest go to the object
+store, and the manifest's SHA-256 is the dataset's identity in every run that uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import wave
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+EVENT_TYPES = ("low beep", "high beep", "noise burst", "chirp", "click train")
+ARTICLE = {t: "a" for t in EVENT_TYPES}
+
+
+@dataclass(frozen=True)
+class Event:
+    label: str
+    start: float
+    end: float
+
+
+def _render(event: Event, rng: np.random.Generator) -> np.ndarray:
+    n = round((event.end - event.start) * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    if event.label == "low beep":
+        signal = np.sin(2 * np.pi * 330.0 * t)
+    elif event.label == "high beep":
+        signal = np.sin(2 * np.pi * 1760.0 * t)
+    elif event.label == "noise burst":
+        signal = rng.uniform(-1.0, 1.0, n)
+    elif event.label == "chirp":
+        f0, f1 = 300.0, 3000.0
+        signal = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * max(t[-1], 1e-3))))
+    else:  # click train: 10 ms clicks every 100 ms
+        signal = np.where((t % 0.1) < 0.01, 1.0, 0.0) * np.sign(np.sin(2 * np.pi * 1000 * t))
+    ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms fades: no clicks at edges
+    return (0.5 * signal * ramp).astype(np.float32)
+
+
+def make_clip(rng: np.random.Generator) -> tuple[np.ndarray, list[Event], float]:
+    duration = float(rng.choice([6.0, 8.0, 10.0]))
+    count = int(rng.integers(1, 4))
+    labels = rng.choice(EVENT_TYPES, size=count)
+    events: list[Event] = []
+    slot = duration / count  # one event per slot: they never overlap
+    for i, label in enumerate(labels):
+        length = round(float(rng.uniform(0.5, min(1.5, slot - 0.6))), 1)
+        begin = i * slot + float(rng.uniform(0.2, slot - length - 0.2))
+        start = round(begin, 1)
+        events.append(Event(str(label), start, round(start + length, 1)))
+    audio = (0.003 * rng.standard_normal(int(duration * SAMPLE_RATE))).astype(np.float32)
+    for event in events:
+        start = int(event.start * SAMPLE_RATE)
+        piece = _render(event, rng)
+        audio[start : start + len(piece)] += piece[: len(audio) - start]
+    return audio, events, duration
+
+
+def annotations(events: list[Event], rng: np.random.Generator) -> list[dict[str, str]]:
+    """Prompt/answer pairs for one clip (task, prompt, answer, and the kind of question)."""
+    parts = [f"{ARTICLE[e.label]} {e.label} at {e.start:.1f} s" for e in events]
+    caption = (parts[0][0].upper() + parts[0][1:] + "".join(f", then {p}" for p in parts[1:])) + "."
+    timestamps = "\n".join(f"[{e.start:.2f}-{e.end:.2f}] {e.label}" for e in events)
+    out = [
+        {"task": "caption", "kind": "caption", "prompt": "", "answer": caption},
+        {"task": "transcribe_timestamps", "kind": "timestamps", "prompt": "", "answer": timestamps},
+    ]
+    event = events[int(rng.integers(len(events)))]
+    first, last = int(np.ceil(event.start)), int(np.floor(event.end))
+    if first <= last:  # a whole second inside the event: ask what happens then
+        moment = int(rng.integers(first, last + 1))
+        out.append(
+            {
+                "task": "ask",
+                "kind": "event_at",
+                "prompt": f"What happens at {moment} s?",
+                "answer": f"{ARTICLE[event.label]} {event.label}",
+            }
+        )
+    same = [e for e in events if e.label == event.label]
+    which = "first " if len(same) > 1 else ""
+    out.append(
+        {
+            "task": "ask",
+            "kind": "event_start",
+            "prompt": f"When does the {which}{event.label} start?",
+            "answer": f"{same[0].start:.1f}",
+        }
+    )
+    beeps = sum(e.label.endswith("beep") for e in events)
+    out.append(
+        {
+            "task": "ask",
+            "kind": "count",
+            "prompt": "How many beeps are there?",
+            "answer": str(beeps),
+        }
+    )
+    return out
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    pcm = np.clip(audio * 32767, -32768, 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def generate_dataset(
+    storage: Any, name: str, num_clips: int, seed: int = 0, heldout_share: float = 0.2
+) -> tuple[str, str]:
+    """Write clips and a manifest to `storage`; return (manifest key, manifest sha256)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for index in range(num_clips):
+        audio, events, duration = make_clip(rng)
+        key = f"datasets/{name}/clips/{index:06d}.wav"
+        storage.put_bytes(key, wav_bytes(audio))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"{name}-{index:06d}",
+                    "audio": key,
+                    "duration": duration,
+                    "split": "heldout" if rng.random() < heldout_share else "train",
+                    "events": [asdict(e) for e in events],
+                    "examples": annotations(events, rng),
+                },
+                sort_keys=True,
+            )
+        )
+    manifest = ("\n".join(lines) + "\n").encode()
+    manifest_key = f"datasets/{name}/manifest.jsonl"
+    storage.put_bytes(manifest_key, manifest)
+    return manifest_key, hashlib.sha256(manifest).hexdigest()
+
+
+def read_manifest(storage: Any, key: str) -> tuple[list[dict[str, Any]], str]:
+    """The clips of a manifest and its digest."""
+    raw = storage.get_bytes(key)
+    return [json.loads(line) for line in raw.decode().splitlines() if line], hashlib.sha256(
+        raw
+    ).hexdigest()
