@@ -26,7 +26,7 @@ import torch
 
 from model import MossAudioModel, MossAudioProcessor, preset_config
 from model.processor import default_prompt
-from services.jobs import TASK_PROMPTS
+from model.tasks import TASK_PROMPTS
 from services.settings import Settings
 from services.stack import LocalStack, free_port
 

@@ -26,25 +26,19 @@ from safetensors.torch import save as save_safetensors
 from model import AudioDecodeError, EncoderOutput, load_audio, split_audio
 from model.features import SAMPLE_RATE, log_mel_spectrogram
 from model.processor import default_prompt
+from model.tasks import TASKS, instruction_for
 from model.thinking import split_thinking
+from model.timestamps import parse_timestamps
 
 from .errors import ApiError
 from .jobstore import Job, JobStore, Principal
 from .models import ModelCache, ModelNotFound, model_version, resolve
 from .settings import Settings
 from .storage import Storage
-from .timestamps import parse_timestamps
 
 log = logging.getLogger("moss.jobs")
 
-TASK_PROMPTS = {
-    "transcribe": "Transcribe the speech in this audio.",
-    "transcribe_timestamps": (
-        "Transcribe the speech in this audio with timestamps for each sentence."
-    ),
-    "caption": "Describe this audio in detail.",
-}
-TASKS = (*TASK_PROMPTS, "ask", "chat")
+
 Enqueue = Callable[[str, str], None]  # (stage, job_id)
 PROGRESS_EVERY_S = 0.25
 
@@ -227,9 +221,7 @@ def generate_job(ctx: Context, job_id: str, engine_for: Callable[[object], objec
     job = ctx.store.get_job(job_id)
     loaded = ctx.models.get(resolve(job.model, ctx.settings))
     segments, encoded = load_features(ctx.storage.get_bytes(job.features_key))
-    instruction = job.prompt if job.task in ("ask", "chat") else TASK_PROMPTS[job.task]
-    if job.task in ("transcribe", "transcribe_timestamps", "caption") and job.prompt:
-        instruction = f"{instruction} {job.prompt}"
+    instruction = instruction_for(job.task, job.prompt)
     params = job.params or {}
     engine = engine_for(loaded)
     device = next(loaded.model.parameters()).device

@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
+from model.timestamps import TimedText, parse_timestamps
 from services.generator.engine import BatchingEngine, GenerationRequest
-from services.timestamps import TimedText, parse_timestamps
 from tests.conftest import noise
 
 

@@ -1,0 +1,25 @@
+"""The tasks the platform offers and the instruction each one sends to the model.
+
+Serving (services.jobs) and training (pipelines.train) build prompts from this one table, so a
+model is trained on exactly the wording it is later asked with.
+"""
+
+from __future__ import annotations
+
+TASK_PROMPTS = {
+    "transcribe": "Transcribe the speech in this audio.",
+    "transcribe_timestamps": (
+        "Transcribe the speech in this audio with timestamps for each sentence."
+    ),
+    "caption": "Describe this audio in detail.",
+}
+OPEN_TASKS = ("ask", "chat")  # the user's prompt is the instruction
+TASKS = (*TASK_PROMPTS, *OPEN_TASKS)
+
+
+def instruction_for(task: str, prompt: str | None) -> str:
+    """The instruction text for a task; a prompt on a fixed task is appended to it."""
+    if task in OPEN_TASKS:
+        return prompt or ""
+    base = TASK_PROMPTS[task]
+    return f"{base} {prompt}" if prompt else base

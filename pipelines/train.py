@@ -1,0 +1,350 @@
+"""Training MossAudioModel: pretraining and SFT stages over a dataset manifest.
+
+Stages decide what trains and on which targets:
+
+| stage | encoder | adapter, mergers | decoder | targets |
+|---|---|---|---|---|
+| `pretrain` | trains | train | full | time-aware: timestamped event lists, event starts, captions |
+| `sft` (Instruct) | frozen | train | full or LoRA | every task: captions, timestamps, QA |
+| `sft_thinking` | frozen | train | full or LoRA | QA answers after a `<think>` trace |
+
+The loss covers answer tokens only (the model's head runs only where labels are set).
+Checkpoints are the released format (config.json + safetensors, plus the tokenizer) with a
+`trainer_state.pt` beside them (step, optimizer, scheduler, RNG, data order), so a resumed run
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model import MossAudioModel, MossAudioProcessor, load_audio, log_mel_spectrogram
+from model.encoder import num_audio_tokens
+from model.processor import default_prompt
+from model.tasks import instruction_for
+from model.tokens import ENDOFTEXT_ID, IM_END_ID
+
+from .lora import add_lora, lora_state, merged_copy
+
+STAGES: dict[str, dict[str, Any]] = {
+    "pretrain": {
+        "train_encoder": True,
+        "decoder": "full",
+        "kinds": ("timestamps", "event_start", "caption"),
+    },
+    "sft": {
+        "train_encoder": False,
+        "decoder": "full",
+        "kinds": ("caption", "timestamps", "event_at", "event_start", "count"),
+    },
+    "sft_thinking": {
+        "train_encoder": False,
+        "decoder": "full",
+        "kinds": ("event_at", "event_start", "count"),
+    },
+}
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sft"
+    steps: int = 100
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    train_encoder: bool | None = None  # None: the stage's default
+    decoder: str | None = None  # full | lora | frozen; None: the stage's default
+    lora_rank: int = 8
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | no
+    seed: int = 0
+    checkpoint_every: int = 0
+    kinds: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}")
+        defaults = STAGES[self.stage]
+        self.train_encoder = (
+            defaults["train_encoder"] if self.train_encoder is None else self.train_encoder
+        )
+        self.decoder = self.decoder or defaults["decoder"]
+        self.kinds = tuple(self.kinds or defaults["kinds"])
+        if self.decoder not in ("full", "lora", "frozen"):
+            raise ValueError("decoder must be full, lora or frozen")
+
+
+# --- examples ------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    clip: int  # index into Examples.mels
+    input_ids: list[int]
+    labels: list[int]
+    kind: str
+    answer: str
+    prompt_ids: list[int] = field(repr=False, default_factory=list)
+
+
+def thinking_trace(events: list[dict[str, Any]]) -> str:
+    """A short reasoning trace from the clip's events, for Thinking-style targets."""
+    heard = "; ".join(f"{e['label']} from {e['start']:.1f} s to {e['end']:.1f} s" for e in events)
+    return f"I hear {len(events)} event(s): {heard}."
+
+
+class Examples:
+    """Tokenized examples of one split, with each clip's mel computed once."""
+
+    def __init__(
+        self,
+        clips: list[dict[str, Any]],
+        read_audio: Callable[[str], bytes],
+        processor: MossAudioProcessor,
+        kinds: tuple[str, ...],
+        split: str,
+        thinking: bool = False,
+    ) -> None:
+        self.mels: list[torch.Tensor] = []
+        self.items: list[Example] = []
+        self.clips = [c for c in clips if c["split"] == split]
+        tokenizer = processor.tokenizer
+        for index, clip in enumerate(self.clips):
+            mel = log_mel_spectrogram(load_audio(read_audio(clip["audio"])))
+            self.mels.append(mel)
+            tokens = int(num_audio_tokens(mel.shape[-1]))
+            for example in clip["examples"]:
+                if example["kind"] not in kinds:
+                    continue
+                instruction = instruction_for(example["task"], example["prompt"] or None)
+                prompt_ids = processor.encode_prompt(default_prompt(instruction), [tokens])
+                answer = example["answer"]
+                target = answer
+                if thinking:
+                    target = f"<think>\n{thinking_trace(clip['events'])}\n</think>\n\n{answer}"
+                answer_ids = [*tokenizer.encode(target, add_special_tokens=False), IM_END_ID]
+                self.items.append(
+                    Example(
+                        clip=index,
+                        input_ids=prompt_ids + answer_ids,
+                        labels=[-100] * len(prompt_ids) + answer_ids,
+                        kind=example["kind"],
+                        answer=answer,
+                        prompt_ids=prompt_ids,
+                    )
+                )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, items: list[Example]) -> dict[str, torch.Tensor]:
+        """Right-padded ids/labels and zero-padded mel for a list of examples."""
+        width = max(len(e.input_ids) for e in items)
+        ids = torch.full((len(items), width), ENDOFTEXT_ID, dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, example in enumerate(items):
+            n = len(example.input_ids)
+            ids[row, :n] = torch.tensor(example.input_ids)
+            labels[row, :n] = torch.tensor(example.labels)
+            mask[row, :n] = 1
+        mels = [self.mels[e.clip] for e in items]
+        frames = max(m.shape[-1] for m in mels)
+        audio = torch.zeros(len(items), mels[0].shape[0], frames)
+        for row, mel in enumerate(mels):
+            audio[row, :, : mel.shape[-1]] = mel
+        lengths = torch.tensor([m.shape[-1] for m in mels])
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "audio_data": audio,
+            "audio_data_seqlens": lengths,
+        }
+
+
+def batches(
+    examples: Examples, batch_size: int, seed: int, start: int = 0
+) -> Iterator[list[Example]]:
+    """An endless, reproducible stream of batches: epoch e shuffles with seed + e."""
+    produced = 0
+    epoch = 0
+    while True:
+        order = np.random.default_rng(seed + epoch).permutation(len(examples))
+        for first in range(0, len(order) - batch_size + 1, batch_size):
+            if produced >= start:
+                yield [examples.items[i] for i in order[first : first + batch_size]]
+            produced += 1
+        epoch += 1
+
+
+# --- what trains ---------------------------------------------------------------------------
+
+
+def configure_trainable(model: MossAudioModel, config: TrainConfig) -> list[nn.Parameter]:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for module in (model.audio_adapter, model.deepstack_audio_merger_list):
+        module.requires_grad_(True)
+    if config.train_encoder:
+        model.audio_encoder.requires_grad_(True)
+    if config.decoder == "full":
+        model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    elif config.decoder == "lora":
+        add_lora(model.language_model, rank=config.lora_rank)  # adapters train, base frozen
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    mode = config.mixed_precision
+    if mode == "auto":
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    losses: list[float]
+
+
+def train(
+    model: MossAudioModel,
+    examples: Examples,
+    config: TrainConfig,
+    output_dir: Path | None = None,
+    processor: MossAudioProcessor | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train in place. With `resume`, continue from `output_dir`'s trainer state."""
+    if len(examples) < config.batch_size:
+        raise ValueError(f"{len(examples)} examples: fewer than one batch of {config.batch_size}")
+    device = next(model.parameters()).device
+    params = configure_trainable(model, config)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine to 10 %
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start = 0
+    if resume:
+        start = _load_state(output_dir, model, optimizer, scheduler, config)
+    else:
+        _seed_everything(config.seed)
+    scaler = torch.amp.GradScaler(
+        enabled=config.mixed_precision == "fp16" and device.type == "cuda"
+    )
+    stream = batches(examples, config.batch_size, config.seed, start=start * config.grad_accum)
+    model.train()
+    losses: list[float] = []
+    step = start
+    for step in range(start, config.steps):
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(config.grad_accum):
+            batch = {k: v.to(device) for k, v in examples.batch(next(stream)).items()}
+            with _autocast(config, device):
+                loss = model(**batch).loss / config.grad_accum
+            scaler.scale(loss).backward()
+            total += float(loss.detach())
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        losses.append(total)
+        if on_step is not None:
+            on_step(
+                step + 1, {"loss": total, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+            )
+        done = step + 1 == config.steps or (should_stop is not None and should_stop())
+        if output_dir is not None and (
+            done or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)
+        ):
+            save_checkpoint(output_dir, model, processor, optimizer, scheduler, step + 1, config)
+        if done:
+            step += 1
+            break
+    model.eval()
+    return TrainResult(steps=step, final_loss=losses[-1] if losses else float("nan"), losses=losses)
+
+
+def save_checkpoint(
+    directory: Path,
+    model: MossAudioModel,
+    processor: MossAudioProcessor | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    config: TrainConfig,
+) -> None:
+    """Released-format weights (LoRA merged in) + tokenizer + the state to resume from."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    merged_copy(model).save_pretrained(directory)
+    if processor is not None:
+        processor.save_pretrained(directory)
+    torch.save(
+        {
+            "step": step,
+            "config": asdict(config),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "lora": lora_state(model),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        },
+        directory / STATE_FILE,
+    )
+
+
+def _load_state(directory: Path | None, model, optimizer, scheduler, config) -> int:
+    if directory is None or not (Path(directory) / STATE_FILE).is_file():
+        raise FileNotFoundError(f"no {STATE_FILE} in {directory}: nothing to resume")
+    state = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+    if state["lora"]:
+        raise ValueError("resuming LoRA runs: load the base model and pass its LoRA state")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return int(state["step"])
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
