@@ -189,9 +189,11 @@ def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
-from .cli_platform import register  # noqa: E402 - the platform commands join the same app
+from .cli_lifecycle import register as register_lifecycle  # noqa: E402 - join the same app
+from .cli_platform import register  # noqa: E402
 
 register(app)
+register_lifecycle(app)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -33,6 +33,7 @@ from model.timestamps import parse_timestamps
 from .errors import ApiError
 from .jobstore import Job, JobStore, Principal
 from .models import ModelCache, ModelNotFound, model_version, resolve
+from .models import check as check_model
 from .settings import Settings
 from .storage import Storage
 
@@ -77,7 +78,7 @@ def submit_job(
     if not 0.0 <= temperature <= 2.0:
         raise ApiError(422, "invalid_temperature", "temperature must be in 0..2")
     try:
-        spec = resolve(model, settings)
+        model_ref = check_model(model, settings)
     except ValueError as exc:
         raise ApiError(422, "invalid_model", str(exc)) from exc
     except ModelNotFound as exc:
@@ -113,7 +114,7 @@ def submit_job(
             tenant=principal.tenant,
             task=task,
             prompt=prompt,
-            model=spec.ref,
+            model=model_ref,
             params={
                 "max_new_tokens": max_new_tokens or settings.max_new_tokens,
                 "temperature": temperature,
@@ -149,6 +150,8 @@ def encode_job(ctx: Context, job_id: str) -> bool:
         return False
     job = ctx.store.get_job(job_id)
     spec = resolve(job.model, ctx.settings)
+    if spec.registry_version:  # pin it: the generator must use the same version
+        ctx.store.set_params(job_id, {**job.params, "model_version": spec.registry_version})
     version = model_version(spec.path)
     key = features_key(job.audio_sha256, version)
     cached = ctx.storage.exists(key)
@@ -219,7 +222,8 @@ def generate_job(ctx: Context, job_id: str, engine_for: Callable[[object], objec
     if not ctx.store.claim_stage(job_id, "generate"):
         return False
     job = ctx.store.get_job(job_id)
-    loaded = ctx.models.get(resolve(job.model, ctx.settings))
+    pinned = (job.params or {}).get("model_version")
+    loaded = ctx.models.get(resolve(job.model, ctx.settings, registry_version=pinned))
     segments, encoded = load_features(ctx.storage.get_bytes(job.features_key))
     instruction = instruction_for(job.task, job.prompt)
     params = job.params or {}

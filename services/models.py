@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class ModelSpec:
     name: str
     alias: str | None
     path: Path
+    registry_version: str | None = None  # the MLflow version, for registry models
 
     @property
     def ref(self) -> str:
@@ -61,12 +63,60 @@ def available_models(settings: Settings) -> dict[str, Path]:
     return models
 
 
-def resolve(ref: str | None, settings: Settings) -> ModelSpec:
+_ALIAS_TTL_S = 5.0
+_alias_cache: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+
+
+def _registry_version(settings: Settings, name: str, alias: str) -> str | None:
+    """The version holding `alias`, looked up at most every few seconds per (name, alias)."""
+    from pipelines.registry import Registry
+
+    key = (settings.mlflow_uri or "", name, alias)
+    now = time.monotonic()
+    cached = _alias_cache.get(key)
+    if cached and now - cached[0] < _ALIAS_TTL_S:
+        return cached[1]
+    version = Registry(settings.mlflow_uri).alias_holder(name, alias)
+    _alias_cache[key] = (now, version)
+    return version
+
+
+def check(ref: str | None, settings: Settings) -> str:
+    """Validate a job's model reference without loading anything; returns it canonical."""
+    name, alias = parse_ref(ref or settings.default_model)
+    if name in available_models(settings):
+        return f"{name}@{alias}" if alias else name
+    if not settings.mlflow_uri:
+        raise ModelNotFound(f"unknown model {name!r}")
+    try:
+        version = _registry_version(settings, name, alias or "production")
+    except Exception as exc:
+        raise ModelNotFound(f"unknown model {name!r} ({type(exc).__name__})") from exc
+    if version is None:
+        raise ModelNotFound(f"no version of {name!r} holds alias {alias or 'production'!r}")
+    return f"{name}@{alias}" if alias else name
+
+
+def resolve(ref: str | None, settings: Settings, registry_version: str | None = None) -> ModelSpec:
+    """A job's model: a local checkpoint directory, else a registered version (MLflow).
+
+    For registry models, `name` means `name@production`; `registry_version` pins a version
+    (the generator uses the version the encoder resolved, even if the alias has moved since).
+    """
     name, alias = parse_ref(ref or settings.default_model)
     path = available_models(settings).get(name)
-    if path is None or not (path / "config.json").is_file():
+    if path is not None and (path / "config.json").is_file():
+        return ModelSpec(name=name, alias=alias, path=path)
+    if not settings.mlflow_uri:
         raise ModelNotFound(f"unknown model {name!r}")
-    return ModelSpec(name=name, alias=alias, path=path)
+    version = registry_version or _registry_version(settings, name, alias or "production")
+    if version is None:
+        raise ModelNotFound(f"no version of {name!r} holds alias {alias or 'production'!r}")
+    from pipelines.registry import Registry
+
+    target = settings.home.resolve() / "registry-cache" / name / version
+    path = Registry(settings.mlflow_uri).download(name, version, target)
+    return ModelSpec(name=name, alias=alias, path=path, registry_version=version)
 
 
 def model_version(path: Path) -> str:
@@ -107,17 +157,27 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Models loaded once per process and kept (workers serve many jobs per model)."""
+    """Models loaded once per process and kept (workers serve many jobs per model).
 
-    def __init__(self, device: str = "cpu") -> None:
+    When an alias moves, new jobs load the new version while jobs in flight keep the one they
+    started with; beyond `capacity` models the least recently used is dropped from the cache
+    (a job still running on it keeps its own reference).
+    """
+
+    def __init__(self, device: str = "cpu", capacity: int = 2) -> None:
         self.device = device
+        self.capacity = capacity
         self._loaded: dict[Path, LoadedModel] = {}
         self._lock = threading.Lock()
 
     def get(self, spec: ModelSpec) -> LoadedModel:
         with self._lock:
             key = spec.path.resolve()
-            if key not in self._loaded:
+            if key in self._loaded:
+                self._loaded[key] = self._loaded.pop(key)  # most recently used last
+            else:
+                while len(self._loaded) >= self.capacity:
+                    self._loaded.pop(next(iter(self._loaded)))
                 from model import MossAudioModel, MossAudioProcessor
 
                 model = MossAudioModel.from_pretrained(spec.path).to(self.device).eval()

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     models: str = ""
     models_dir: Path | None = None  # default MOSS_HOME/models: each subdirectory is a model
 
+    # Model lifecycle
+    mlflow_uri: str | None = None  # the MLflow tracking server (registry) URL
+    kfp_host: str | None = None  # a Kubeflow Pipelines endpoint; unset: pipelines run locally
+
     # Workers
     max_segment_seconds: float = 120.0
     generator_max_batch: int = 8

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import lifecycle
 from ..errors import ApiError
 from ..jobs import TASKS, Context, submit_job, sweep
 from ..jobstore import ACTIVE, JobStore, Principal
@@ -29,7 +30,19 @@ from ..queue import QUEUES, enqueuer, make_celery, queues_with_workers
 from ..settings import Settings, get_settings
 from ..storage import make_storage
 from .limits import BodySizeLimit
-from .schemas import ErrorBody, Health, JobList, JobOut, KeyCreate, KeyCreated, KeyOut, key_out
+from .schemas import (
+    AliasMove,
+    ErrorBody,
+    Health,
+    JobList,
+    JobOut,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    PipelineRun,
+    Rollback,
+    key_out,
+)
 
 log = logging.getLogger("moss.gateway")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -231,6 +244,34 @@ def create_app(
         if job.status not in ACTIVE or not ctx.store.request_cancel(job_id):
             raise ApiError(409, "job_finished", f"the job has already ended ({job.status})")
         return JobOut.of(ctx.store.get_job(job_id))
+
+    # --- models and pipelines ----------------------------------------------------------------
+
+    @app.get("/v1/models", tags=["models"], responses=ERRORS)
+    def list_models(_: Jobs) -> list[dict]:
+        """Registered models with their versions, aliases and evaluation metrics."""
+        return lifecycle.list_models(settings)
+
+    @app.post(
+        "/v1/models/{name}/aliases/{alias}",
+        tags=["models"],
+        responses={**ERRORS, 409: {"model": ErrorBody}},
+    )
+    def move_alias(name: str, alias: str, body: AliasMove, who: Admin) -> dict:
+        """Point `alias` at a version if it passes the promotion gate (409 when refused)."""
+        actor = f"{who.tenant}:{who.key_id[:8]}"
+        return lifecycle.promote(settings, name, alias, body.version, actor, body.force)
+
+    @app.post("/v1/models/{name}/rollback", tags=["models"], responses=ERRORS)
+    def rollback(name: str, body: Rollback, who: Admin) -> dict:
+        """Move an alias (default `production`) back to its previous version."""
+        version = lifecycle.rollback(settings, name, body.alias, f"{who.tenant}:{who.key_id[:8]}")
+        return {"name": name, "alias": body.alias, "version": version}
+
+    @app.post("/v1/pipelines/{name}/runs", status_code=202, tags=["pipelines"], responses=ERRORS)
+    def run_pipeline(name: str, body: PipelineRun, _: Admin) -> dict:
+        """Start `pretrain`, `sft` or `evaluate` (on Kubeflow when configured, else locally)."""
+        return lifecycle.start_pipeline(settings, name, body.params)
 
     # --- keys -----------------------------------------------------------------------------
 

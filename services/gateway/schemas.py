@@ -120,3 +120,18 @@ def key_out(record: Any, **extra: Any) -> dict[str, Any]:
         "revoked_at": _utc(record.revoked_at),
         **extra,
     }
+
+
+class AliasMove(BaseModel):
+    version: str = Field(description="The version the alias should point at.")
+    force: bool = Field(default=False, description="Skip the gate (recorded as forced).")
+
+
+class Rollback(BaseModel):
+    alias: Literal["candidate", "staging", "production"] = "production"
+
+
+class PipelineRun(BaseModel):
+    params: dict[str, Any] = Field(
+        default_factory=dict, description='Pipeline parameters, e.g. {"size": "tiny"}.'
+    )

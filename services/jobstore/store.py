@@ -263,6 +263,9 @@ class JobStore:
             timings[stage] = {**timings.get(stage, {}), **extra}
             self._update(job_id, timings=timings)
 
+    def set_params(self, job_id: str, params: dict[str, Any]) -> bool:
+        return self._update(job_id, params=params)
+
     def touch(self, job_id: str) -> bool:
         return self._update(job_id, Job.status.in_(ACTIVE))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -94,3 +95,48 @@ def job_store(request, tmp_path_factory) -> JobStore:
     if not url:
         pytest.skip("MOSS_TEST_DATABASE_URL is not set (CI sets it to the machine's PostgreSQL)")
     return JobStore.connect(url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite backend, local artifact store) on loopback."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        wait_for_port(port, timeout=60)
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(15)
+        log.close()

@@ -1,0 +1,206 @@
+"""The pipeline steps as plain functions: prepare data, train, evaluate, register, promote.
+
+Kubeflow components (pipelines/kfp_pipelines.py) are thin wrappers that call these, so the
+same code runs in tests, in `kfp.local` and on a cluster. Steps hand each other references
+only: a manifest key in the object store, an MLflow run id, a registered version. Settings
+(object store, MLflow) come from `MOSS_*` variables, as everywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+
+from model import MossAudioModel, MossAudioProcessor, preset_config
+from services.settings import get_settings
+from services.storage import make_storage
+
+from .data import generate_dataset, read_manifest
+from .evaluate import evaluate
+from .registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
+from .report import write_report
+from .train import Examples, TrainConfig, train
+
+EVAL_KINDS = ("event_at", "event_start", "count", "caption", "timestamps")
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MOSS_MLFLOW_URI")
+    if not uri:
+        raise RuntimeError("MOSS_MLFLOW_URI is not set: the pipelines need an MLflow server")
+    return uri
+
+
+def prepare_data(name: str, num_clips: int, seed: int, manifest: str = "") -> tuple[str, str]:
+    """The dataset to use: `manifest` when given, else the generated dataset `name` (made once).
+
+    Returns (manifest key, sha256 of the manifest).
+    """
+    storage = make_storage(get_settings())
+    if manifest:
+        _, digest = read_manifest(storage, manifest)
+        return manifest, digest
+    key = f"datasets/{name}/manifest.jsonl"
+    if storage.exists(key):  # cached: the same name is the same data
+        _, digest = read_manifest(storage, key)
+        return key, digest
+    return generate_dataset(storage, name, num_clips, seed=seed)
+
+
+def _base_model(size: str, base: str, cache: Path) -> tuple[MossAudioModel, str | None]:
+    """A registry version (`models:/name@alias` or `models:/name/version`) or a fresh preset."""
+    if not base:
+        torch.manual_seed(0)
+        return MossAudioModel(preset_config(size)), None
+    name, _, ref = base.removeprefix("models:/").partition("@")
+    registry = Registry(tracking_uri())
+    if ref:
+        version = registry.alias_holder(name, ref)
+        if version is None:
+            raise ValueError(f"{base}: no version holds alias {ref!r}")
+    else:
+        name, _, version = name.partition("/")
+    path = registry.download(name, version, cache / f"{name}-{version}")
+    return MossAudioModel.from_pretrained(path), f"models:/{name}/{version}"
+
+
+def train_step(
+    size: str,
+    flavor: str,
+    stage: str,
+    manifest: str,
+    base_model: str = "",
+    steps: int = 200,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    train_encoder: bool | None = None,
+    decoder: str = "",
+    seed: int = 0,
+    max_minutes: float = 0.0,
+) -> str:
+    """Train one stage and log it to MLflow (params, per-step metrics, lineage, checkpoint).
+
+    Returns the MLflow run id. `max_minutes` stops early (with a checkpoint) when set.
+    """
+    storage = make_storage(get_settings())
+    clips, digest = read_manifest(storage, manifest)
+    processor = MossAudioProcessor.from_pretrained(None)
+    work = Path(tempfile.mkdtemp(prefix="moss-train-"))
+    model, parent = _base_model(size, base_model, work / "base")
+    thinking = flavor == "thinking" and stage.startswith("sft")
+    config = TrainConfig(
+        stage="sft_thinking" if thinking else stage,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        train_encoder=train_encoder,
+        decoder=decoder or None,
+        seed=seed,
+    )
+    examples = Examples(clips, storage.get_bytes, processor, config.kinds, "train", thinking)
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(f"moss-audio-{size}-{flavor}")
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
+    with mlflow.start_run(run_name=f"{stage}-{size}-{flavor}") as run:
+        mlflow.set_tags(
+            {
+                "code_version": code_version(),
+                "data_digest": digest,
+                "parent_model": parent or "",
+                "stage": stage,
+                "variant": f"{size}-{flavor}",
+            }
+        )
+        mlflow.log_params(
+            {
+                **{k: v for k, v in config.__dict__.items() if k != "kinds"},
+                "kinds": ",".join(config.kinds),
+                "manifest": manifest,
+                "data_digest": digest,
+                "base_model": base_model or f"preset:{size}",
+                "examples": len(examples),
+            }
+        )
+
+        def log(step: int, metrics: dict[str, float]) -> None:
+            if step % 10 == 0 or step == 1:
+                mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+
+        should_stop = (lambda: time.monotonic() > deadline) if deadline else None
+        result = train(
+            model,
+            examples,
+            config,
+            output_dir=work / "checkpoint",
+            processor=processor,
+            on_step=log,
+            should_stop=should_stop,
+        )
+        mlflow.log_metric("train/steps_done", result.steps)
+        mlflow.log_artifacts(str(work / "checkpoint"), CHECKPOINT_ARTIFACT)
+        return run.info.run_id
+
+
+def evaluate_step(run_id: str, manifest: str, max_examples: int = 200) -> dict[str, float]:
+    """Evaluate the run's checkpoint on the held-out split; log metrics and a report."""
+    storage = make_storage(get_settings())
+    clips, _ = read_manifest(storage, manifest)
+    mlflow.set_tracking_uri(tracking_uri())
+    work = Path(tempfile.mkdtemp(prefix="moss-eval-"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(work)
+    )
+    model = MossAudioModel.from_pretrained(local).eval()
+    processor = MossAudioProcessor.from_pretrained(local)
+    examples = Examples(clips, storage.get_bytes, processor, EVAL_KINDS, "heldout")
+    examples.items = examples.items[:max_examples]
+    metrics, predictions = evaluate(model, examples, processor)
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    history = _history(client, experiment, exclude=run_id)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
+        report = write_report(metrics, predictions, history, work / "report")
+        mlflow.log_artifacts(str(report), "evaluation")
+    return metrics
+
+
+def _history(client: Any, experiment: str, exclude: str) -> list[dict[str, float]]:
+    runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"], max_results=50)
+    return [
+        {k.removeprefix("eval/"): v for k, v in r.data.metrics.items() if k.startswith("eval/")}
+        for r in runs
+        if r.info.run_id != exclude
+    ]
+
+
+def register_step(size: str, flavor: str, run_id: str, metrics: dict[str, float]) -> str:
+    """Register the run's checkpoint as a new version; alias `candidate`. Returns the version."""
+    registry = Registry(tracking_uri())
+    run = registry.client.get_run(run_id)
+    name = model_name(size, flavor)
+    version = registry.register(
+        name,
+        run_id,
+        data_digest=run.data.tags.get("data_digest", ""),
+        parent=run.data.tags.get("parent_model") or None,
+        metrics=metrics,
+        description=f"{run.data.tags.get('stage', '')} run {run_id}",
+    )
+    registry.client.set_registered_model_alias(name, "candidate", version)
+    return version
+
+
+def promote_step(size: str, flavor: str, version: str, alias: str, actor: str) -> str:
+    """Apply the promotion gate; returns the decision as JSON (raises when refused)."""
+    if not alias:
+        return json.dumps({"skipped": True})
+    decision = Registry(tracking_uri()).promote(model_name(size, flavor), version, alias, actor)
+    return json.dumps(decision.as_dict())

@@ -1,0 +1,197 @@
+"""Kubeflow pipelines (kfp v2): `pretrain`, `sft` and `evaluate` (no `from __future__`
+import here: kfp reads the annotations as types).
+
+Each is a chain of lightweight components that import the project (the cluster runs them in the
+platform image, `MOSS_PIPELINE_IMAGE`; `kfp.local` runs them in this environment) and call the
+plain functions of pipelines/components.py. Components pass references only (manifest keys, run
+ids, versions). On a cluster the tasks get the platform's settings from the `moss-platform`
+secret, GPUs for the 4B/8B variants, retries, and caching off where runs must not be reused.
+"""
+
+import os
+from typing import NamedTuple
+
+from kfp import dsl
+
+IMAGE = os.environ.get("MOSS_PIPELINE_IMAGE", "ghcr.io/moss-audio/platform:0.1.0")
+SECRET = "moss-platform"
+SECRET_ENV = {
+    k: k
+    for k in (
+        "MOSS_MLFLOW_URI",
+        "MOSS_STORAGE",
+        "MOSS_S3_ENDPOINT",
+        "MOSS_S3_BUCKET",
+        "MOSS_S3_ACCESS_KEY",
+        "MOSS_S3_SECRET_KEY",
+        "MOSS_S3_SECURE",
+    )
+}
+
+
+@dsl.component(base_image=IMAGE)
+def prepare_data(name: str, num_clips: int, seed: int, manifest: str) -> NamedTuple(
+    "Data", [("manifest", str), ("digest", str)]
+):
+    from collections import namedtuple
+
+    from pipelines.components import prepare_data as run
+
+    key, digest = run(name, num_clips, seed, manifest)
+    return namedtuple("Data", ["manifest", "digest"])(key, digest)
+
+
+@dsl.component(base_image=IMAGE)
+def train(
+    size: str,
+    flavor: str,
+    stage: str,
+    manifest: str,
+    base_model: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    max_minutes: float,
+) -> str:
+    from pipelines.components import train_step
+
+    return train_step(
+        size, flavor, stage, manifest, base_model, steps, batch_size, lr, max_minutes=max_minutes
+    )
+
+
+@dsl.component(base_image=IMAGE)
+def evaluate(run_id: str, manifest: str) -> str:
+    import json
+
+    from pipelines.components import evaluate_step
+
+    return json.dumps(evaluate_step(run_id, manifest))
+
+
+@dsl.component(base_image=IMAGE)
+def register(size: str, flavor: str, run_id: str, metrics: str) -> str:
+    import json
+
+    from pipelines.components import register_step
+
+    return register_step(size, flavor, run_id, json.loads(metrics))
+
+
+@dsl.component(base_image=IMAGE)
+def promote(size: str, flavor: str, version: str, alias: str) -> str:
+    from pipelines.components import promote_step
+
+    return promote_step(size, flavor, version, alias, actor="pipeline")
+
+
+@dsl.component(base_image=IMAGE)
+def version_run(size: str, flavor: str, version: str) -> str:
+    from pipelines.components import tracking_uri
+    from pipelines.registry import Registry, model_name
+
+    return (
+        Registry(tracking_uri()).client.get_model_version(model_name(size, flavor), version).run_id
+    )
+
+
+def _cluster_options(task: dsl.PipelineTask, gpu: bool = False) -> None:
+    """Settings, retries and GPUs on a cluster (`kfp.local` ignores them)."""
+    from kfp import kubernetes
+
+    kubernetes.use_secret_as_env(task, secret_name=SECRET, secret_key_to_env=SECRET_ENV)
+    task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2)
+    if gpu:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        task.set_memory_request("64G").set_cpu_request("8")
+
+
+def training_pipeline(stage: str, gpu: bool):
+    """`pretrain` or `sft`; `gpu` (a compile-time choice) requests a GPU for train/evaluate."""
+
+    @dsl.pipeline(
+        name=f"moss-audio-{stage}" + ("-gpu" if gpu else ""),
+        description=f"{stage}: prepare data, train, evaluate, register, optionally promote.",
+    )
+    def pipeline(
+        size: str = "tiny",
+        flavor: str = "instruct",
+        dataset: str = "events-v1",
+        num_clips: int = 600,
+        manifest: str = "",
+        base_model: str = "",
+        steps: int = 300,
+        batch_size: int = 16,
+        lr: float = 3e-3,
+        max_minutes: float = 0.0,
+        promote_to: str = "",
+    ) -> None:
+        data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
+        _cluster_options(data)
+        trained = train(
+            size=size,
+            flavor=flavor,
+            stage=stage,
+            manifest=data.outputs["manifest"],
+            base_model=base_model,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            max_minutes=max_minutes,
+        )
+        trained.set_caching_options(False)  # every run is a new model
+        _cluster_options(trained, gpu=gpu)
+        evaluated = evaluate(run_id=trained.output, manifest=data.outputs["manifest"])
+        evaluated.set_caching_options(False)
+        _cluster_options(evaluated, gpu=gpu)
+        registered = register(
+            size=size, flavor=flavor, run_id=trained.output, metrics=evaluated.output
+        )
+        registered.set_caching_options(False)
+        _cluster_options(registered)
+        promoted = promote(size=size, flavor=flavor, version=registered.output, alias=promote_to)
+        promoted.set_caching_options(False)
+        _cluster_options(promoted)
+
+    return pipeline
+
+
+def evaluate_pipeline(gpu: bool):
+    @dsl.pipeline(
+        name="moss-audio-evaluate" + ("-gpu" if gpu else ""),
+        description="Evaluate a registered version on a dataset; optionally promote it.",
+    )
+    def pipeline(
+        size: str = "tiny",
+        flavor: str = "instruct",
+        version: str = "1",
+        dataset: str = "events-v1",
+        num_clips: int = 600,
+        manifest: str = "",
+        promote_to: str = "",
+    ) -> None:
+        data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
+        _cluster_options(data)
+        run = version_run(size=size, flavor=flavor, version=version)
+        _cluster_options(run)
+        evaluated = evaluate(run_id=run.output, manifest=data.outputs["manifest"])
+        evaluated.set_caching_options(False)
+        _cluster_options(evaluated, gpu=gpu)
+        promoted = promote(size=size, flavor=flavor, version=version, alias=promote_to)
+        promoted.after(evaluated)
+        promoted.set_caching_options(False)
+        _cluster_options(promoted)
+
+    return pipeline
+
+
+def pipeline(name: str, gpu: bool = False):
+    """The pipeline function for `pretrain`, `sft` or `evaluate`."""
+    if name == "evaluate":
+        return evaluate_pipeline(gpu)
+    if name in ("pretrain", "sft"):
+        return training_pipeline(name, gpu)
+    raise ValueError(f"unknown pipeline {name!r}: use pretrain, sft or evaluate")
+
+
+PIPELINE_NAMES = ("pretrain", "sft", "evaluate")

@@ -1,0 +1,288 @@
+"""The MLflow model registry: tracked runs, registered versions with lineage, gated promotion.
+
+Registered models are named `moss-audio-{size}-{flavor}` (`moss-audio-8b-thinking`,
+`moss-audio-tiny-instruct`, ...). Versions move between the aliases `candidate`, `staging` and
+`production` (MLflow stages are deprecated). Every version carries its lineage as tags: the run,
+the data manifest digest, the code version, the parent model, the evaluation metrics. Promotion
+to an alias passes only when the version meets the configured thresholds and does not regress
+against the alias's current holder beyond a tolerance; every decision, accepted or refused, is
+recorded on the version, and each alias keeps a history so `rollback` can move it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from .evaluate import HIGHER_IS_BETTER
+
+ALIASES = ("candidate", "staging", "production")
+SIZES = ("tiny", "small", "4b", "8b")
+FLAVORS = ("instruct", "thinking")
+CHECKPOINT_ARTIFACT = "checkpoint"
+HISTORY_TAG = "alias_history.{alias}"
+# Thresholds a version must meet to become `production` (per metric: min for higher-is-better
+# metrics, max for lower-is-better ones). Overridden by MOSS_PROMOTION_THRESHOLDS (JSON).
+DEFAULT_THRESHOLDS = {"production": {"event_qa_accuracy": 0.5, "timestamp_error_median_s": 2.0}}
+DEFAULT_TOLERANCE = 0.02  # absolute slack when comparing against the current holder
+
+
+class PromotionRefused(Exception):
+    def __init__(self, decision: dict[str, Any]) -> None:
+        super().__init__(decision["reason"])
+        self.decision = decision
+
+
+def model_name(size: str, flavor: str) -> str:
+    if size not in SIZES or flavor not in FLAVORS:
+        raise ValueError(f"variant must be one of {SIZES} x {FLAVORS}")
+    return f"moss-audio-{size}-{flavor}"
+
+
+def code_version() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"moss-audio-platform=={version('moss-audio-platform')}"
+
+
+@dataclass
+class Decision:
+    model: str
+    version: str
+    alias: str
+    accepted: bool
+    reason: str
+    actor: str
+    at: str
+    candidate_metrics: dict[str, float]
+    holder: str | None = None
+    holder_metrics: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Registry:
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # --- versions --------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        run_id: str,
+        *,
+        data_digest: str,
+        parent: str | None,
+        metrics: dict[str, float],
+        description: str = "",
+    ) -> str:
+        """Register the run's checkpoint artifact as a new version of `name`; returns it."""
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        run = self.client.get_run(run_id)
+        source = f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}"
+        tags = {
+            "run_id": run_id,
+            "data_digest": data_digest,
+            "code_version": run.data.tags.get("code_version", code_version()),
+            "parent_model": parent or "",
+            "metrics": json.dumps(metrics, sort_keys=True),
+        }
+        version = self.client.create_model_version(
+            name, source, run_id=run_id, tags=tags, description=description
+        )
+        return str(version.version)
+
+    def version_metrics(self, name: str, version: str) -> dict[str, float]:
+        raw = self.client.get_model_version(name, version).tags.get("metrics", "{}")
+        return {k: float(v) for k, v in json.loads(raw).items()}
+
+    def alias_holder(self, name: str, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def download(self, name: str, version: str, target: Path) -> Path:
+        """The version's checkpoint directory on local disk (downloaded once per version)."""
+        target = Path(target)
+        done = target / ".complete"
+        if not done.is_file():
+            source = self.client.get_model_version(name, version).source
+            from mlflow.artifacts import download_artifacts
+
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            download_artifacts(
+                artifact_uri=source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+            )
+            downloaded = tmp / CHECKPOINT_ARTIFACT if (tmp / CHECKPOINT_ARTIFACT).is_dir() else tmp
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                import shutil
+
+                shutil.rmtree(target)
+            downloaded.rename(target)
+            done.touch()
+        return target
+
+    # --- promotion -------------------------------------------------------------------------
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        alias: str,
+        actor: str,
+        thresholds: dict[str, dict[str, float]] | None = None,
+        tolerance: float = DEFAULT_TOLERANCE,
+        force: bool = False,
+    ) -> Decision:
+        """Move `alias` to `version` if the gate passes; record the decision either way."""
+        if alias not in ALIASES:
+            raise ValueError(f"alias must be one of {', '.join(ALIASES)}")
+        candidate = self.version_metrics(name, version)
+        limits = (thresholds if thresholds is not None else load_thresholds()).get(alias, {})
+        holder = self.alias_holder(name, alias)
+        holder_metrics = self.version_metrics(name, holder) if holder and holder != version else {}
+        problems = []
+        for metric, limit in limits.items():
+            value = candidate.get(metric)
+            higher = HIGHER_IS_BETTER.get(metric, True)
+            if value is None:
+                problems.append(f"{metric} is missing")
+            elif (value < limit) if higher else (value > limit):
+                problems.append(
+                    f"{metric} {value:.4g} {'<' if higher else '>'} threshold {limit:g}"
+                )
+        for metric, current in holder_metrics.items():
+            value = candidate.get(metric)
+            if metric not in HIGHER_IS_BETTER or value is None:
+                continue
+            worse = current - value if HIGHER_IS_BETTER[metric] else value - current
+            if worse > tolerance * max(1.0, abs(current)):
+                problems.append(f"{metric} regresses: {value:.4g} vs {current:.4g} (v{holder})")
+        accepted = force or not problems
+        reason = (
+            "forced by " + actor
+            if force and problems
+            else ("; ".join(problems) if problems else "meets thresholds, no regression")
+        )
+        decision = Decision(
+            model=name,
+            version=version,
+            alias=alias,
+            accepted=accepted,
+            reason=reason,
+            actor=actor,
+            at=datetime.now(UTC).isoformat(),
+            candidate_metrics=candidate,
+            holder=holder,
+            holder_metrics=holder_metrics,
+            thresholds=limits,
+        )
+        self.client.set_model_version_tag(
+            name, version, f"decision.{alias}.{decision.at}", json.dumps(decision.as_dict())
+        )
+        if not accepted:
+            raise PromotionRefused(decision.as_dict())
+        self._move_alias(name, alias, version)
+        return decision
+
+    def rollback(self, name: str, alias: str = "production", actor: str = "") -> str:
+        """Move `alias` back to the version that held it before; returns that version."""
+        history = self._history(name, alias)
+        if len(history) < 2:
+            raise ValueError(f"{name}@{alias} has no earlier version to roll back to")
+        previous = history[-2]
+        self.client.set_registered_model_alias(name, alias, previous)
+        history = history[:-1]
+        self.client.set_registered_model_tag(
+            name, HISTORY_TAG.format(alias=alias), json.dumps(history)
+        )
+        self.client.set_model_version_tag(
+            name,
+            previous,
+            f"decision.{alias}.{datetime.now(UTC).isoformat()}",
+            json.dumps({"rollback": True, "actor": actor, "version": previous}),
+        )
+        return previous
+
+    def _history(self, name: str, alias: str) -> list[str]:
+        tags = self.client.get_registered_model(name).tags
+        return json.loads(tags.get(HISTORY_TAG.format(alias=alias), "[]"))
+
+    def _move_alias(self, name: str, alias: str, version: str) -> None:
+        history = [*[v for v in self._history(name, alias) if v != version][-19:], version]
+        self.client.set_registered_model_alias(name, alias, version)
+        self.client.set_registered_model_tag(
+            name, HISTORY_TAG.format(alias=alias), json.dumps(history)
+        )
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every registered model with its versions, aliases and metrics."""
+        out = []
+        for model in self.client.search_registered_models():
+            aliases = dict(model.aliases or {})
+            versions = []
+            for version in self.client.search_model_versions(f"name='{model.name}'"):
+                number = str(version.version)
+                versions.append(
+                    {
+                        "version": number,
+                        "aliases": sorted(a for a, v in aliases.items() if str(v) == number),
+                        "metrics": json.loads(version.tags.get("metrics", "{}")),
+                        "run_id": version.run_id,
+                        "data_digest": version.tags.get("data_digest"),
+                        "code_version": version.tags.get("code_version"),
+                        "parent_model": version.tags.get("parent_model") or None,
+                        "created_at": version.creation_timestamp,
+                    }
+                )
+            versions.sort(key=lambda v: int(v["version"]))
+            out.append(
+                {
+                    "name": model.name,
+                    "aliases": {a: str(v) for a, v in aliases.items()},
+                    "versions": versions,
+                }
+            )
+        return out
+
+
+def load_thresholds() -> dict[str, dict[str, float]]:
+    raw = os.environ.get("MOSS_PROMOTION_THRESHOLDS")
+    return json.loads(raw) if raw else DEFAULT_THRESHOLDS

@@ -1,0 +1,51 @@
+"""Compile, run locally (kfp.local, no Docker) and submit to a Kubeflow cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .kfp_pipelines import PIPELINE_NAMES, pipeline
+
+COMPILED_DIR = Path(__file__).parent / "compiled"
+
+
+def compiled_files() -> dict[str, tuple[str, bool]]:
+    """file name -> (pipeline, gpu) for every compiled file we ship."""
+    return {
+        f"{name}{'-gpu' if gpu else ''}.yaml": (name, gpu)
+        for name in PIPELINE_NAMES
+        for gpu in (False, True)
+    }
+
+
+def compile_all(out_dir: Path = COMPILED_DIR) -> list[Path]:
+    from kfp import compiler
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, (name, gpu) in compiled_files().items():
+        path = out_dir / filename
+        compiler.Compiler().compile(pipeline(name, gpu), str(path))
+        written.append(path)
+    return written
+
+
+def run_local(name: str, params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Run a pipeline on this machine with kfp.local's SubprocessRunner; returns its outputs."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    task = pipeline(name, gpu=False)(**params)
+    return dict(task.outputs) if getattr(task, "outputs", None) else {}
+
+
+def submit(name: str, params: dict[str, Any], host: str, gpu: bool = False) -> str:
+    """Submit to a Kubeflow Pipelines endpoint; returns the run id."""
+    import kfp
+
+    client = kfp.Client(host=host)
+    run = client.create_run_from_pipeline_func(
+        pipeline(name, gpu), arguments=params, run_name=f"moss-audio-{name}"
+    )
+    return run.run_id
