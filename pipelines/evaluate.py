@@ -63,9 +63,9 @@ def predict(
         batch = examples.batch(group)
         new = model.generate(
             ids,
-            mask,
-            batch["audio_data"],
-            batch["audio_data_seqlens"],
+            attention_mask=mask,
+            audio_data=batch["audio_data"],
+            audio_data_seqlens=batch["audio_data_seqlens"],
             max_new_tokens=max_new_tokens,
         )[:, width:]
         for example, row in zip(group, new, strict=True):

@@ -7,6 +7,8 @@ Integration tests drive the same class, so what they check is what `mossctl up` 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import signal
@@ -42,21 +44,11 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def ensure_demo_model(models_dir: Path) -> Path | None:
-    """Until trained models exist, give the stack a `tiny` random-weight checkpoint."""
-    if models_dir.is_dir() and any((p / "config.json").is_file() for p in models_dir.iterdir()):
-        return None
-    import torch
-    from transformers.utils import logging as hf_logging
+BOOTSTRAP_MODEL = "moss-audio-tiny-instruct"
 
-    from model import MossAudioModel, MossAudioProcessor, preset_config
 
-    hf_logging.disable_progress_bar()
-    target = models_dir / "tiny"
-    torch.manual_seed(0)
-    MossAudioModel(preset_config("tiny")).save_pretrained(target)
-    MossAudioProcessor.from_pretrained(None).save_pretrained(target)
-    return target
+def has_local_models(models_dir: Path) -> bool:
+    return models_dir.is_dir() and any((p / "config.json").is_file() for p in models_dir.iterdir())
 
 
 def admin_key(settings: Settings, store: JobStore) -> str:
@@ -82,9 +74,11 @@ class LocalStack:
     workers: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
     redis: subprocess.Popen | None = None
     gateway: subprocess.Popen | None = None
+    mlflow: subprocess.Popen | None = None
     redis_url: str = ""
+    mlflow_uri: str = ""
     api_key: str = ""
-    created_model: Path | None = None
+    default_model: str = ""
 
     @property
     def url(self) -> str:
@@ -116,7 +110,6 @@ class LocalStack:
         store = JobStore.connect(self.settings.resolved_database_url)  # migrates
         self.api_key = admin_key(self.settings, store)
         store.engine.dispose()
-        self.created_model = ensure_demo_model(self.settings.resolved_models_dir)
         (home / "objects").mkdir(parents=True, exist_ok=True)
 
     def start_redis(self) -> None:
@@ -142,6 +135,41 @@ class LocalStack:
         )
         wait_for_port(port)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def start_mlflow(self) -> None:
+        """An MLflow server on SQLite under MOSS_HOME, unless MOSS_MLFLOW_URI points elsewhere."""
+        if self.settings.mlflow_uri:
+            self.mlflow_uri = self.settings.mlflow_uri
+            return
+        home = self.settings.home.resolve()
+        port = free_port()
+        self.mlflow = self._spawn(
+            "mlflow",
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{home / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(home / "mlflow-artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            extra_env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        wait_for_port(port, timeout=90)
+        self.mlflow_uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.mlflow_uri}/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError("MLflow did not become healthy")
 
     def start_gateway(self) -> None:
         self.gateway = self._spawn("gateway", [sys.executable, "-m", "services.gateway"])
@@ -182,9 +210,52 @@ class LocalStack:
             for process in self.workers.pop(name, []):
                 _stop(process, kill=kill)
 
+    def needs_training(self) -> bool:
+        """No local checkpoint and no production version of the bootstrap model."""
+        if has_local_models(self.settings.resolved_models_dir) or self.settings.models:
+            return False
+        from pipelines.registry import Registry
+
+        return Registry(self.mlflow_uri).alias_holder(BOOTSTRAP_MODEL, "production") is None
+
+    def train_bootstrap_model(self, steps: int, max_minutes: float) -> subprocess.Popen:
+        """Run the local SFT pipeline for the tiny variant and promote it to production."""
+        params = {
+            "size": "tiny",
+            "flavor": "instruct",
+            "steps": steps,
+            "max_minutes": max_minutes,
+            "promote_to": "production",
+        }
+        return self._spawn(
+            "bootstrap-sft",
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "pipeline",
+                "run",
+                "sft",
+                "--local",
+                "--params",
+                json.dumps(params),
+                "--root",
+                str(self.settings.home.resolve() / "kfp"),
+            ],
+        )
+
+    def choose_default_model(self) -> None:
+        """Serve the local checkpoints when there are some, else the registry's production."""
+        if has_local_models(self.settings.resolved_models_dir) or self.settings.models:
+            self.default_model = self.settings.default_model
+        else:
+            self.default_model = BOOTSTRAP_MODEL
+
     def start(self) -> None:
         self.prepare()
         self.start_redis()
+        self.start_mlflow()
+        self.choose_default_model()
         self.start_gateway()
         for queue in ("encode", "generate"):
             self.start_worker(queue)
@@ -205,10 +276,10 @@ class LocalStack:
 
     def stop(self) -> None:
         self.stop_workers()
-        for process in (self.gateway, self.redis):
+        for process in (self.gateway, self.redis, self.mlflow):
             if process is not None:
                 _stop(process)
-        self.gateway = self.redis = None
+        self.gateway = self.redis = self.mlflow = None
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
