@@ -132,6 +132,8 @@ def train_step(
         def log(step: int, metrics: dict[str, float]) -> None:
             if step % 10 == 0 or step == 1:
                 mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+            if step % 50 == 0:  # progress for people watching the log
+                print(f"step {step}/{steps} loss {metrics['loss']:.3f}", flush=True)
 
         should_stop = (lambda: time.monotonic() > deadline) if deadline else None
         result = train(

@@ -213,7 +213,7 @@ class Registry:
             thresholds=limits,
         )
         self.client.set_model_version_tag(
-            name, version, f"decision.{alias}.{decision.at}", json.dumps(decision.as_dict())
+            name, version, f"decision.{alias}.{_stamp()}", json.dumps(decision.as_dict())
         )
         if not accepted:
             raise PromotionRefused(decision.as_dict())
@@ -234,7 +234,7 @@ class Registry:
         self.client.set_model_version_tag(
             name,
             previous,
-            f"decision.{alias}.{datetime.now(UTC).isoformat()}",
+            f"decision.{alias}.{_stamp()}",
             json.dumps({"rollback": True, "actor": actor, "version": previous}),
         )
         return previous
@@ -281,6 +281,11 @@ class Registry:
                 }
             )
         return out
+
+
+def _stamp() -> str:
+    """A tag-safe UTC timestamp (MLflow tag keys allow no `+`)."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def load_thresholds() -> dict[str, dict[str, float]]:

@@ -50,25 +50,23 @@ def up() -> None:
     try:
         with err.status("Preparing state under " + str(settings.home.resolve())):
             stack.prepare()
-        with err.status("Starting Valkey, the gateway and the workers"):
             stack.start_redis()
+            stack.start_mlflow()
+            stack.choose_default_model()
+        if stack.needs_training():
+            _bootstrap(stack, settings)
+        with err.status("Starting the gateway and the workers"):
             stack.start_gateway()
             for queue in ("encode", "generate"):
                 stack.start_worker(queue)
             stack.wait_ready()
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, RuntimeError) as exc:
         stack.stop()
         _fail(f"the stack did not start: {exc} (logs: {stack.logs})", 1)
     except KeyboardInterrupt:
         stack.stop()
         raise typer.Exit(130) from None
-    if stack.created_model is not None:
-        err.print(
-            f"[yellow]note:[/] no trained model yet, so `up` created [bold]tiny[/], a "
-            f"random-weight checkpoint at {stack.created_model}: jobs run end to end but "
-            "their text is noise. Put real checkpoints under "
-            f"{settings.resolved_models_dir} (one directory per model)."
-        )
+    out.print(f"serving model: {stack.default_model}")
     out.print(f"MOSS-Audio platform is up at [bold]{stack.url}[/] (API docs: {stack.url}/docs)")
     out.print(f"admin API key: {stack.api_key}")
     out.print(f"try: mossctl submit clip.wav --task caption     (logs: {stack.logs}; Ctrl-C stops)")
@@ -102,6 +100,36 @@ def up() -> None:
     err.print("stopped")
     if dead:
         raise typer.Exit(1)
+
+
+def _bootstrap(stack, settings) -> None:
+    """No model yet: train the tiny variant with the local SFT pipeline, register, promote."""
+    err.print(
+        "[yellow]note:[/] no trained model yet. Training the [bold]tiny[/] variant on the "
+        f"generated event dataset with the local SFT pipeline (kfp.local; at most "
+        f"{settings.bootstrap_steps} steps or {settings.bootstrap_minutes:g} minutes), then "
+        "registering it in MLflow and promoting it to production. This happens once."
+    )
+    process = stack.train_bootstrap_model(settings.bootstrap_steps, settings.bootstrap_minutes)
+    log = stack.logs / "bootstrap-sft.log"
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("training tiny", total=None)
+        while process.poll() is None:
+            time.sleep(1)
+            progress.update(task, description=f"training tiny: {_last_line(log)}"[:100])
+    if process.returncode != 0:
+        raise RuntimeError(f"the bootstrap pipeline failed ({_last_line(log)}); see {log}")
+    if stack.needs_training():
+        raise RuntimeError(f"the trained model was not promoted to production; see {log}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 def submit(

@@ -14,6 +14,7 @@ import pytest
 
 from services.stack import free_port
 from tests.audio_files import encode, stereo_tone
+from tests.jobs_env import write_checkpoint
 
 pytestmark = pytest.mark.integration
 MOSSCTL = str(Path(sys.executable).with_name("mossctl"))
@@ -21,6 +22,7 @@ MOSSCTL = str(Path(sys.executable).with_name("mossctl"))
 
 def test_up_submit_curl_and_ctrl_c(tmp_path, redis_url) -> None:
     port = free_port()
+    write_checkpoint(tmp_path / "home" / "models" / "tiny")
     env = {
         **os.environ,
         "MOSS_HOME": str(tmp_path / "home"),

@@ -23,8 +23,9 @@ def test_compiled_files_are_current_and_load_in_kfp(tmp_path) -> None:
         assert committed.is_file() and committed.read_text() == text, (
             f"{name} is stale: run `mossctl pipeline compile`"
         )
-        spec = yaml.safe_load(text)
+        spec, platform = list(yaml.safe_load_all(text))  # pipeline spec + Kubernetes settings
         assert spec["pipelineInfo"]["name"].startswith("moss-audio-")
+        assert "kubernetes" in platform["platforms"]
         loaded = components.load_component_from_file(str(committed))
         assert loaded.name.startswith("moss-audio-")
     gpu = (COMPILED_DIR / "sft-gpu.yaml").read_text()

@@ -14,14 +14,17 @@ import pytest
 from services.settings import Settings
 from services.stack import LocalStack, free_port
 from tests.audio_files import encode, stereo_tone
+from tests.jobs_env import write_checkpoint
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
+    home = tmp_path_factory.mktemp("moss-home")
+    write_checkpoint(home / "models" / "tiny")
     settings = Settings(
-        home=tmp_path_factory.mktemp("moss-home"),
+        home=home,
         port=free_port(),
         redis_url=redis_url,
         sweep_after_s=3,

@@ -12,6 +12,7 @@ import pytest
 from services.settings import Settings
 from services.stack import LocalStack, free_port
 from tests.audio_files import encode, stereo_tone
+from tests.jobs_env import write_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +22,10 @@ def stack(tmp_path_factory, redis_url, s3_endpoint):
     database = os.environ.get("MOSS_TEST_DATABASE_URL")
     if not database:
         pytest.skip("MOSS_TEST_DATABASE_URL is not set (CI sets it to the machine's PostgreSQL)")
+    home = tmp_path_factory.mktemp("moss-home")
+    write_checkpoint(home / "models" / "tiny")
     settings = Settings(
-        home=tmp_path_factory.mktemp("moss-home"),
+        home=home,
         port=free_port(),
         redis_url=redis_url,
         database_url=database,
