@@ -1,0 +1,99 @@
+"""Training: the loss falls on a fixed batch; a resumed run equals an uninterrupted one; LoRA."""
+
+from __future__ import annotations
+
+import torch
+
+from model import MossAudioModel, preset_config
+from pipelines.data import EVENT_TYPES, generate_dataset, read_manifest
+from pipelines.lora import LoRALinear, merged_copy
+from pipelines.train import STATE_FILE, Examples, TrainConfig, train
+from services.storage import LocalStorage
+
+KINDS = ("event_at", "event_start", "count", "caption", "timestamps")
+
+
+def dataset(tmp_path, processor, clips: int = 16):
+    storage = LocalStorage(tmp_path / "objects")
+    key, digest = generate_dataset(storage, "t", clips, seed=1, heldout_share=0.0)
+    records, again = read_manifest(storage, key)
+    assert digest == again and len(records) == clips
+    return Examples(records, storage.get_bytes, processor, KINDS, "train")
+
+
+def fresh_model() -> MossAudioModel:
+    torch.manual_seed(0)
+    return MossAudioModel(preset_config("tiny"))
+
+
+def test_dataset_annotations_follow_the_events(tmp_path) -> None:
+    storage = LocalStorage(tmp_path)
+    key, _ = generate_dataset(storage, "d", 20, seed=3)
+    for clip in read_manifest(storage, key)[0]:
+        events = clip["events"]
+        assert all(
+            e["label"] in EVENT_TYPES and 0 < e["start"] < e["end"] <= clip["duration"]
+            for e in events
+        )
+        by_kind = {x["kind"]: x for x in clip["examples"]}
+        assert by_kind["count"]["answer"] == str(sum(e["label"].endswith("beep") for e in events))
+        lines = by_kind["timestamps"]["answer"].splitlines()
+        assert len(lines) == len(events) and lines[0].startswith(f"[{events[0]['start']:.2f}-")
+        if "event_at" in by_kind:
+            second = int(by_kind["event_at"]["prompt"].split()[3])
+            hit = [e for e in events if e["start"] <= second <= e["end"]]
+            assert hit and by_kind["event_at"]["answer"].endswith(hit[0]["label"])
+
+
+def test_answer_tokens_only_are_labelled(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=4)
+    example = examples.items[0]
+    labelled = [
+        t for t, label in zip(example.input_ids, example.labels, strict=True) if label != -100
+    ]
+    assert processor.decode(labelled).strip() == example.answer
+    assert len(labelled) < len(example.input_ids) / 2
+
+
+def test_loss_falls_on_a_fixed_batch(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=4)
+    examples.items = examples.items[:4]
+    config = TrainConfig(
+        stage="sft", steps=30, batch_size=4, lr=1e-2, warmup_steps=2, train_encoder=True
+    )
+    result = train(fresh_model(), examples, config)
+    assert result.losses[-1] < 0.5 * result.losses[0]
+
+
+def test_resume_gives_the_same_weights(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor)
+    config = TrainConfig(stage="pretrain", steps=6, batch_size=4, lr=2e-3, warmup_steps=2)
+    straight = fresh_model()
+    train(straight, examples, config)
+
+    first = fresh_model()
+    stopped = iter([False, False, True])  # stop after the third step, with a checkpoint
+    train(first, examples, config, output_dir=tmp_path / "ckpt", should_stop=lambda: next(stopped))
+    assert (tmp_path / "ckpt" / STATE_FILE).is_file()
+    resumed = MossAudioModel.from_pretrained(tmp_path / "ckpt")
+    train(resumed, examples, config, output_dir=tmp_path / "ckpt", resume=True)
+
+    expected, got = straight.state_dict(), resumed.state_dict()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lora_trains_adapters_only_and_saves_merged_weights(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=4)
+    model = fresh_model()
+    base = {k: v.clone() for k, v in model.language_model.state_dict().items()}
+    config = TrainConfig(stage="sft", steps=4, batch_size=4, lr=5e-3, decoder="lora", lora_rank=4)
+    train(model, examples, config, output_dir=tmp_path / "lora", processor=processor)
+    wrapped = [m for m in model.language_model.modules() if isinstance(m, LoRALinear)]
+    assert len(wrapped) == 7 * 4 and all(not m.base.weight.requires_grad for m in wrapped)
+    saved = MossAudioModel.from_pretrained(tmp_path / "lora")
+    merged = merged_copy(model)
+    assert set(saved.state_dict()) == set(fresh_model().state_dict())  # released names only
+    q = "language_model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(saved.state_dict()[q], merged.state_dict()[q])
+    assert not torch.equal(saved.state_dict()[q], base["layers.0.self_attn.q_proj.weight"])
