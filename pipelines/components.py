@@ -95,6 +95,8 @@ def train_step(
     work = Path(tempfile.mkdtemp(prefix="moss-train-"))
     model, parent = _base_model(size, base_model, work / "base")
     thinking = flavor == "thinking" and stage.startswith("sft")
+    if parent is None and train_encoder is None:
+        train_encoder = True  # a fresh model has no trained encoder to keep frozen
     config = TrainConfig(
         stage="sft_thinking" if thinking else stage,
         steps=steps,
