@@ -100,6 +100,10 @@ class LocalStack:
             MOSS_REDIS_URL=self.redis_url,
             MOSS_DATABASE_URL=self.settings.resolved_database_url,
         )
+        if self.mlflow_uri:
+            env["MOSS_MLFLOW_URI"] = self.mlflow_uri
+        if self.default_model:
+            env["MOSS_DEFAULT_MODEL"] = self.default_model
         return env
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -281,11 +285,13 @@ class LocalStack:
                 _stop(process)
         self.gateway = self.redis = self.mlflow = None
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
         return subprocess.Popen(
             argv,
-            env=self.env(),
+            env={**self.env(), **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
