@@ -113,11 +113,16 @@ def _bootstrap(stack, settings) -> None:
     process = stack.train_bootstrap_model(settings.bootstrap_steps, settings.bootstrap_minutes)
     log = stack.logs / "bootstrap-sft.log"
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("training tiny", total=None)
-        while process.poll() is None:
-            time.sleep(1)
-            progress.update(task, description=f"training tiny: {_last_line(log)}"[:100])
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("training tiny", total=None)
+            while process.poll() is None:
+                time.sleep(1)
+                progress.update(task, description=f"training tiny: {_last_line(log)}"[:100])
+    finally:
+        if process.poll() is None:  # interrupted: do not leave the training running
+            process.terminate()
+            process.wait(30)
     if process.returncode != 0:
         raise RuntimeError(f"the bootstrap pipeline failed ({_last_line(log)}); see {log}")
     if stack.needs_training():
