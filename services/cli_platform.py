@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -120,8 +121,8 @@ def _bootstrap(stack, settings) -> None:
                 time.sleep(1)
                 progress.update(task, description=f"training tiny: {_last_line(log)}"[:100])
     finally:
-        if process.poll() is None:  # interrupted: do not leave the training running
-            process.terminate()
+        if process.poll() is None:  # interrupted: stop the pipeline and its task processes
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
     if process.returncode != 0:
         raise RuntimeError(f"the bootstrap pipeline failed ({_last_line(log)}); see {log}")
