@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 SHARES = ("event_qa_accuracy", "count_accuracy", "caption_keyword_recall")
 
@@ -44,6 +45,7 @@ def write_report(
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         ax.set_ylabel(key, fontsize=8)
         ax.set_xlabel("run (this one last)", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(out / "history.png", dpi=100)
     plt.close(fig)
