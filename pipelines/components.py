@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +104,11 @@ def train_step(
         train_encoder=train_encoder,
         decoder=decoder or None,
         seed=seed,
+        max_seconds=60 * max_minutes,
     )
     examples = Examples(clips, storage.get_bytes, processor, config.kinds, "train", thinking)
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(f"moss-audio-{size}-{flavor}")
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
     with mlflow.start_run(run_name=f"{stage}-{size}-{flavor}") as run:
         mlflow.set_tags(
             {
@@ -137,7 +136,6 @@ def train_step(
             if step % 50 == 0:  # progress for people watching the log
                 print(f"step {step}/{steps} loss {metrics['loss']:.3f}", flush=True)
 
-        should_stop = (lambda: time.monotonic() > deadline) if deadline else None
         result = train(
             model,
             examples,
@@ -145,7 +143,6 @@ def train_step(
             output_dir=work / "checkpoint",
             processor=processor,
             on_step=log,
-            should_stop=should_stop,
         )
         mlflow.log_metric("train/steps_done", result.steps)
         mlflow.log_artifacts(str(work / "checkpoint"), CHECKPOINT_ARTIFACT)

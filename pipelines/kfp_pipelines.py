@@ -95,18 +95,20 @@ def version_run(size: str, flavor: str, version: str) -> str:
     )
 
 
-def _cluster_options(task: dsl.PipelineTask, gpu: bool = False) -> None:
-    """Settings, retries and GPUs on a cluster (`kfp.local` ignores them)."""
+def _cluster_options(task: dsl.PipelineTask, gpu: bool = False, local: bool = False) -> None:
+    """Settings, retries and GPUs on a cluster. Local runs get no retries: kfp.local honours
+    them, and re-running a refused promotion or a broken step only delays the error."""
     from kfp import kubernetes
 
     kubernetes.use_secret_as_env(task, secret_name=SECRET, secret_key_to_env=SECRET_ENV)
-    task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2)
+    if not local:
+        task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2)
     if gpu:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         task.set_memory_request("64G").set_cpu_request("8")
 
 
-def training_pipeline(stage: str, gpu: bool):
+def training_pipeline(stage: str, gpu: bool, local: bool = False):
     """`pretrain` or `sft`; `gpu` (a compile-time choice) requests a GPU for train/evaluate."""
 
     @dsl.pipeline(
@@ -127,7 +129,7 @@ def training_pipeline(stage: str, gpu: bool):
         promote_to: str = "",
     ) -> None:
         data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
-        _cluster_options(data)
+        _cluster_options(data, local=local)
         trained = train(
             size=size,
             flavor=flavor,
@@ -140,23 +142,23 @@ def training_pipeline(stage: str, gpu: bool):
             max_minutes=max_minutes,
         )
         trained.set_caching_options(False)  # every run is a new model
-        _cluster_options(trained, gpu=gpu)
+        _cluster_options(trained, gpu=gpu, local=local)
         evaluated = evaluate(run_id=trained.output, manifest=data.outputs["manifest"])
         evaluated.set_caching_options(False)
-        _cluster_options(evaluated, gpu=gpu)
+        _cluster_options(evaluated, gpu=gpu, local=local)
         registered = register(
             size=size, flavor=flavor, run_id=trained.output, metrics=evaluated.output
         )
         registered.set_caching_options(False)
-        _cluster_options(registered)
+        _cluster_options(registered, local=local)
         promoted = promote(size=size, flavor=flavor, version=registered.output, alias=promote_to)
         promoted.set_caching_options(False)
-        _cluster_options(promoted)
+        _cluster_options(promoted, local=local)
 
     return pipeline
 
 
-def evaluate_pipeline(gpu: bool):
+def evaluate_pipeline(gpu: bool, local: bool = False):
     @dsl.pipeline(
         name="moss-audio-evaluate" + ("-gpu" if gpu else ""),
         description="Evaluate a registered version on a dataset; optionally promote it.",
@@ -171,26 +173,26 @@ def evaluate_pipeline(gpu: bool):
         promote_to: str = "",
     ) -> None:
         data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
-        _cluster_options(data)
+        _cluster_options(data, local=local)
         run = version_run(size=size, flavor=flavor, version=version)
-        _cluster_options(run)
+        _cluster_options(run, local=local)
         evaluated = evaluate(run_id=run.output, manifest=data.outputs["manifest"])
         evaluated.set_caching_options(False)
-        _cluster_options(evaluated, gpu=gpu)
+        _cluster_options(evaluated, gpu=gpu, local=local)
         promoted = promote(size=size, flavor=flavor, version=version, alias=promote_to)
         promoted.after(evaluated)
         promoted.set_caching_options(False)
-        _cluster_options(promoted)
+        _cluster_options(promoted, local=local)
 
     return pipeline
 
 
-def pipeline(name: str, gpu: bool = False):
+def pipeline(name: str, gpu: bool = False, local: bool = False):
     """The pipeline function for `pretrain`, `sft` or `evaluate`."""
     if name == "evaluate":
-        return evaluate_pipeline(gpu)
+        return evaluate_pipeline(gpu, local)
     if name in ("pretrain", "sft"):
-        return training_pipeline(name, gpu)
+        return training_pipeline(name, gpu, local)
     raise ValueError(f"unknown pipeline {name!r}: use pretrain, sft or evaluate")
 
 

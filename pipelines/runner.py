@@ -31,12 +31,32 @@ def compile_all(out_dir: Path = COMPILED_DIR) -> list[Path]:
     return written
 
 
+def coerce(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Convert values to the types the pipeline declares (`--param version=3` is a string)."""
+    import inspect
+
+    signature = inspect.signature(pipeline(name).pipeline_func).parameters
+    unknown = set(params) - set(signature)
+    if unknown:
+        raise ValueError(
+            f"{name} has no parameter {', '.join(sorted(unknown))}; it takes {', '.join(signature)}"
+        )
+    out = {}
+    for key, value in params.items():
+        kind = signature[key].annotation
+        kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
+        if kind is bool and isinstance(value, str):
+            value = value.lower() in ("1", "true", "yes")
+        out[key] = kind(value) if kind in (str, int, float, bool) else value
+    return out
+
+
 def run_local(name: str, params: dict[str, Any], root: Path) -> dict[str, Any]:
     """Run a pipeline on this machine with kfp.local's SubprocessRunner; returns its outputs."""
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    task = pipeline(name, gpu=False)(**params)
+    task = pipeline(name, gpu=False, local=True)(**coerce(name, params))
     return dict(task.outputs) if getattr(task, "outputs", None) else {}
 
 
@@ -46,6 +66,6 @@ def submit(name: str, params: dict[str, Any], host: str, gpu: bool = False) -> s
 
     client = kfp.Client(host=host)
     run = client.create_run_from_pipeline_func(
-        pipeline(name, gpu), arguments=params, run_name=f"moss-audio-{name}"
+        pipeline(name, gpu), arguments=coerce(name, params), run_name=f"moss-audio-{name}"
     )
     return run.run_id

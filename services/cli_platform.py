@@ -125,9 +125,21 @@ def _bootstrap(stack, settings) -> None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
     if process.returncode != 0:
-        raise RuntimeError(f"the bootstrap pipeline failed ({_last_line(log)}); see {log}")
+        raise RuntimeError(f"the bootstrap pipeline failed ({_last_error(log)}); see {log}")
     if stack.needs_training():
         raise RuntimeError(f"the trained model was not promoted to production; see {log}")
+
+
+def _last_error(path: Path) -> str:
+    """The last line of a log that names an error (ANSI colours removed)."""
+    import re
+
+    try:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", path.read_text(errors="replace"))
+    except OSError:
+        return "no log"
+    errors = [ln.strip() for ln in text.splitlines() if re.search(r"Error|Refused|Exception", ln)]
+    return errors[-1] if errors else "no error line in the log"
 
 
 def _last_line(path: Path) -> str:
