@@ -97,3 +97,12 @@ def test_lora_trains_adapters_only_and_saves_merged_weights(tmp_path, processor)
     q = "language_model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(saved.state_dict()[q], merged.state_dict()[q])
     assert not torch.equal(saved.state_dict()[q], base["layers.0.self_attn.q_proj.weight"])
+
+
+def test_time_budget_ends_the_run_with_its_schedule_annealed(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=4)
+    rates: list[float] = []
+    config = TrainConfig(stage="sft", steps=10_000, batch_size=4, warmup_steps=1, max_seconds=3)
+    result = train(fresh_model(), examples, config, on_step=lambda _s, m: rates.append(m["lr"]))
+    assert result.steps < 10_000
+    assert rates[-1] < 0.2 * config.lr  # annealed to the floor by the clock, not the step count
