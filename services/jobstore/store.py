@@ -23,7 +23,6 @@ from sqlalchemy.orm import sessionmaker
 from .models import ApiKey, Job, utcnow
 
 ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
 # A stage can be claimed when the job waits in the stage before it.
 WAITING_FOR = {"encode": "queued", "generate": "encoded"}
 NEXT_STAGE = {"encode": "encoded", "generate": "done"}

