@@ -251,7 +251,12 @@ def train(
         raise ValueError(f"{len(examples)} examples: fewer than one batch of {config.batch_size}")
     device = next(model.parameters()).device
     params = configure_trainable(model, config)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The fused kernel (CPU and CUDA) updates every tensor in one pass: on the tiny model, whose
+    # parameters are mostly the two vocabulary tables, it is ~10 % of a step on 2 cores.
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, weight_decay=config.weight_decay, fused=fused
+    )
 
     started = time.monotonic()
 

@@ -191,9 +191,11 @@ def main() -> None:  # pragma: no cover - console entry point
 
 from .cli_lifecycle import register as register_lifecycle  # noqa: E402 - join the same app
 from .cli_platform import register  # noqa: E402
+from .cli_serve import register as register_serve  # noqa: E402
 
 register(app)
 register_lifecycle(app)
+register_serve(app)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

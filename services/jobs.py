@@ -18,21 +18,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from model import AudioDecodeError, EncoderOutput, load_audio, split_audio
-from model.features import SAMPLE_RATE, log_mel_spectrogram
-from model.processor import default_prompt
+from model.features import SAMPLE_RATE
 from model.tasks import TASKS, instruction_for
 from model.thinking import split_thinking
 from model.timestamps import parse_timestamps
 
 from .errors import ApiError
+from .inference import Backend, StaleFeatures
 from .jobstore import Job, JobStore, Principal
-from .models import ModelCache, ModelNotFound, model_version, resolve
+from .models import ModelNotFound
 from .models import check as check_model
 from .settings import Settings
 from .storage import Storage
@@ -49,8 +48,8 @@ class Context:
     settings: Settings
     store: JobStore
     storage: Storage
-    models: ModelCache
     enqueue: Enqueue
+    backend: Backend | None = None  # workers only: the gateway runs no model
 
 
 # --- submit ----------------------------------------------------------------------------------
@@ -141,54 +140,47 @@ def features_key(audio_sha256: str, version: str) -> str:
 
 
 def encode_job(ctx: Context, job_id: str) -> bool:
-    """Audio -> segments -> mel -> encoder -> features in the object store (content-addressed).
+    """Audio -> segments -> encoder (local or a predictor) -> features in the object store.
 
-    Returns True when the generator should run next, False when this delivery had nothing to do
-    (stage already taken, job cancelled or gone).
+    Features are content-addressed (audio digest + weights digest), so a second job on the same
+    audio skips the encoder. Returns True when the generator should run next, False when this
+    delivery had nothing to do (stage already taken, job cancelled or gone).
     """
     if not ctx.store.claim_stage(job_id, "encode"):
         return False
     job = ctx.store.get_job(job_id)
-    spec = resolve(job.model, ctx.settings)
-    if spec.registry_version:  # pin it: the generator must use the same version
-        ctx.store.set_params(job_id, {**job.params, "model_version": spec.registry_version})
-    version = model_version(spec.path)
-    key = features_key(job.audio_sha256, version)
-    cached = ctx.storage.exists(key)
+    served = ctx.backend.lookup(job.model)
+    params = {k: v for k, v in (job.params or {}).items() if k != "model_version"}
+    if served.registry_version:  # pin it: the generator must use the same version
+        params["model_version"] = served.registry_version
+    ctx.store.set_params(job_id, params)
+    key = features_key(job.audio_sha256, served.version) if served.version else None
+    cached = key is not None and ctx.storage.exists(key)
     if not cached:
         with heartbeat(ctx, job_id):
-            loaded = ctx.models.get(spec)
             audio = load_audio(ctx.storage.get_bytes(job.audio_key))
-            ctx.storage.put_bytes(key, encode_features(loaded.model, audio, ctx.settings))
+            segments = split_audio(audio, max_seconds=ctx.settings.max_segment_seconds)
+            version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
+            key = features_key(job.audio_sha256, version)
+            ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.complete_stage(job_id, "encode", features_key=key, progress=0.1)
     ctx.store.record_timing(job_id, "encode", cache_hit=cached)
     return True
 
 
-def encode_features(model: torch.nn.Module, audio: np.ndarray, settings: Settings) -> bytes:
-    """Encoder outputs for every segment, as one safetensors blob."""
-    segments = split_audio(audio, max_seconds=settings.max_segment_seconds)
-    mels = [log_mel_spectrogram(s.audio) for s in segments]
-    frames = max(m.shape[-1] for m in mels)
-    batch = torch.zeros(len(mels), mels[0].shape[0], frames)
-    for i, mel in enumerate(mels):
-        batch[i, :, : mel.shape[-1]] = mel
-    lengths = torch.tensor([m.shape[-1] for m in mels])
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = model.encode_audio(batch.to(device), lengths.to(device))
-    counts = out.token_lengths.tolist()
+def pack_features(segments, outputs: list[EncoderOutput], version: str) -> bytes:
     tensors: dict[str, torch.Tensor] = {}
-    for i, features in enumerate(out.features.split(counts)):
-        tensors[f"features.{i}"] = features.contiguous().cpu()
-    for k, tap in enumerate(out.taps):
-        for i, part in enumerate(tap.split(counts)):
-            tensors[f"tap{k}.{i}"] = part.contiguous().cpu()
+    for i, out in enumerate(outputs):
+        tensors[f"features.{i}"] = out.features.contiguous()
+        for k, tap in enumerate(out.taps):
+            tensors[f"tap{k}.{i}"] = tap.contiguous()
     meta = [
-        {"offset": s.offset_seconds, "duration": s.duration_seconds, "tokens": n}
-        for s, n in zip(segments, counts, strict=True)
+        {"offset": s.offset_seconds, "duration": s.duration_seconds, "tokens": len(o.features)}
+        for s, o in zip(segments, outputs, strict=True)
     ]
-    return save_safetensors(tensors, metadata={"segments": json.dumps(meta)})
+    return save_safetensors(
+        tensors, metadata={"segments": json.dumps(meta), "model_version": version}
+    )
 
 
 def load_features(blob: bytes) -> tuple[list[dict], list[EncoderOutput]]:
@@ -215,79 +207,81 @@ def _metadata(blob: bytes) -> dict[str, str]:
 # --- generate --------------------------------------------------------------------------------
 
 
-def generate_job(ctx: Context, job_id: str, engine_for: Callable[[object], object]) -> bool:
-    """Features -> adapter/mergers -> prompt -> engine -> result in the job store."""
-    from .generator.engine import GenerationRequest
-
+def generate_job(ctx: Context, job_id: str) -> bool:
+    """Features -> adapter/mergers -> prompt -> decoder (local or a predictor) -> result."""
     if not ctx.store.claim_stage(job_id, "generate"):
         return False
     job = ctx.store.get_job(job_id)
-    pinned = (job.params or {}).get("model_version")
-    loaded = ctx.models.get(resolve(job.model, ctx.settings, registry_version=pinned))
-    segments, encoded = load_features(ctx.storage.get_bytes(job.features_key))
-    instruction = instruction_for(job.task, job.prompt)
     params = job.params or {}
-    engine = engine_for(loaded)
-    device = next(loaded.model.parameters()).device
-    handles = []
-    with torch.inference_mode():
-        for segment, output in zip(segments, encoded, strict=True):
-            output = EncoderOutput(
-                features=output.features.to(device),
-                taps=[t.to(device) for t in output.taps],
-                token_lengths=output.token_lengths,
+    served = ctx.backend.lookup(job.model, registry_version=params.get("model_version"))
+    blob = ctx.storage.get_bytes(job.features_key)
+    segments, encoded = load_features(blob)
+    features_version = _metadata(blob).get("model_version", "")
+    instruction = instruction_for(job.task, job.prompt)
+    max_new_tokens = int(params.get("max_new_tokens", ctx.settings.max_new_tokens))
+    try:
+        generations = [
+            ctx.backend.generate(
+                served,
+                output,
+                instruction,
+                max_new_tokens,
+                float(params.get("temperature", 0.0)),
+                features_version,
             )
-            audio = loaded.model.project_audio(output)
-            ids = loaded.processor.encode_prompt(default_prompt(instruction), [segment["tokens"]])
-            handles.append(
-                engine.submit(
-                    GenerationRequest(
-                        prompt_ids=ids,
-                        audio=audio,
-                        max_new_tokens=int(params.get("max_new_tokens", 512)),
-                        temperature=float(params.get("temperature", 0.0)),
-                    )
-                )
-            )
+            for output in encoded
+        ]
+    except StaleFeatures:
+        return _encode_again(ctx, job_id)
 
-    budget = sum(h.request.max_new_tokens for h in handles)
+    budget = max_new_tokens * len(generations)
     deadline = time.monotonic() + ctx.settings.task_time_limit_s
     timed_out = False
     with heartbeat(ctx, job_id):
-        while pending := [h for h in handles if not h.done]:
+        while pending := [g for g in generations if not g.done]:
             if pending[0].wait(PROGRESS_EVERY_S):  # returns as soon as it finishes
                 continue
             timed_out = time.monotonic() > deadline
             if timed_out or ctx.store.is_cancelled(job_id):
-                for handle in handles:
-                    handle.cancel()  # the engine stops these rows at its next step
+                for generation in generations:
+                    generation.cancel()  # the engine stops these rows at its next step
                 break
-            produced = sum(len(h.tokens) for h in handles)
-            ctx.store.heartbeat(job_id, progress=0.1 + 0.9 * produced / max(budget, 1))
-        for handle in handles:
-            handle.result()
+            done = sum(max_new_tokens if g.done else g.produced for g in generations)
+            ctx.store.heartbeat(job_id, progress=0.1 + 0.9 * done / max(budget, 1))
+        try:
+            texts = [g.text() for g in generations]
+        except StaleFeatures:  # a remote generator changed version after the encoder ran
+            return _encode_again(ctx, job_id)
     if timed_out:
         limit = ctx.settings.task_time_limit_s
         ctx.store.fail(job_id, "timeout", f"generation ran past MOSS_TASK_TIME_LIMIT_S ({limit} s)")
         return False
     if ctx.store.is_cancelled(job_id):
         return False
-    result = build_result(job.task, loaded.processor, segments, [h.tokens for h in handles])
+    result = build_result(job.task, segments, texts)
     ctx.store.complete_stage(job_id, "generate", result=result)
     return True
 
 
-def build_result(task: str, processor, segments: list[dict], outputs: list[list[int]]) -> dict:
-    texts, thoughts, timed = [], [], []
-    for segment, tokens in zip(segments, outputs, strict=True):
-        split = split_thinking(processor.decode(tokens))
-        texts.append(split.answer)
+def _encode_again(ctx: Context, job_id: str) -> bool:
+    """Stale features (the model changed between the stages): back to the encoder."""
+    log.info("job %s: features are from another model version; encoding again", job_id)
+    if ctx.store.reencode(job_id):
+        ctx.enqueue("encode", job_id)
+    return False
+
+
+def build_result(task: str, segments: list[dict], texts: list[str]) -> dict:
+    answers, thoughts, timed = [], [], []
+    for segment, text in zip(segments, texts, strict=True):
+        split = split_thinking(text)
+        answers.append(split.answer)
         if split.thinking:
             thoughts.append(split.thinking)
         if task == "transcribe_timestamps":
             for item in parse_timestamps(split.answer, offset=segment["offset"]):
                 timed.append({"start": item.start, "end": item.end, "text": item.text})
-    result: dict = {"text": " ".join(t for t in texts if t)}
+    result: dict = {"text": " ".join(a for a in answers if a)}
     if task == "transcribe_timestamps":
         result["segments"] = timed
     if thoughts:

@@ -46,3 +46,13 @@ def queues_with_workers(app: Celery, timeout: float = 1.0) -> set[str]:
     """The queues at least one live worker consumes."""
     replies = app.control.inspect(timeout=timeout).active_queues() or {}
     return {queue["name"] for queues in replies.values() for queue in queues}
+
+
+def worker_argv(queue: str, name: str, concurrency: int) -> list[str]:
+    """The Celery command line of one worker: the encoder runs solo (one model call at a time,
+    on the process main thread), the generator runs threads that share one batching engine."""
+    pool = ["-P", "solo"] if queue == "encode" else ["-P", "threads", "-c", str(concurrency)]
+    return [
+        *("-m", "celery", "-A", "services.worker", "worker", "-Q", queue, *pool),
+        *("-n", name, "--without-gossip", "--without-mingle", "-l", "INFO"),
+    ]

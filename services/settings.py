@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     device: str = "cpu"
     max_new_tokens: int = 512
 
+    # Inference: in the worker (`local`) or on KServe predictors (`kserve`, Open Inference
+    # Protocol via tritonclient). URLs are host:port (or http://host:port) of the predictors.
+    inference_backend: Literal["local", "kserve"] = "local"
+    kserve_encoder_url: str | None = None
+    kserve_generator_url: str | None = None
+    kserve_protocol: Literal["http", "grpc"] = "http"
+
     @field_validator("max_upload_mb", "max_audio_seconds")
     @classmethod
     def _positive(cls, value: float) -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from .jobstore import JobStore
+from .queue import worker_argv
 from .settings import Settings
 
 ADMIN_TENANT = "admin"
@@ -182,32 +183,9 @@ class LocalStack:
         wait_for_port(self.settings.port, timeout=60)
 
     def start_worker(self, queue: str) -> subprocess.Popen:
-        pool = (
-            ["-P", "solo"]
-            if queue == "encode"
-            else ["-P", "threads", "-c", str(self.settings.generator_concurrency)]
-        )
         name = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
-        process = self._spawn(
-            f"worker-{queue}",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "services.worker",
-                "worker",
-                "-Q",
-                queue,
-                *pool,
-                "-n",
-                name,
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "INFO",
-            ],
-        )
+        argv = worker_argv(queue, name, self.settings.generator_concurrency)
+        process = self._spawn(f"worker-{queue}", [sys.executable, *argv])
         self.workers.setdefault(queue, []).append(process)
         return process
 

@@ -3,8 +3,9 @@
     celery -A services.worker worker -Q encode -P solo            # the encoder
     celery -A services.worker worker -Q generate -P threads -c 8  # the generator
 
-The generator's threads each hold a job and feed one BatchingEngine per model, so concurrent
-jobs share forward passes. Models load once per process and stay.
+The generator's threads each hold a job; with the local backend they feed one BatchingEngine per
+model, so concurrent jobs share forward passes (models load once per process and stay); with the
+kserve backend they call the predictors (MOSS_INFERENCE_BACKEND).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from celery.exceptions import Retry
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
-from .generator.engine import BatchingEngine
+from .inference import make_backend
 from .jobs import Context, encode_job, generate_job
 from .jobstore import JobStore
-from .models import ModelCache
 from .queue import enqueuer, make_celery
 from .settings import get_settings
 from .storage import make_storage
@@ -37,23 +37,9 @@ def context() -> Context:
         settings=settings,
         store=JobStore.connect(settings.resolved_database_url),
         storage=make_storage(settings),
-        models=ModelCache(settings.device),
         enqueue=enqueuer(app),
+        backend=make_backend(settings),
     )
-
-
-class _Engines:
-    def __init__(self) -> None:
-        self._engines: dict[int, BatchingEngine] = {}
-
-    def __call__(self, loaded) -> BatchingEngine:
-        key = id(loaded.model)
-        if key not in self._engines:
-            self._engines[key] = BatchingEngine(loaded.model, settings.generator_max_batch)
-        return self._engines[key]
-
-
-engines = _Engines()
 
 
 def _run(task, stage: str, job_id: str, work) -> None:
@@ -81,4 +67,4 @@ def encode(self, job_id: str) -> None:
 
 @app.task(name="moss.generate", bind=True, max_retries=None)
 def generate(self, job_id: str) -> None:
-    _run(self, "generate", job_id, lambda ctx: generate_job(ctx, job_id, engines))
+    _run(self, "generate", job_id, lambda ctx: generate_job(ctx, job_id))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from model import MossAudioProcessor
-from services.generator.engine import BatchingEngine
+from services.inference.local import LocalBackend
 from services.jobs import Context
 from services.jobstore import JobStore
-from services.models import ModelCache
 from services.settings import Settings
 from services.storage import LocalStorage
 from tests.conftest import make_tiny_model
@@ -28,30 +27,18 @@ class Recorder:
         self.calls.append((stage, job_id))
 
 
+_backends: dict[Path, LocalBackend] = {}  # one per home: models load once per test module
+
+
 def make_context(home: Path, **overrides) -> Context:
     settings = Settings(home=home, default_model="tiny", heartbeat_s=0.2, **overrides)
     store = JobStore.connect(settings.resolved_database_url)
+    if home not in _backends:
+        _backends[home] = LocalBackend(settings)
     return Context(
         settings=settings,
         store=store,
         storage=LocalStorage(settings.resolved_storage_dir),
-        models=ModelCache(),
         enqueue=Recorder(),
+        backend=_backends[home],
     )
-
-
-class Engines:
-    """One engine per loaded model, as a generator worker keeps them."""
-
-    def __init__(self) -> None:
-        self.engines: dict[int, BatchingEngine] = {}
-
-    def __call__(self, loaded) -> BatchingEngine:
-        key = id(loaded.model)
-        if key not in self.engines:
-            self.engines[key] = BatchingEngine(loaded.model, max_batch=8)
-        return self.engines[key]
-
-    def close(self) -> None:
-        for engine in self.engines.values():
-            engine.close()

@@ -25,7 +25,6 @@ from .. import lifecycle
 from ..errors import ApiError
 from ..jobs import TASKS, Context, submit_job, sweep
 from ..jobstore import ACTIVE, JobStore, Principal
-from ..models import ModelCache
 from ..queue import QUEUES, enqueuer, make_celery, queues_with_workers
 from ..settings import Settings, get_settings
 from ..storage import make_storage
@@ -78,7 +77,6 @@ def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]]]:
         settings=settings,
         store=JobStore.connect(settings.resolved_database_url),
         storage=make_storage(settings),
-        models=ModelCache(),
         enqueue=enqueuer(celery),
     )
     return ctx, lambda: queues_with_workers(celery)

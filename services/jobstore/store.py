@@ -198,6 +198,18 @@ class JobStore:
             heartbeat_at=None,
         )
 
+    def reencode(self, job_id: str) -> bool:
+        """Send a job from its generate stage back to the encoder (its features are stale)."""
+        return self._update(
+            job_id,
+            Job.stage == "generate",
+            Job.status == "running",
+            stage=WAITING_FOR["encode"],
+            status="queued",
+            features_key=None,
+            heartbeat_at=None,
+        )
+
     def heartbeat(self, job_id: str, progress: float | None = None) -> bool:
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if progress is not None:

@@ -11,7 +11,7 @@ from services.errors import ApiError
 from services.jobs import encode_job, generate_job, submit_job, sweep
 from services.jobstore import Principal
 from tests.audio_files import encode, stereo_tone
-from tests.jobs_env import Engines, make_context, write_checkpoint
+from tests.jobs_env import make_context, write_checkpoint
 
 ACME = Principal("k1", "acme", ("jobs",))
 
@@ -26,13 +26,6 @@ def home(tmp_path_factory):
 @pytest.fixture
 def ctx(home):
     return make_context(home)
-
-
-@pytest.fixture(scope="module")
-def engines():
-    engines = Engines()
-    yield engines
-    engines.close()
 
 
 def wav(seconds: float = 2.0, freq: float = 440.0) -> bytes:
@@ -60,7 +53,7 @@ def objects(ctx) -> list[str]:
     )
 
 
-def test_submit_encode_generate(ctx, engines) -> None:
+def test_submit_encode_generate(ctx) -> None:
     job = submit(ctx, wav())
     assert ctx.enqueue.calls == [("encode", job.id)]
     assert ctx.storage.exists(job.audio_key) and job.audio_seconds == pytest.approx(2.0, abs=0.01)
@@ -68,14 +61,14 @@ def test_submit_encode_generate(ctx, engines) -> None:
     assert not encode_job(ctx, job.id)  # a redelivered task does nothing
     stored = ctx.store.get_job(job.id)
     assert stored.stage == "encoded" and ctx.storage.exists(stored.features_key)
-    assert generate_job(ctx, job.id, engines)
+    assert generate_job(ctx, job.id)
     done = ctx.store.get_job(job.id)
     assert done.status == "succeeded" and done.progress == 1.0
     assert isinstance(done.result["text"], str) and done.result["text"]
     assert done.timings["encode"]["cache_hit"] is False and done.timings["generate"]["seconds"] > 0
 
 
-def test_second_job_on_the_same_audio_reuses_features(ctx, engines) -> None:
+def test_second_job_on_the_same_audio_reuses_features(ctx) -> None:
     data = wav(1.5, freq=300.0)
     first, second = submit(ctx, data), submit(ctx, data, task="ask", prompt="What is it?")
     encode_job(ctx, first.id)
@@ -83,14 +76,14 @@ def test_second_job_on_the_same_audio_reuses_features(ctx, engines) -> None:
     a, b = ctx.store.get_job(first.id), ctx.store.get_job(second.id)
     assert a.features_key == b.features_key
     assert a.timings["encode"]["cache_hit"] is False and b.timings["encode"]["cache_hit"] is True
-    assert generate_job(ctx, second.id, engines)
+    assert generate_job(ctx, second.id)
 
 
-def test_long_audio_runs_as_segments_with_offsets(home, engines) -> None:
+def test_long_audio_runs_as_segments_with_offsets(home) -> None:
     ctx = make_context(home, max_segment_seconds=2.0)
     job = submit(ctx, wav(5.0, freq=500.0), task="transcribe_timestamps")
     encode_job(ctx, job.id)
-    generate_job(ctx, job.id, engines)
+    generate_job(ctx, job.id)
     done = ctx.store.get_job(job.id)
     assert done.status == "succeeded" and "segments" in done.result
 
@@ -129,11 +122,11 @@ def test_limits(home) -> None:
     assert (info.value.status, info.value.code) == (422, "audio_too_long")
 
 
-def test_cancelled_job_is_not_generated(ctx, engines) -> None:
+def test_cancelled_job_is_not_generated(ctx) -> None:
     job = submit(ctx, wav(1.0))
     encode_job(ctx, job.id)
     assert ctx.store.request_cancel(job.id)
-    assert not generate_job(ctx, job.id, engines)
+    assert not generate_job(ctx, job.id)
     assert ctx.store.get_job(job.id).status == "cancelled"
 
 
@@ -148,10 +141,10 @@ def test_sweep_reenqueues_a_dead_workers_stage(home) -> None:
     assert ctx.store.get_job(job.id).stage == "queued"
 
 
-def test_generation_past_the_time_limit_fails_the_job(home, engines) -> None:
+def test_generation_past_the_time_limit_fails_the_job(home) -> None:
     ctx = make_context(home, task_time_limit_s=0)
     job = submit(ctx, wav(1.0, freq=770.0), max_new_tokens=4000)
     encode_job(ctx, job.id)
-    assert not generate_job(ctx, job.id, engines)
+    assert not generate_job(ctx, job.id)
     failed = ctx.store.get_job(job.id)
     assert failed.status == "failed" and failed.error["code"] == "timeout"

@@ -1,0 +1,85 @@
+"""Where a job's encoder and decoder run: the inference backends behind one interface.
+
+- `local` (default): the worker process runs the model with torch (ModelCache + BatchingEngine).
+- `kserve`: the worker calls the encoder and generator predictors (services/predictor) over the
+  Open Inference Protocol with `tritonclient`, HTTP or gRPC; the GPUs live with the predictors.
+
+`services.jobs` talks only to `Backend`; both backends run the same functions on the model
+(`encode_waveforms`, `submit_generation` in `services.inference.local`), so a job gives the same
+tokens either way for the same weights and greedy settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from model import EncoderOutput
+
+MISMATCH = "model_version_mismatch"  # the predictors' error code for StaleFeatures
+
+
+class StaleFeatures(Exception):
+    """The features were made by another model version than the generator serves (a rollout
+    happened between the stages): the job must be encoded again."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """The model a job runs on, as far as the backend can tell before running it."""
+
+    ref: str  # the job's reference: `name` or `name@alias`
+    version: str | None  # weights digest (feature-cache key); None: known only after encoding
+    registry_version: str | None = None  # the MLflow version, to pin across the two stages
+    handle: Any = None  # backend-specific (local: the ModelSpec)
+
+
+class Generation(Protocol):
+    """One segment being generated; the job loop polls it for progress and cancellation."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def produced(self) -> int: ...  # tokens so far (remote generations: 0 until done)
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def text(self) -> str: ...  # the decoded answer; raises the generation's error
+
+
+class Backend(Protocol):
+    def lookup(self, ref: str, registry_version: str | None = None) -> Served: ...
+
+    def encode(
+        self, served: Served, waveforms: list[np.ndarray]
+    ) -> tuple[str, list[EncoderOutput]]:
+        """16 kHz mono segments -> (weights digest, one EncoderOutput per segment)."""
+        ...
+
+    def generate(
+        self,
+        served: Served,
+        encoded: EncoderOutput,
+        instruction: str,
+        max_new_tokens: int,
+        temperature: float,
+        features_version: str,
+    ) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(settings: Any, models: Any = None) -> Backend:
+    """The backend MOSS_INFERENCE_BACKEND names."""
+    if settings.inference_backend == "kserve":
+        from .kserve import KServeBackend
+
+        return KServeBackend(settings)
+    from .local import LocalBackend
+
+    return LocalBackend(settings, models)

@@ -1,0 +1,158 @@
+"""The local backend, and the two functions every backend runs on the model.
+
+`encode_waveforms` and `submit_generation` are also what the KServe predictors call, so the
+worker's torch path and the predictors share one implementation (and one BatchingEngine).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from model import EncoderOutput
+from model.features import log_mel_spectrogram
+from model.processor import default_prompt
+
+from ..generator.engine import BatchingEngine, GenerationRequest, RequestHandle
+from ..models import LoadedModel, ModelCache, model_version, resolve
+from . import Served, StaleFeatures
+
+
+def encode_waveforms(model: torch.nn.Module, waveforms: list[np.ndarray]) -> list[EncoderOutput]:
+    """Segments (16 kHz mono) -> one EncoderOutput per segment, on the CPU, in one batch."""
+    mels = [log_mel_spectrogram(w) for w in waveforms]
+    frames = max(m.shape[-1] for m in mels)
+    batch = torch.zeros(len(mels), mels[0].shape[0], frames)
+    for i, mel in enumerate(mels):
+        batch[i, :, : mel.shape[-1]] = mel
+    lengths = torch.tensor([m.shape[-1] for m in mels])
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.encode_audio(batch.to(device), lengths.to(device))
+    counts = out.token_lengths.tolist()
+    features = out.features.split(counts)
+    taps = [tap.split(counts) for tap in out.taps]
+    return [
+        EncoderOutput(
+            features=features[i].contiguous().cpu(),
+            taps=[t[i].contiguous().cpu() for t in taps],
+            token_lengths=torch.tensor([n]),
+        )
+        for i, n in enumerate(counts)
+    ]
+
+
+def submit_generation(
+    loaded: LoadedModel,
+    engine: BatchingEngine,
+    encoded: EncoderOutput,
+    instruction: str,
+    max_new_tokens: int,
+    temperature: float,
+) -> RequestHandle:
+    """Project one segment's features, build its prompt (with time markers), queue it."""
+    device = next(loaded.model.parameters()).device
+    with torch.inference_mode():
+        audio = loaded.model.project_audio(
+            EncoderOutput(
+                features=encoded.features.to(device),
+                taps=[t.to(device) for t in encoded.taps],
+                token_lengths=encoded.token_lengths,
+            )
+        )
+    tokens = int(encoded.features.shape[0])
+    ids = loaded.processor.encode_prompt(default_prompt(instruction), [tokens])
+    return engine.submit(
+        GenerationRequest(
+            prompt_ids=ids,
+            audio=audio,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+        )
+    )
+
+
+class Engines:
+    """One BatchingEngine per loaded model, so concurrent jobs share forward passes."""
+
+    def __init__(self, max_batch: int = 8) -> None:
+        self.max_batch = max_batch
+        self._engines: dict[int, BatchingEngine] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, loaded: LoadedModel) -> BatchingEngine:
+        with self._lock:
+            key = id(loaded.model)
+            if key not in self._engines:
+                self._engines[key] = BatchingEngine(loaded.model, self.max_batch)
+            return self._engines[key]
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
+
+
+class LocalGeneration:
+    def __init__(self, handle: RequestHandle, processor) -> None:
+        self.handle = handle
+        self.processor = processor
+
+    @property
+    def done(self) -> bool:
+        return self.handle.done
+
+    @property
+    def produced(self) -> int:
+        return len(self.handle.tokens)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.handle.wait(timeout)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+    def text(self) -> str:
+        return self.processor.decode(self.handle.result())
+
+
+class LocalBackend:
+    """The worker runs the model itself (CPU or its own GPU: MOSS_DEVICE)."""
+
+    def __init__(self, settings, models: ModelCache | None = None) -> None:
+        self.settings = settings
+        self.models = models or ModelCache(settings.device)
+        self.engines = Engines(settings.generator_max_batch)
+
+    def lookup(self, ref: str, registry_version: str | None = None) -> Served:
+        spec = resolve(ref, self.settings, registry_version=registry_version)
+        return Served(ref, model_version(spec.path), spec.registry_version, spec)
+
+    def encode(
+        self, served: Served, waveforms: list[np.ndarray]
+    ) -> tuple[str, list[EncoderOutput]]:
+        loaded = self.models.get(served.handle)
+        return loaded.version, encode_waveforms(loaded.model, waveforms)
+
+    def generate(
+        self,
+        served: Served,
+        encoded: EncoderOutput,
+        instruction: str,
+        max_new_tokens: int,
+        temperature: float,
+        features_version: str,
+    ) -> LocalGeneration:
+        loaded = self.models.get(served.handle)
+        if features_version != loaded.version:
+            raise StaleFeatures(f"features of {features_version}, model {loaded.version}")
+        handle = submit_generation(
+            loaded, self.engines(loaded), encoded, instruction, max_new_tokens, temperature
+        )
+        return LocalGeneration(handle, loaded.processor)
+
+    def close(self) -> None:
+        self.engines.close()

@@ -1,0 +1,44 @@
+"""KServe model servers for MOSS-Audio: an encoder and a generator predictor.
+
+Both are `kserve.Model` subclasses around the same functions the workers run
+(services.inference.local), speak the Open Inference Protocol (V2) over REST and gRPC, list their
+tensors in the model metadata, and only accept traffic once the weights are loaded (the server
+starts listening after `load()`). A predictor serves one checkpoint, named by `--model`:
+
+- a directory (KServe's storage initializer puts `storageUri` at /mnt/models), or
+- a registry reference `models:/NAME@ALIAS` / `models:/NAME/VERSION` (MOSS_MLFLOW_URI), or
+- a platform model reference `NAME[@ALIAS]` (MOSS_MODELS / MOSS_MODELS_DIR / the registry).
+
+Only this package imports `kserve`; never import it next to `tritonclient.grpc`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models import LoadedModel, ModelCache, ModelSpec, resolve
+from ..settings import Settings
+
+
+def load_model(ref: str, settings: Settings) -> LoadedModel:
+    """The checkpoint a predictor serves, loaded on MOSS_DEVICE."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} holds no config.json: not a MOSS-Audio checkpoint")
+        spec = ModelSpec(name=path.name, alias=None, path=path)
+    elif ref.startswith("models:/"):
+        from pipelines.registry import Registry
+
+        name, _, alias = ref.removeprefix("models:/").partition("@")
+        name, _, version = name.partition("/")
+        registry = Registry(settings.mlflow_uri)
+        if alias:
+            version = registry.alias_holder(name, alias) or ""
+            if not version:
+                raise LookupError(f"{ref}: no version of {name!r} holds alias {alias!r}")
+        target = settings.home.resolve() / "registry-cache" / name / version
+        spec = ModelSpec(name, alias or None, registry.download(name, version, target), version)
+    else:
+        spec = resolve(ref, settings)
+    return ModelCache(settings.device, capacity=1).get(spec)

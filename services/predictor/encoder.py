@@ -1,0 +1,79 @@
+"""The encoder predictor: a 16 kHz mono waveform in, encoder features and DeepStack taps out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import torch
+from kserve import InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput
+
+from ..inference.local import encode_waveforms
+from ..settings import Settings
+from . import load_model
+
+
+def tensor(name: str, array: np.ndarray) -> InferOutput:
+    datatype = {np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}[array.dtype.type]
+    output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+    output.set_data_from_numpy(array, binary_data=True)  # gRPC clients need binary BYTES
+    return output
+
+
+def input_array(payload: InferRequest, name: str, required: bool = True) -> np.ndarray | None:
+    item = payload.get_input_by_name(name)
+    if item is None:
+        if required:
+            raise InvalidInput(f"missing input tensor {name!r}")
+        return None
+    return item.as_numpy()
+
+
+class EncoderModel(Model):
+    def __init__(self, name: str, ref: str, settings: Settings) -> None:
+        super().__init__(name)
+        self.ref = ref
+        self.settings = settings
+        self.loaded = None
+        self.max_samples = int(settings.max_segment_seconds * 16_000)
+
+    def load(self) -> bool:
+        self.loaded = load_model(self.ref, self.settings)
+        self.ready = True
+        return self.ready
+
+    def _dims(self) -> tuple[int, int]:
+        config = self.loaded.model.config.audio_config
+        return len(config.deepstack_encoder_layer_indexes), config.output_dim
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": "waveform", "datatype": "FP32", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        taps, width = self._dims()
+        return [
+            {"name": "features", "datatype": "FP32", "shape": [-1, width]},
+            {"name": "taps", "datatype": "FP32", "shape": [taps, -1, width]},
+        ]
+
+    async def predict(self, payload: InferRequest, headers=None, response_headers=None):
+        waveform = np.asarray(input_array(payload, "waveform"), dtype=np.float32).reshape(-1)
+        if not 1_600 <= waveform.size <= self.max_samples:
+            raise InvalidInput(
+                f"waveform must hold 0.1 s to {self.settings.max_segment_seconds:g} s of 16 kHz "
+                f"audio; got {waveform.size} samples"
+            )
+        loop = asyncio.get_running_loop()
+        (out,) = await loop.run_in_executor(None, encode_waveforms, self.loaded.model, [waveform])
+        return InferResponse(
+            response_id=payload.id or str(uuid.uuid4()),
+            model_name=self.name,
+            model_version=self.loaded.version,
+            infer_outputs=[
+                tensor("features", out.features.numpy()),
+                tensor("taps", torch.stack(out.taps).numpy()),
+            ],
+        )

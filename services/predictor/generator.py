@@ -1,0 +1,121 @@
+"""The generator predictor: encoder features (or a waveform) plus an instruction in, text out.
+
+Concurrent requests share one BatchingEngine, as jobs do in a generator worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import torch
+from kserve import InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from model import EncoderOutput
+
+from ..inference import MISMATCH
+from ..inference.local import Engines, encode_waveforms, submit_generation
+from ..settings import Settings
+from . import load_model
+from .encoder import input_array, tensor
+
+
+def _text(payload: InferRequest, name: str, default: str | None = None) -> str | None:
+    value = input_array(payload, name, required=default is None)
+    if value is None:
+        return default
+    item = np.asarray(value, dtype=object).reshape(-1)[0]
+    return item.decode() if isinstance(item, bytes) else str(item)
+
+
+def _scalar(payload: InferRequest, name: str, default: float) -> float:
+    value = input_array(payload, name, required=False)
+    return default if value is None else float(np.asarray(value).reshape(-1)[0])
+
+
+class GeneratorModel(Model):
+    def __init__(self, name: str, ref: str, settings: Settings) -> None:
+        super().__init__(name)
+        self.ref = ref
+        self.settings = settings
+        self.loaded = None
+        self.engines = Engines(settings.generator_max_batch)
+
+    def load(self) -> bool:
+        self.loaded = load_model(self.ref, self.settings)
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        self.engines.close()
+        super().stop()
+
+    def get_input_types(self) -> list[dict]:
+        config = self.loaded.model.config.audio_config
+        taps, width = len(config.deepstack_encoder_layer_indexes), config.output_dim
+        return [
+            {"name": "features", "datatype": "FP32", "shape": [-1, width]},
+            {"name": "taps", "datatype": "FP32", "shape": [taps, -1, width]},
+            {"name": "waveform", "datatype": "FP32", "shape": [-1]},  # instead of features
+            {"name": "instruction", "datatype": "BYTES", "shape": [1]},
+            {"name": "max_new_tokens", "datatype": "INT32", "shape": [1]},
+            {"name": "temperature", "datatype": "FP32", "shape": [1]},
+            {"name": "features_version", "datatype": "BYTES", "shape": [1]},
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [
+            {"name": "text", "datatype": "BYTES", "shape": [1]},
+            {"name": "token_ids", "datatype": "INT64", "shape": [-1]},
+        ]
+
+    def _encoded(self, payload: InferRequest) -> EncoderOutput:
+        waveform = input_array(payload, "waveform", required=False)
+        if waveform is not None:
+            (out,) = encode_waveforms(self.loaded.model, [np.asarray(waveform, np.float32)])
+            return out
+        features = np.asarray(input_array(payload, "features"), dtype=np.float32)
+        taps = np.asarray(input_array(payload, "taps"), dtype=np.float32)
+        config = self.loaded.model.config.audio_config
+        width, k = config.output_dim, len(config.deepstack_encoder_layer_indexes)
+        if features.ndim != 2 or features.shape[1] != width or features.shape[0] == 0:
+            raise InvalidInput(f"features must be [tokens, {width}]; got {list(features.shape)}")
+        if taps.shape != (k, *features.shape):
+            raise InvalidInput(f"taps must be [{k}, {features.shape[0]}, {width}]")
+        return EncoderOutput(
+            features=torch.from_numpy(features.copy()),
+            taps=[torch.from_numpy(t.copy()) for t in taps],
+            token_lengths=torch.tensor([features.shape[0]]),
+        )
+
+    async def predict(self, payload: InferRequest, headers=None, response_headers=None):
+        version = _text(payload, "features_version", default="")
+        if version and version != self.loaded.version:
+            raise InvalidInput(f"{MISMATCH}: features of {version}, model {self.loaded.version}")
+        instruction = _text(payload, "instruction")
+        max_new_tokens = int(_scalar(payload, "max_new_tokens", self.settings.max_new_tokens))
+        temperature = _scalar(payload, "temperature", 0.0)
+        if not 1 <= max_new_tokens <= 8192 or not 0.0 <= temperature <= 2.0:
+            raise InvalidInput("max_new_tokens must be in 1..8192 and temperature in 0..2")
+        encoded = self._encoded(payload)
+        handle = submit_generation(
+            self.loaded,
+            self.engines(self.loaded),
+            encoded,
+            instruction,
+            max_new_tokens,
+            temperature,
+        )
+        tokens = await asyncio.get_running_loop().run_in_executor(None, handle.result)
+        text = self.loaded.processor.decode(tokens)
+        return InferResponse(
+            response_id=payload.id or str(uuid.uuid4()),
+            model_name=self.name,
+            model_version=self.loaded.version,
+            infer_outputs=[
+                tensor("text", np.array([text.encode()], dtype=np.object_)),
+                tensor("token_ids", np.array(tokens, dtype=np.int64)),
+            ],
+        )
