@@ -22,7 +22,7 @@ from services.settings import get_settings
 from services.storage import make_storage
 
 from .data import generate_dataset, read_manifest
-from .evaluate import evaluate
+from .evaluate import evaluate, first_per_kind
 from .registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
 from .report import write_report
 from .train import Examples, TrainConfig, train
@@ -149,7 +149,7 @@ def train_step(
         return run.info.run_id
 
 
-def evaluate_step(run_id: str, manifest: str, max_examples: int = 200) -> dict[str, float]:
+def evaluate_step(run_id: str, manifest: str, per_kind: int = 100) -> dict[str, float]:
     """Evaluate the run's checkpoint on the held-out split; log metrics and a report."""
     storage = make_storage(get_settings())
     clips, _ = read_manifest(storage, manifest)
@@ -161,7 +161,7 @@ def evaluate_step(run_id: str, manifest: str, max_examples: int = 200) -> dict[s
     model = MossAudioModel.from_pretrained(local).eval()
     processor = MossAudioProcessor.from_pretrained(local)
     examples = Examples(clips, storage.get_bytes, processor, EVAL_KINDS, "heldout")
-    examples.items = examples.items[:max_examples]
+    examples.items = first_per_kind(examples.items, per_kind)
     metrics, predictions = evaluate(model, examples, processor)
     client = mlflow.MlflowClient()
     experiment = client.get_run(run_id).info.experiment_id

@@ -82,18 +82,19 @@ def annotations(events: list[Event], rng: np.random.Generator) -> list[dict[str,
         {"task": "caption", "kind": "caption", "prompt": "", "answer": caption},
         {"task": "transcribe_timestamps", "kind": "timestamps", "prompt": "", "answer": timestamps},
     ]
+    for event in events:  # "what happens at t s?" for every event with a whole second inside
+        first, last = int(np.ceil(event.start)), int(np.floor(event.end))
+        if first <= last:
+            moment = int(rng.integers(first, last + 1))
+            out.append(
+                {
+                    "task": "ask",
+                    "kind": "event_at",
+                    "prompt": f"What happens at {moment} s?",
+                    "answer": f"{ARTICLE[event.label]} {event.label}",
+                }
+            )
     event = events[int(rng.integers(len(events)))]
-    first, last = int(np.ceil(event.start)), int(np.floor(event.end))
-    if first <= last:  # a whole second inside the event: ask what happens then
-        moment = int(rng.integers(first, last + 1))
-        out.append(
-            {
-                "task": "ask",
-                "kind": "event_at",
-                "prompt": f"What happens at {moment} s?",
-                "answer": f"{ARTICLE[event.label]} {event.label}",
-            }
-        )
     same = [e for e in events if e.label == event.label]
     which = "first " if len(same) > 1 else ""
     out.append(

@@ -129,6 +129,17 @@ def score(predictions: list[Prediction], clips: list[dict[str, Any]]) -> dict[st
     return metrics
 
 
+def first_per_kind(items: list[Example], limit: int) -> list[Example]:
+    """At most `limit` examples of each kind, so every metric rests on a known sample size."""
+    counts: dict[str, int] = defaultdict(int)
+    kept = []
+    for example in items:
+        if counts[example.kind] < limit:
+            counts[example.kind] += 1
+            kept.append(example)
+    return kept
+
+
 def evaluate(
     model, examples: Examples, processor, **kwargs: Any
 ) -> tuple[dict[str, float], list[Prediction]]:
