@@ -35,16 +35,12 @@ def worker(
     from .queue import worker_argv
     from .settings import get_settings
 
-    if not get_settings().redis_url:
+    settings = get_settings()
+    if not settings.redis_url:
         _fail("set MOSS_REDIS_URL (redis://host:6379/0) to run a worker")
-    argv = worker_argv(queue, f"{queue}@{socket.gethostname()}", _concurrency())
+    name = f"{queue}@{socket.gethostname()}"
+    argv = worker_argv(queue, name, settings.generator_concurrency)
     os.execv(sys.executable, [sys.executable, *argv])  # Celery gets the signals directly
-
-
-def _concurrency() -> int:
-    from .settings import get_settings
-
-    return get_settings().generator_concurrency
 
 
 def worker_ping(
