@@ -263,9 +263,21 @@ def generate_job(ctx: Context, job_id: str) -> bool:
     return True
 
 
+MAX_REENCODES = 3
+
+
 def _encode_again(ctx: Context, job_id: str) -> bool:
-    """Stale features (the model changed between the stages): back to the encoder."""
+    """Stale features (the model changed between the stages): back to the encoder, a few times
+    at most (predictors that keep disagreeing are a deployment fault, not a rollout)."""
+    job = ctx.store.get_job(job_id)
+    params = dict(job.params or {})
+    params["reencoded"] = int(params.get("reencoded", 0)) + 1
+    if params["reencoded"] > MAX_REENCODES:
+        message = "the encoder and generator serve different model versions"
+        ctx.store.fail(job_id, "model_version_mismatch", message)
+        return False
     log.info("job %s: features are from another model version; encoding again", job_id)
+    ctx.store.set_params(job_id, params)
     if ctx.store.reencode(job_id):
         ctx.enqueue("encode", job_id)
     return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -148,3 +149,23 @@ def test_generation_past_the_time_limit_fails_the_job(home) -> None:
     assert not generate_job(ctx, job.id)
     failed = ctx.store.get_job(job.id)
     assert failed.status == "failed" and failed.error["code"] == "timeout"
+
+
+def test_stale_features_send_the_job_back_to_the_encoder_then_fail(ctx) -> None:
+    from services.jobs import MAX_REENCODES, load_features, pack_features
+
+    job = submit(ctx, wav(1.0, freq=700.0))
+    for attempt in range(MAX_REENCODES + 1):
+        assert encode_job(ctx, job.id)
+        stored = ctx.store.get_job(job.id)
+        segments, outputs = load_features(ctx.storage.get_bytes(stored.features_key))
+        fake = [SimpleNamespace(offset_seconds=s["offset"], duration_seconds=s["duration"])
+                for s in segments]  # fmt: skip
+        # Features written by another model version (a rollout between the two stages).
+        ctx.storage.put_bytes(stored.features_key, pack_features(fake, outputs, "0ther"))
+        assert not generate_job(ctx, job.id)
+        after = ctx.store.get_job(job.id)
+        if attempt < MAX_REENCODES:
+            assert after.status == "queued" and after.stage == "queued"
+            assert ctx.enqueue.calls[-1] == ("encode", job.id)
+    assert after.status == "failed" and after.error["code"] == "model_version_mismatch"
