@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models import LoadedModel, ModelCache, ModelSpec, resolve
+from ..models import LoadedModel, ModelCache, ModelSpec, model_version, resolve
 from ..settings import Settings
 
 
-def load_model(ref: str, settings: Settings) -> LoadedModel:
-    """The checkpoint a predictor serves, loaded on MOSS_DEVICE."""
+def load_model(ref: str, settings: Settings, encoder_only: bool = False) -> LoadedModel:
+    """The checkpoint a predictor serves, loaded on MOSS_DEVICE.
+
+    The encoder predictor keeps only the audio encoder (0.64B parameters of the 4B/8B models'
+    5.2B/9.1B), so it fits a small GPU next to nothing else.
+    """
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -41,4 +45,13 @@ def load_model(ref: str, settings: Settings) -> LoadedModel:
         spec = ModelSpec(name, alias or None, registry.download(name, version, target), version)
     else:
         spec = resolve(ref, settings)
-    return ModelCache(settings.device, capacity=1).get(spec)
+    if not encoder_only:
+        return ModelCache(settings.device, capacity=1).get(spec)
+    from model import MossAudioModel, MossAudioProcessor
+
+    model = MossAudioModel.from_pretrained(spec.path)
+    for part in ("language_model", "lm_head", "audio_adapter", "deepstack_audio_merger_list"):
+        setattr(model, part, None)  # freed before the move: only the encoder reaches the GPU
+    model = model.to(settings.device).eval()
+    processor = MossAudioProcessor.from_pretrained(spec.path)
+    return LoadedModel(spec, model_version(spec.path), model, processor)

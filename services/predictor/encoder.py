@@ -41,7 +41,7 @@ class EncoderModel(Model):
         self.max_samples = int(settings.max_segment_seconds * 16_000)
 
     def load(self) -> bool:
-        self.loaded = load_model(self.ref, self.settings)
+        self.loaded = load_model(self.ref, self.settings, encoder_only=True)
         self.ready = True
         return self.ready
 
