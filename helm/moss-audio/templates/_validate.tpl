@@ -1,0 +1,53 @@
+{{/* Combinations of values the schema cannot express; each fails rendering with a message that
+says what to set. Rendered (to nothing) by validate.yaml. */}}
+{{- define "moss-audio.validate" -}}
+{{- $v := .Values }}
+{{- if not $v.postgresql.enabled }}
+  {{- if and (not $v.postgresql.external.existingSecret) (not $v.postgresql.external.url) }}
+    {{- fail "postgresql.enabled=false needs postgresql.external.url or postgresql.external.existingSecret" }}
+  {{- end }}
+  {{- if and $v.mlflow.enabled (not $v.postgresql.external.existingSecret) (not $v.postgresql.external.mlflowUrl) }}
+    {{- fail "mlflow.enabled with postgresql.enabled=false needs postgresql.external.mlflowUrl (MLflow's own database) or postgresql.external.existingSecret" }}
+  {{- end }}
+{{- end }}
+{{- if and (not $v.redis.enabled) (not $v.redis.external.existingSecret) (not $v.redis.external.url) }}
+  {{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret" }}
+{{- end }}
+{{- if not $v.minio.enabled }}
+  {{- if not $v.s3.external.endpoint }}
+    {{- fail "minio.enabled=false needs s3.external.endpoint (host:port of the S3 API)" }}
+  {{- end }}
+  {{- if and (not $v.s3.external.existingSecret) (or (not $v.s3.external.accessKey) (not $v.s3.external.secretKey)) }}
+    {{- fail "minio.enabled=false needs s3.external.accessKey and s3.external.secretKey, or s3.external.existingSecret" }}
+  {{- end }}
+{{- end }}
+{{- if eq $v.inference.backend "kserve" }}
+  {{- range $component := list "encoder" "generator" }}
+    {{- $inCluster := and $v.kserve.enabled (index $v.kserve $component).enabled }}
+    {{- if and (not $inCluster) (not (get $v.inference.kserve (printf "%sUrl" $component))) }}
+      {{- fail (printf "inference.backend=kserve without the in-cluster %s predictor (kserve.enabled / kserve.%s.enabled) needs inference.kserve.%sUrl" $component $component $component) }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- if $v.kserve.enabled }}
+  {{- range $component := list "encoder" "generator" }}
+    {{- $p := index $v.kserve $component }}
+    {{- $canary := include "moss-audio.predictorCanary" (dict "ctx" $ "component" $component) }}
+    {{- if and $p.enabled (ne $canary "") (ne $v.kserve.deploymentMode "Serverless") }}
+      {{- fail (printf "kserve.%s.canaryTrafficPercent needs kserve.deploymentMode=Serverless (canary rollouts are a Knative feature; got %s): unset it or switch the mode" $component $v.kserve.deploymentMode) }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- range $queue := list "encode" "generate" }}
+  {{- $w := index $v.workers $queue }}
+  {{- if and $w.keda.enabled (not $v.redis.enabled) (not $v.redis.external.address) }}
+    {{- fail (printf "workers.%s.keda.enabled with an external Redis needs redis.external.address (host:port for KEDA's redis scaler)" $queue) }}
+  {{- end }}
+  {{- if and $w.keda.enabled (gt (int $w.keda.minReplicas) (int $w.keda.maxReplicas)) }}
+    {{- fail (printf "workers.%s.keda.minReplicas must not exceed maxReplicas" $queue) }}
+  {{- end }}
+{{- end }}
+{{- if and $v.gateway.autoscaling.enabled (gt (int $v.gateway.autoscaling.minReplicas) (int $v.gateway.autoscaling.maxReplicas)) }}
+  {{- fail "gateway.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- end }}
