@@ -172,8 +172,16 @@ STANDARD_MODE_ONE_PREDICTOR: dict[str, Any] = {
     "inference": {"kserve": {"encoderUrl": "http://encoder.models.svc.cluster.local"}},
 }
 
+def _docs_example() -> dict[str, Any]:
+    """The GPU-cluster values shown in docs/deploy.md: the documented example must render."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    block = text.split("A values file for a GPU cluster", 1)[1].split("```yaml\n", 1)[1]
+    return yaml.safe_load(block.split("```", 1)[0])
+
+
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "docs-gpu-cluster": _docs_example(),
     "everything-on": EVERYTHING_ON,
     "external-existing-secrets": EXTERNAL_EXISTING_SECRETS,
     "external-inline-rawdeployment": EXTERNAL_INLINE_RAW,
