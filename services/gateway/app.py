@@ -29,6 +29,7 @@ from ..queue import QUEUES, enqueuer, make_celery, queues_with_workers
 from ..settings import Settings, get_settings
 from ..storage import make_storage
 from .limits import BodySizeLimit
+from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .schemas import (
     AliasMove,
     ErrorBody,
@@ -122,6 +123,8 @@ def create_app(
     )
     app.state.context = ctx
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
+    metrics = Metrics(ctx.store)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -168,6 +171,11 @@ def create_app(
         ready = all(v == "ok" for v in checks.values())
         response.status_code = 200 if ready else 503
         return Health(status="ok" if ready else "unavailable", checks=checks)
+
+    @app.get("/metrics", tags=["health"], response_class=Response, responses=ERRORS)
+    def prometheus_metrics(_who: Admin) -> Response:
+        """Prometheus metrics (admin keys only): HTTP traffic and jobs by status."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     # --- jobs -----------------------------------------------------------------------------
 

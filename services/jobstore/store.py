@@ -128,6 +128,11 @@ class JobStore:
             ).all()
             return list(rows), int(total or 0)
 
+    def count_by_status(self) -> dict[str, int]:
+        with self.sessions() as session:
+            rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            return {status: int(count) for status, count in rows}
+
     def delete_job(self, job_id: str) -> None:
         with self.sessions.begin() as session:
             job = session.get(Job, job_id)

@@ -172,6 +172,7 @@ STANDARD_MODE_ONE_PREDICTOR: dict[str, Any] = {
     "inference": {"kserve": {"encoderUrl": "http://encoder.models.svc.cluster.local"}},
 }
 
+
 def _docs_example() -> dict[str, Any]:
     """The GPU-cluster values shown in docs/deploy.md: the documented example must render."""
     text = (ROOT / "docs" / "deploy.md").read_text()
@@ -445,7 +446,12 @@ def test_custom_resources_without_schemas_have_their_required_fields(combo):
         port_names = {p.get("name") for s in targets for p in s["spec"]["ports"]}
         for endpoint in sm["spec"]["endpoints"]:
             assert endpoint["port"] in port_names
-            assert endpoint["path"].startswith("/")
+            assert endpoint["path"] == "/metrics"  # the gateway's route (admin keys only)
+            credentials = endpoint["authorization"]["credentials"]
+            assert (
+                credentials["name"] in existing
+                or credentials["key"] in secrets[credentials["name"]]
+            )
 
 
 def test_values_schema_rejects_bad_values(chart):

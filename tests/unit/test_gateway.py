@@ -197,3 +197,17 @@ def test_long_poll_returns_when_the_job_ends(env) -> None:
     assert ended.json()["status"] == "cancelled"
     too_long = client.get(f"/v1/jobs/{job['id']}?wait=600", headers=auth(keys["alice"]))
     assert too_long.status_code == 422 and too_long.json()["error"]["code"] == "invalid_request"
+
+
+def test_metrics_need_an_admin_key_and_count_jobs_and_requests(env) -> None:
+    client, _, keys = env
+    job_id = post(client, keys["alice"], max_new_tokens="3").json()["id"]
+    client.get(f"/v1/jobs/{job_id}", headers=auth(keys["alice"]))
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=auth(keys["alice"])).status_code == 403
+    response = client.get("/metrics", headers=auth(keys["admin"]))
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'moss_jobs{status="queued"}' in text
+    assert 'moss_http_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
+    assert 'route="/v1/jobs/{job_id}"' in text and job_id not in text  # templates, not ids
