@@ -83,10 +83,13 @@ def train_step(
     decoder: str = "",
     seed: int = 0,
     max_minutes: float = 0.0,
+    dropout: float = -1.0,
+    kind_weights: str = "",
 ) -> str:
     """Train one stage and log it to MLflow (params, per-step metrics, lineage, checkpoint).
 
-    Returns the MLflow run id. `max_minutes` stops early (with a checkpoint) when set.
+    Returns the MLflow run id. `max_minutes` stops early (with a checkpoint) when set;
+    `dropout` < 0 keeps the model's rates; `kind_weights` is JSON, e.g. {"event_at": 2}.
     """
     storage = make_storage(get_settings())
     clips, digest = read_manifest(storage, manifest)
@@ -105,6 +108,8 @@ def train_step(
         decoder=decoder or None,
         seed=seed,
         max_seconds=60 * max_minutes,
+        dropout=dropout if dropout >= 0 else None,
+        kind_weights=json.loads(kind_weights) if kind_weights else None,
     )
     examples = Examples(clips, storage.get_bytes, processor, config.kinds, "train", thinking)
     mlflow.set_tracking_uri(tracking_uri())
@@ -121,8 +126,9 @@ def train_step(
         )
         mlflow.log_params(
             {
-                **{k: v for k, v in config.__dict__.items() if k != "kinds"},
+                **{k: v for k, v in config.__dict__.items() if k not in ("kinds", "kind_weights")},
                 "kinds": ",".join(config.kinds),
+                "kind_weights": kind_weights or "none",
                 "manifest": manifest,
                 "data_digest": digest,
                 "base_model": base_model or f"preset:{size}",

@@ -52,11 +52,23 @@ def train(
     batch_size: int,
     lr: float,
     max_minutes: float,
+    dropout: float,
+    kind_weights: str,
 ) -> str:
     from pipelines.components import train_step
 
     return train_step(
-        size, flavor, stage, manifest, base_model, steps, batch_size, lr, max_minutes=max_minutes
+        size,
+        flavor,
+        stage,
+        manifest,
+        base_model,
+        steps,
+        batch_size,
+        lr,
+        max_minutes=max_minutes,
+        dropout=dropout,
+        kind_weights=kind_weights,
     )
 
 
@@ -126,6 +138,8 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
         batch_size: int = 16,
         lr: float = 3e-3,
         max_minutes: float = 0.0,
+        dropout: float = -1.0,
+        kind_weights: str = "",
         promote_to: str = "",
     ) -> None:
         data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
@@ -140,6 +154,8 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
             batch_size=batch_size,
             lr=lr,
             max_minutes=max_minutes,
+            dropout=dropout,
+            kind_weights=kind_weights,
         )
         trained.set_caching_options(False)  # every run is a new model
         _cluster_options(trained, gpu=gpu, local=local)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ def coerce(name: str, params: dict[str, Any]) -> dict[str, Any]:
         kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
         if kind is bool and isinstance(value, str):
             value = value.lower() in ("1", "true", "yes")
+        if kind is str and isinstance(value, dict | list):  # e.g. kind_weights: JSON text
+            value = json.dumps(value)
         out[key] = kind(value) if kind in (str, int, float, bool) else value
     return out
 

@@ -74,6 +74,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0
     kinds: tuple[str, ...] | None = None
+    # How often each kind of example is shown per epoch (1: once); None: every example once.
+    kind_weights: dict[str, float] | None = None
+    # Overrides the model's dropout rates for this run (None: keep the config's). A model trained
+    # from scratch on a time budget underfits; dropout then only slows it down.
+    dropout: float | None = None
     # A time budget (0: none). The learning-rate schedule then follows whichever runs out first,
     # steps or time, so a run cut by the clock still ends with its low-rate annealing phase
     # (on the tiny model that phase is the difference between chance and >90 % event QA).
@@ -182,18 +187,37 @@ class Examples:
 
 
 def batches(
-    examples: Examples, batch_size: int, seed: int, start: int = 0
+    examples: Examples,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    kind_weights: dict[str, float] | None = None,
 ) -> Iterator[list[Example]]:
-    """An endless, reproducible stream of batches: epoch e shuffles with seed + e."""
+    """An endless, reproducible stream of batches: epoch e shuffles with seed + e.
+
+    `kind_weights` resamples each epoch by kind: 2.0 shows every example of that kind twice,
+    0.5 shows a random half of them (missing kinds weigh 1).
+    """
     produced = 0
     epoch = 0
     while True:
-        order = np.random.default_rng(seed + epoch).permutation(len(examples))
+        rng = np.random.default_rng(seed + epoch)
+        order = rng.permutation(epoch_indices(examples, rng, kind_weights))
         for first in range(0, len(order) - batch_size + 1, batch_size):
             if produced >= start:
                 yield [examples.items[i] for i in order[first : first + batch_size]]
             produced += 1
         epoch += 1
+
+
+def epoch_indices(
+    examples: Examples, rng: np.random.Generator, kind_weights: dict[str, float] | None
+) -> np.ndarray:
+    if not kind_weights:
+        return np.arange(len(examples))
+    weights = np.array([kind_weights.get(e.kind, 1.0) for e in examples.items])
+    copies = np.floor(weights).astype(int) + (rng.random(len(weights)) < weights % 1.0)
+    return np.repeat(np.arange(len(examples)), copies)
 
 
 # --- what trains ---------------------------------------------------------------------------
@@ -212,6 +236,14 @@ def configure_trainable(model: MossAudioModel, config: TrainConfig) -> list[nn.P
     elif config.decoder == "lora":
         add_lora(model.language_model, rank=config.lora_rank)  # adapters train, base frozen
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout rate in the model (encoder and decoder attention, residual, activation)."""
+    for module in model.modules():
+        for name in ("dropout", "activation_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, p)
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -251,6 +283,8 @@ def train(
         raise ValueError(f"{len(examples)} examples: fewer than one batch of {config.batch_size}")
     device = next(model.parameters()).device
     params = configure_trainable(model, config)
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
     # The fused kernel (CPU and CUDA) updates every tensor in one pass: on the tiny model, whose
     # parameters are mostly the two vocabulary tables, it is ~10 % of a step on 2 cores.
     fused = device.type in ("cpu", "cuda")
@@ -279,7 +313,13 @@ def train(
     scaler = torch.amp.GradScaler(
         enabled=config.mixed_precision == "fp16" and device.type == "cuda"
     )
-    stream = batches(examples, config.batch_size, config.seed, start=start * config.grad_accum)
+    stream = batches(
+        examples,
+        config.batch_size,
+        config.seed,
+        start=start * config.grad_accum,
+        kind_weights=config.kind_weights,
+    )
     model.train()
     losses: list[float] = []
     step = start

@@ -161,9 +161,7 @@ def test_predictor_with_no_checkpoint_exits_with_one_line(tmp_path) -> None:
     assert run.returncode != 0 and "not a MOSS-Audio checkpoint" in run.stderr
 
 
-@pytest.mark.parametrize(
-    ("task", "prompt"), [("caption", None), ("ask", "What happens at 1 s?")]
-)
+@pytest.mark.parametrize(("task", "prompt"), [("caption", None), ("ask", "What happens at 1 s?")])
 def test_job_through_kserve_equals_the_local_backend(kserve_api, home, task, prompt) -> None:
     data = wav(2.0, freq=523.0 if task == "caption" else 311.0)
     fields = {"task": task, "max_new_tokens": "12", **({"prompt": prompt} if prompt else {})}

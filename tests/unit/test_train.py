@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
+import numpy as np
 import torch
 
 from model import MossAudioModel, preset_config
 from pipelines.data import EVENT_TYPES, generate_dataset, read_manifest
 from pipelines.lora import LoRALinear, merged_copy
-from pipelines.train import STATE_FILE, Examples, TrainConfig, train
+from pipelines.train import (
+    STATE_FILE,
+    Examples,
+    TrainConfig,
+    batches,
+    epoch_indices,
+    set_dropout,
+    train,
+)
 from services.storage import LocalStorage
 
 KINDS = ("event_at", "event_start", "count", "caption", "timestamps")
@@ -36,6 +48,10 @@ def test_dataset_annotations_follow_the_events(tmp_path) -> None:
             for e in events
         )
         by_kind = {x["kind"]: x for x in clip["examples"]}
+        for asked in (x for x in clip["examples"] if x["kind"] == "event_at"):
+            second = int(asked["prompt"].split()[3])
+            assert any(asked["answer"].endswith(e["label"]) for e in events
+                       if e["start"] <= second <= e["end"])  # fmt: skip
         assert by_kind["count"]["answer"] == str(sum(e["label"].endswith("beep") for e in events))
         lines = by_kind["timestamps"]["answer"].splitlines()
         assert len(lines) == len(events) and lines[0].startswith(f"[{events[0]['start']:.2f}-")
@@ -106,3 +122,29 @@ def test_time_budget_ends_the_run_with_its_schedule_annealed(tmp_path, processor
     result = train(fresh_model(), examples, config, on_step=lambda _s, m: rates.append(m["lr"]))
     assert result.steps < 10_000
     assert rates[-1] < 0.2 * config.lr  # annealed to the floor by the clock, not the step count
+
+
+def test_kind_weights_resample_each_epoch_reproducibly(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=12)
+    weights = {"event_at": 2.0, "caption": 0.5, "timestamps": 0.0}
+    shown = Counter(
+        examples.items[i].kind for i in epoch_indices(examples, np.random.default_rng(0), weights)
+    )
+    base = Counter(e.kind for e in examples.items)
+    assert shown["event_at"] == 2 * base["event_at"] and shown["count"] == base["count"]
+    assert shown["timestamps"] == 0 and 0 < shown["caption"] < base["caption"]
+
+    def first_batches() -> list[list[list[int]]]:
+        stream = batches(examples, 4, seed=0, kind_weights=weights)
+        return [[e.input_ids for e in batch] for batch in itertools.islice(stream, 6)]
+
+    assert first_batches() == first_batches()
+
+
+def test_dropout_override_makes_training_forward_deterministic(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=2)
+    batch = examples.batch(examples.items[:2])
+    model = fresh_model().train()
+    assert not torch.equal(model(**batch).loss, model(**batch).loss)  # the config's dropout
+    set_dropout(model, 0.0)
+    assert torch.equal(model(**batch).loss, model(**batch).loss)
