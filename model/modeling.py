@@ -121,6 +121,7 @@ class MossAudioModel(MossAudioPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        label_vocab: torch.LongTensor | None = None,
         **_: object,
     ) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, S) over cached + new tokens (S = cached + T).
@@ -130,7 +131,10 @@ class MossAudioModel(MossAudioPreTrainedModel):
         it is computed from input_ids when not given. With `labels` (B, T) the loss is the
         next-token cross entropy ignoring `config.ignore_index`, and `logits` holds only the
         scored positions, (N, vocab) in row-major order. `logits_to_keep=n` computes logits for
-        the last n positions only (generation needs just the last one).
+        the last n positions only (generation needs just the last one). `label_vocab` (V',)
+        restricts the training softmax to a shortlist of token ids that holds every target (a
+        small model on narrow data: the head then costs V'/vocab of the full one); `logits` is
+        then (N, V') over the shortlist.
         """
         past = cache.length if cache is not None else 0
         if attention_mask is None:
@@ -172,8 +176,18 @@ class MossAudioModel(MossAudioPreTrainedModel):
             # matrix product of the model, and most positions (prompt, audio) carry no label.
             targets = labels[:, 1:].to(hidden.device)
             scored = targets != self.config.ignore_index  # (B, T-1)
-            logits = self.lm_head(hidden[:, :-1][scored])  # (N, vocab)
-            loss = F.cross_entropy(logits.float(), targets[scored])
+            hidden = hidden[:, :-1][scored]  # (N, hidden)
+            targets = targets[scored]  # (N,)
+            if label_vocab is None:
+                logits = self.lm_head(hidden)  # (N, vocab)
+            else:
+                logits = hidden @ self.lm_head.weight[label_vocab].T  # (N, V')
+                position = torch.full_like(self.lm_head.weight[:, 0], -1, dtype=torch.long)
+                position[label_vocab] = torch.arange(len(label_vocab), device=position.device)
+                targets = position[targets]
+                if bool((targets < 0).any()):
+                    raise ValueError("a target token is missing from label_vocab")
+            loss = F.cross_entropy(logits.float(), targets)
             return CausalLMOutput(loss=loss, logits=logits)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]

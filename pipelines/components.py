@@ -85,6 +85,7 @@ def train_step(
     max_minutes: float = 0.0,
     dropout: float = -1.0,
     kind_weights: str = "",
+    vocab_shortlist: bool = False,
 ) -> str:
     """Train one stage and log it to MLflow (params, per-step metrics, lineage, checkpoint).
 
@@ -110,6 +111,7 @@ def train_step(
         max_seconds=60 * max_minutes,
         dropout=dropout if dropout >= 0 else None,
         kind_weights=json.loads(kind_weights) if kind_weights else None,
+        vocab_shortlist=vocab_shortlist,
     )
     examples = Examples(clips, storage.get_bytes, processor, config.kinds, "train", thinking)
     mlflow.set_tracking_uri(tracking_uri())

@@ -54,6 +54,7 @@ def train(
     max_minutes: float,
     dropout: float,
     kind_weights: str,
+    vocab_shortlist: bool,
 ) -> str:
     from pipelines.components import train_step
 
@@ -69,6 +70,7 @@ def train(
         max_minutes=max_minutes,
         dropout=dropout,
         kind_weights=kind_weights,
+        vocab_shortlist=vocab_shortlist,
     )
 
 
@@ -140,6 +142,7 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
         max_minutes: float = 0.0,
         dropout: float = -1.0,
         kind_weights: str = "",
+        vocab_shortlist: bool = False,
         promote_to: str = "",
     ) -> None:
         data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
@@ -156,6 +159,7 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
             max_minutes=max_minutes,
             dropout=dropout,
             kind_weights=kind_weights,
+            vocab_shortlist=vocab_shortlist,
         )
         trained.set_caching_options(False)  # every run is a new model
         _cluster_options(trained, gpu=gpu, local=local)

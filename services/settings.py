@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     kfp_host: str | None = None  # a Kubeflow Pipelines endpoint; unset: pipelines run locally
     # `mossctl up` with no model trains the tiny variant first: at most this many steps/minutes.
     bootstrap_steps: int = 1500
-    bootstrap_minutes: float = 9.5
+    bootstrap_minutes: float = 9.9
 
     # Workers
     max_segment_seconds: float = 120.0

@@ -47,13 +47,15 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 BOOTSTRAP_MODEL = "moss-audio-tiny-instruct"
 # The tiny model trained from scratch in ~10 CPU minutes: it sits on a loss plateau (answers from
-# priors) until it learns to find times in the audio, and the plateau is shorter with a higher
-# learning rate and no dropout (docs/pipelines.md has the measurements).
+# priors) until it learns to find times in the audio. A higher learning rate and no dropout
+# shorten the plateau; the shortlist softmax (the targets' few dozen tokens instead of 151,936)
+# makes steps ~1.6x cheaper. Measurements: docs/pipelines.md.
 BOOTSTRAP_RECIPE = {
     "size": "tiny",
     "flavor": "instruct",
     "lr": 8e-3,
     "dropout": 0.0,
+    "vocab_shortlist": True,
     "promote_to": "production",
 }
 

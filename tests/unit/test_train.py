@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 
 from model import MossAudioModel, preset_config
@@ -148,3 +149,32 @@ def test_dropout_override_makes_training_forward_deterministic(tmp_path, process
     assert not torch.equal(model(**batch).loss, model(**batch).loss)  # the config's dropout
     set_dropout(model, 0.0)
     assert torch.equal(model(**batch).loss, model(**batch).loss)
+
+
+def test_shortlist_loss_is_the_softmax_over_the_shortlist(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=2)
+    batch = examples.batch(examples.items[:3])
+    model = fresh_model().eval()
+    used = sorted({t for e in examples.items for t in e.labels if t != -100})
+    shortlist = torch.tensor([*used, 0, 1, 2])  # the targets' tokens and a few others
+    with torch.no_grad():
+        full = model(**batch).logits  # (N, vocab) at the labelled positions
+        short = model(**batch, label_vocab=shortlist)
+    torch.testing.assert_close(short.logits, full[:, shortlist])
+    targets = batch["labels"][:, 1:][batch["labels"][:, 1:] != -100]
+    index = torch.tensor([used.index(int(t)) for t in targets])
+    expected = torch.nn.functional.cross_entropy(full[:, shortlist], index)
+    torch.testing.assert_close(short.loss, expected)
+    with pytest.raises(ValueError, match="missing from label_vocab"):
+        model(**batch, label_vocab=torch.tensor(used[1:]))
+
+
+def test_shortlist_training_learns_a_fixed_batch(tmp_path, processor) -> None:
+    examples = dataset(tmp_path, processor, clips=4)
+    examples.items = examples.items[:4]
+    config = TrainConfig(
+        stage="sft", steps=30, batch_size=4, lr=1e-2, warmup_steps=2, train_encoder=True,
+        vocab_shortlist=True, dropout=0.0,
+    )  # fmt: skip
+    result = train(fresh_model(), examples, config)
+    assert result.losses[-1] < 0.5 * result.losses[0]
