@@ -96,6 +96,7 @@ def train_step(
     clips, digest = read_manifest(storage, manifest)
     processor = MossAudioProcessor.from_pretrained(None)
     work = Path(tempfile.mkdtemp(prefix="moss-train-"))
+    torch.manual_seed(seed)  # a fresh model's initial weights are part of the run's recipe
     model, parent = _base_model(size, base_model, work / "base")
     thinking = flavor == "thinking" and stage.startswith("sft")
     if parent is None and train_encoder is None:
