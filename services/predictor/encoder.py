@@ -32,6 +32,12 @@ def input_array(payload: InferRequest, name: str, required: bool = True) -> np.n
     return item.as_numpy()
 
 
+def feature_dims(model) -> tuple[int, int]:
+    """(DeepStack taps, feature width) of a model's encoder outputs."""
+    config = model.config.audio_config
+    return len(config.deepstack_encoder_layer_indexes), config.output_dim
+
+
 class EncoderModel(Model):
     def __init__(self, name: str, ref: str, settings: Settings) -> None:
         super().__init__(name)
@@ -45,15 +51,11 @@ class EncoderModel(Model):
         self.ready = True
         return self.ready
 
-    def _dims(self) -> tuple[int, int]:
-        config = self.loaded.model.config.audio_config
-        return len(config.deepstack_encoder_layer_indexes), config.output_dim
-
     def get_input_types(self) -> list[dict]:
         return [{"name": "waveform", "datatype": "FP32", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        taps, width = self._dims()
+        taps, width = feature_dims(self.loaded.model)
         return [
             {"name": "features", "datatype": "FP32", "shape": [-1, width]},
             {"name": "taps", "datatype": "FP32", "shape": [taps, -1, width]},

@@ -19,7 +19,7 @@ from ..inference import MISMATCH
 from ..inference.local import Engines, encode_waveforms, submit_generation
 from ..settings import Settings
 from . import load_model
-from .encoder import input_array, tensor
+from .encoder import feature_dims, input_array, tensor
 
 
 def _text(payload: InferRequest, name: str, default: str | None = None) -> str | None:
@@ -53,8 +53,7 @@ class GeneratorModel(Model):
         super().stop()
 
     def get_input_types(self) -> list[dict]:
-        config = self.loaded.model.config.audio_config
-        taps, width = len(config.deepstack_encoder_layer_indexes), config.output_dim
+        taps, width = feature_dims(self.loaded.model)
         return [
             {"name": "features", "datatype": "FP32", "shape": [-1, width]},
             {"name": "taps", "datatype": "FP32", "shape": [taps, -1, width]},
@@ -78,8 +77,7 @@ class GeneratorModel(Model):
             return out
         features = np.asarray(input_array(payload, "features"), dtype=np.float32)
         taps = np.asarray(input_array(payload, "taps"), dtype=np.float32)
-        config = self.loaded.model.config.audio_config
-        width, k = config.output_dim, len(config.deepstack_encoder_layer_indexes)
+        k, width = feature_dims(self.loaded.model)
         if features.ndim != 2 or features.shape[1] != width or features.shape[0] == 0:
             raise InvalidInput(f"features must be [tokens, {width}]; got {list(features.shape)}")
         if taps.shape != (k, *features.shape):
