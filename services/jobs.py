@@ -148,6 +148,13 @@ def encode_job(ctx: Context, job_id: str) -> bool:
     """
     if not ctx.store.claim_stage(job_id, "encode"):
         return False
+    # The heartbeat covers the whole stage, model loading included: a first load from the
+    # registry can outlast MOSS_SWEEP_AFTER_S, and the sweeper would hand the stage to another worker.
+    with heartbeat(ctx, job_id):
+        return _encode_claimed(ctx, job_id)
+
+
+def _encode_claimed(ctx: Context, job_id: str) -> bool:
     job = ctx.store.get_job(job_id)
     served = ctx.backend.lookup(job.model)
     params = {k: v for k, v in (job.params or {}).items() if k != "model_version"}
@@ -157,12 +164,11 @@ def encode_job(ctx: Context, job_id: str) -> bool:
     key = features_key(job.audio_sha256, served.version) if served.version else None
     cached = key is not None and ctx.storage.exists(key)
     if not cached:
-        with heartbeat(ctx, job_id):
-            audio = load_audio(ctx.storage.get_bytes(job.audio_key))
-            segments = split_audio(audio, max_seconds=ctx.settings.max_segment_seconds)
-            version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
-            key = features_key(job.audio_sha256, version)
-            ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
+        audio = load_audio(ctx.storage.get_bytes(job.audio_key))
+        segments = split_audio(audio, max_seconds=ctx.settings.max_segment_seconds)
+        version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
+        key = features_key(job.audio_sha256, version)
+        ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.complete_stage(job_id, "encode", features_key=key, progress=0.1)
     ctx.store.record_timing(job_id, "encode", cache_hit=cached)
     return True
@@ -211,6 +217,11 @@ def generate_job(ctx: Context, job_id: str) -> bool:
     """Features -> adapter/mergers -> prompt -> decoder (local or a predictor) -> result."""
     if not ctx.store.claim_stage(job_id, "generate"):
         return False
+    with heartbeat(ctx, job_id):  # from the claim on, model loading included (see encode_job)
+        return _generate_claimed(ctx, job_id)
+
+
+def _generate_claimed(ctx: Context, job_id: str) -> bool:
     job = ctx.store.get_job(job_id)
     params = job.params or {}
     served = ctx.backend.lookup(job.model, registry_version=params.get("model_version"))
@@ -237,21 +248,20 @@ def generate_job(ctx: Context, job_id: str) -> bool:
     budget = max_new_tokens * len(generations)
     deadline = time.monotonic() + ctx.settings.task_time_limit_s
     timed_out = False
-    with heartbeat(ctx, job_id):
-        while pending := [g for g in generations if not g.done]:
-            if pending[0].wait(PROGRESS_EVERY_S):  # returns as soon as it finishes
-                continue
-            timed_out = time.monotonic() > deadline
-            if timed_out or ctx.store.is_cancelled(job_id):
-                for generation in generations:
-                    generation.cancel()  # the engine stops these rows at its next step
-                break
-            done = sum(max_new_tokens if g.done else g.produced for g in generations)
-            ctx.store.heartbeat(job_id, progress=0.1 + 0.9 * done / max(budget, 1))
-        try:
-            texts = [g.text() for g in generations]
-        except StaleFeatures:  # a remote generator changed version after the encoder ran
-            return _encode_again(ctx, job_id)
+    while pending := [g for g in generations if not g.done]:
+        if pending[0].wait(PROGRESS_EVERY_S):  # returns as soon as it finishes
+            continue
+        timed_out = time.monotonic() > deadline
+        if timed_out or ctx.store.is_cancelled(job_id):
+            for generation in generations:
+                generation.cancel()  # the engine stops these rows at its next step
+            break
+        done = sum(max_new_tokens if g.done else g.produced for g in generations)
+        ctx.store.heartbeat(job_id, progress=0.1 + 0.9 * done / max(budget, 1))
+    try:
+        texts = [g.text() for g in generations]
+    except StaleFeatures:  # a remote generator changed version after the encoder ran
+        return _encode_again(ctx, job_id)
     if timed_out:
         limit = ctx.settings.task_time_limit_s
         ctx.store.fail(job_id, "timeout", f"generation ran past MOSS_TASK_TIME_LIMIT_S ({limit} s)")

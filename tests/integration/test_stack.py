@@ -27,7 +27,7 @@ def stack(tmp_path_factory, redis_url):
         home=home,
         port=free_port(),
         redis_url=redis_url,
-        sweep_after_s=3,
+        sweep_after_s=5,  # well above heartbeat_s even when CI's 2 cores are busy
         heartbeat_s=0.5,
         generator_concurrency=4,
         max_audio_seconds=60,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -140,6 +142,39 @@ def test_sweep_reenqueues_a_dead_workers_stage(home) -> None:
     assert (job.id, "encode") in actions
     assert ("encode", job.id) in ctx.enqueue.calls
     assert ctx.store.get_job(job.id).stage == "queued"
+
+
+class SlowLoading:
+    """A backend whose first model load takes a while (a large checkpoint from the registry)."""
+
+    def __init__(self, backend, seconds: float) -> None:
+        self.backend, self.seconds = backend, seconds
+
+    def lookup(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.backend.lookup(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+@pytest.mark.parametrize("stage", ["encode", "generate"])
+def test_a_stage_loading_its_model_is_not_swept_as_dead(home, stage) -> None:
+    ctx = make_context(home, sweep_after_s=1)
+    job = submit(ctx, wav(1.0, freq=523.0))
+    if stage == "generate":
+        assert encode_job(ctx, job.id)
+    ctx.backend = SlowLoading(ctx.backend, seconds=2.5)
+    work = {"encode": encode_job, "generate": generate_job}[stage]
+    runner = threading.Thread(target=work, args=(ctx, job.id))
+    runner.start()
+    swept = []
+    while runner.is_alive():
+        swept += sweep(ctx)
+        time.sleep(0.2)
+    runner.join()
+    assert (job.id, stage) not in swept  # the stage was never handed to a second worker
+    assert ctx.store.get_job(job.id).attempts == (1 if stage == "encode" else 2)
 
 
 def test_generation_past_the_time_limit_fails_the_job(home) -> None:
