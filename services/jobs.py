@@ -149,7 +149,8 @@ def encode_job(ctx: Context, job_id: str) -> bool:
     if not ctx.store.claim_stage(job_id, "encode"):
         return False
     # The heartbeat covers the whole stage, model loading included: a first load from the
-    # registry can outlast MOSS_SWEEP_AFTER_S, and the sweeper would hand the stage to another worker.
+    # registry can outlast MOSS_SWEEP_AFTER_S, and the sweeper would give the stage to another
+    # worker.
     with heartbeat(ctx, job_id):
         return _encode_claimed(ctx, job_id)
 
