@@ -45,7 +45,16 @@ class MossAudioPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config.language_config, "initializer_range", 0.02)
-        if isinstance(module, nn.Linear | nn.Conv2d):
+        if isinstance(module, nn.Conv2d):
+            # Fan-in scaled (He) for the GELU conv stem. The fixed 0.02 of the linear layers
+            # shrinks a signal ~10x per convolution here (fan-in 9 for the first one), so a fresh
+            # encoder's output would be ~1e-5 of its position embeddings: the audio is invisible
+            # and training sits on a plateau until the stem has grown. (Released weights load
+            # over this; only models trained from scratch see it.)
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Linear):
             module.weight.normal_(0.0, std)
             if module.bias is not None:
                 module.bias.zero_()

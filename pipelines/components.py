@@ -86,6 +86,7 @@ def train_step(
     dropout: float = -1.0,
     kind_weights: str = "",
     vocab_shortlist: bool = False,
+    conversations: bool = False,
 ) -> str:
     """Train one stage and log it to MLflow (params, per-step metrics, lineage, checkpoint).
 
@@ -113,8 +114,18 @@ def train_step(
         dropout=dropout if dropout >= 0 else None,
         kind_weights=json.loads(kind_weights) if kind_weights else None,
         vocab_shortlist=vocab_shortlist,
+        conversations=conversations,
     )
-    examples = Examples(clips, storage.get_bytes, processor, config.kinds, "train", thinking)
+    examples = Examples(
+        clips,
+        storage.get_bytes,
+        processor,
+        config.kinds,
+        "train",
+        thinking,
+        conversations=conversations,
+        seed=seed,
+    )
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(f"moss-audio-{size}-{flavor}")
     with mlflow.start_run(run_name=f"{stage}-{size}-{flavor}") as run:

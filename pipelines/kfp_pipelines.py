@@ -55,6 +55,7 @@ def train(
     dropout: float,
     kind_weights: str,
     vocab_shortlist: bool,
+    conversations: bool,
 ) -> str:
     from pipelines.components import train_step
 
@@ -71,6 +72,7 @@ def train(
         dropout=dropout,
         kind_weights=kind_weights,
         vocab_shortlist=vocab_shortlist,
+        conversations=conversations,
     )
 
 
@@ -143,6 +145,7 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
         dropout: float = -1.0,
         kind_weights: str = "",
         vocab_shortlist: bool = False,
+        conversations: bool = False,
         promote_to: str = "",
     ) -> None:
         data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
@@ -160,6 +163,7 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
             dropout=dropout,
             kind_weights=kind_weights,
             vocab_shortlist=vocab_shortlist,
+            conversations=conversations,
         )
         trained.set_caching_options(False)  # every run is a new model
         _cluster_options(trained, gpu=gpu, local=local)

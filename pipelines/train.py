@@ -55,6 +55,8 @@ STAGES: dict[str, dict[str, Any]] = {
     },
 }
 STATE_FILE = "trainer_state.pt"
+# Kinds whose answers describe the whole clip: last in a conversation (see Examples).
+LONG_ANSWERS = ("caption", "timestamps")
 
 
 @dataclass
@@ -84,6 +86,9 @@ class TrainConfig:
     # at their small initial values, far below the trained ones: fine for a model trained on
     # narrow data only (the bootstrap model); not for fine-tuning a released checkpoint.
     vocab_shortlist: bool = False
+    # Train on each clip's examples as one multi-turn conversation (see Examples): the audio is
+    # encoded and attended once for all of a clip's questions.
+    conversations: bool = False
     # A time budget (0: none). The learning-rate schedule then follows whichever runs out first,
     # steps or time, so a run cut by the clock still ends with its low-rate annealing phase
     # (on the tiny model that phase is the difference between chance and >90 % event QA).
@@ -122,7 +127,16 @@ def thinking_trace(events: list[dict[str, Any]]) -> str:
 
 
 class Examples:
-    """Tokenized examples of one split, with each clip's mel computed once."""
+    """Tokenized examples of one split, with each clip's mel computed once.
+
+    With `conversations`, every example opens a multi-turn conversation that goes on with the
+    clip's other examples (one audio, loss on every answer): the clip's audio tokens, most of a
+    sequence, then train several answers instead of one. Each example opens one conversation,
+    so every kind is trained as a first turn, the shape inference sees; the other turns follow
+    in a random order, questions before captions and timestamp lists, and no question after a
+    caption or a timestamp list, so that answers are read from the audio, not copied from an
+    earlier turn's text.
+    """
 
     def __init__(
         self,
@@ -132,35 +146,71 @@ class Examples:
         kinds: tuple[str, ...],
         split: str,
         thinking: bool = False,
+        conversations: bool = False,
+        seed: int = 0,
     ) -> None:
         self.mels: list[torch.Tensor] = []
         self.items: list[Example] = []
         self.clips = [c for c in clips if c["split"] == split]
-        tokenizer = processor.tokenizer
+        self.tokenizer = processor.tokenizer
+        rng = random.Random(seed)
         for index, clip in enumerate(self.clips):
             mel = log_mel_spectrogram(load_audio(read_audio(clip["audio"])))
             self.mels.append(mel)
             tokens = int(num_audio_tokens(mel.shape[-1]))
+            turns = []
             for example in clip["examples"]:
                 if example["kind"] not in kinds:
                     continue
                 instruction = instruction_for(example["task"], example["prompt"] or None)
-                prompt_ids = processor.encode_prompt(default_prompt(instruction), [tokens])
-                answer = example["answer"]
-                target = answer
+                target = example["answer"]
                 if thinking:
-                    target = f"<think>\n{thinking_trace(clip['events'])}\n</think>\n\n{answer}"
-                answer_ids = [*tokenizer.encode(target, add_special_tokens=False), IM_END_ID]
-                self.items.append(
-                    Example(
-                        clip=index,
-                        input_ids=prompt_ids + answer_ids,
-                        labels=[-100] * len(prompt_ids) + answer_ids,
-                        kind=example["kind"],
-                        answer=answer,
-                        prompt_ids=prompt_ids,
+                    target = f"<think>\n{thinking_trace(clip['events'])}\n</think>\n\n{target}"
+                turns.append((example, instruction, self._answer_ids(target)))
+            if not conversations:
+                for example, instruction, answer_ids in turns:
+                    prompt_ids = processor.encode_prompt(default_prompt(instruction), [tokens])
+                    self.items.append(
+                        Example(
+                            clip=index,
+                            input_ids=prompt_ids + answer_ids,
+                            labels=[-100] * len(prompt_ids) + answer_ids,
+                            kind=example["kind"],
+                            answer=example["answer"],
+                            prompt_ids=prompt_ids,
+                        )
                     )
-                )
+            else:
+                for first in range(len(turns)):
+                    rest = turns[:first] + turns[first + 1 :]
+                    self.items.append(
+                        self._conversation(index, turns[first], rest, tokens, processor, rng)
+                    )
+
+    def _answer_ids(self, target: str) -> list[int]:
+        return [*self.tokenizer.encode(target, add_special_tokens=False), IM_END_ID]
+
+    def _conversation(self, index, first, rest, tokens, processor, rng) -> Example:
+        questions = [t for t in rest if t[0]["kind"] not in LONG_ANSWERS]
+        if first[0]["kind"] in LONG_ANSWERS:  # a caption already gives the answers away
+            questions = []
+        descriptions = [t for t in rest if t[0]["kind"] in LONG_ANSWERS]
+        rng.shuffle(questions)
+        rng.shuffle(descriptions)
+        input_ids: list[int] = []
+        labels: list[int] = []
+        opening: list[int] = []
+        for n, (_, instruction, answer_ids) in enumerate([first, *questions, *descriptions]):
+            if n == 0:
+                opening = processor.encode_prompt(default_prompt(instruction), [tokens])
+                prompt_ids = opening
+            else:  # the newline after the previous <|im_end|>, then the next user turn
+                text = f"\n<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+                prompt_ids = processor.encode_prompt(text, [])
+            input_ids += prompt_ids + answer_ids
+            labels += [-100] * len(prompt_ids) + answer_ids
+        kind, answer = first[0]["kind"], first[0]["answer"]
+        return Example(index, input_ids, labels, kind, answer, prompt_ids=opening)
 
     def __len__(self) -> int:
         return len(self.items)

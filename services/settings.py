@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     mlflow_uri: str | None = None  # the MLflow tracking server (registry) URL
     kfp_host: str | None = None  # a Kubeflow Pipelines endpoint; unset: pipelines run locally
     # `mossctl up` with no model trains the tiny variant first: at most this many steps/minutes.
-    bootstrap_steps: int = 1500
+    bootstrap_steps: int = 2000
     bootstrap_minutes: float = 9.9
 
     # Workers

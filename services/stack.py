@@ -56,6 +56,7 @@ BOOTSTRAP_RECIPE = {
     "lr": 8e-3,
     "dropout": 0.0,
     "vocab_shortlist": True,
+    "conversations": True,
     "promote_to": "production",
 }
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model import MossAudioModel, preset_config
+from model.tokens import IM_START_ID
 from pipelines.data import EVENT_TYPES, generate_dataset, read_manifest
 from pipelines.lora import LoRALinear, merged_copy
 from pipelines.train import (
@@ -178,3 +179,32 @@ def test_shortlist_training_learns_a_fixed_batch(tmp_path, processor) -> None:
     )  # fmt: skip
     result = train(fresh_model(), examples, config)
     assert result.losses[-1] < 0.5 * result.losses[0]
+
+
+def test_conversations_train_a_clips_answers_with_each_example_opening_one(
+    tmp_path, processor
+) -> None:
+    single = dataset(tmp_path, processor)
+    storage = LocalStorage(tmp_path / "objects")
+    records, _ = read_manifest(storage, "datasets/t/manifest.jsonl")
+    talks = Examples(records, storage.get_bytes, processor, KINDS, "train", conversations=True)
+    assert len(talks) == len(single)  # one conversation per example, opened by it
+    long_kinds = ("caption", "timestamps")
+    for opening, talk in zip(single.items, talks.items, strict=True):
+        assert (talk.clip, talk.kind, talk.answer) == (opening.clip, opening.kind, opening.answer)
+        # The first turn is exactly the single-turn prompt inference sends.
+        assert talk.prompt_ids == opening.prompt_ids == talk.input_ids[: len(opening.prompt_ids)]
+        assert talk.input_ids.count(151654) == opening.input_ids.count(151654)  # one audio
+        answers = processor.tokenizer.decode([t for t in talk.labels if t != -100])
+        turns = answers.split("<|im_end|>")[:-1]
+        kind_of = {e.answer: e.kind for e in single.items if e.clip == talk.clip}
+        kinds = [kind_of[t] for t in turns]
+        # Every answer of the clip, except questions after a caption (it would give them away).
+        wanted = [e for e in single.items if e.clip == talk.clip]
+        if opening.kind in long_kinds:
+            wanted = [e for e in wanted if e.kind in long_kinds]
+        assert sorted(turns) == sorted(e.answer for e in wanted)
+        long = [k in long_kinds for k in kinds]
+        assert long == sorted(long)  # questions first, then captions and timestamp lists
+        # ChatML turns with real special tokens: system, then a user and an assistant per answer.
+        assert talk.input_ids.count(IM_START_ID) == 1 + 2 * len(turns)
