@@ -86,8 +86,8 @@ class TrainConfig:
     # at their small initial values, far below the trained ones: fine for a model trained on
     # narrow data only (the bootstrap model); not for fine-tuning a released checkpoint.
     vocab_shortlist: bool = False
-    # Train on each clip's examples as one multi-turn conversation (see Examples): the audio is
-    # encoded and attended once for all of a clip's questions.
+    # Each example opens a multi-turn conversation with the clip's other examples (see
+    # Examples): one pass over the audio trains several answers.
     conversations: bool = False
     # A time budget (0: none). The learning-rate schedule then follows whichever runs out first,
     # steps or time, so a run cut by the clock still ends with its low-rate annealing phase
