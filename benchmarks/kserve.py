@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
@@ -28,31 +25,9 @@ from model import MossAudioModel, MossAudioProcessor, preset_config
 from services.inference.kserve import KServeBackend
 from services.inference.local import LocalBackend
 from services.settings import Settings
-from services.stack import free_port
+from services.stack import start_predictor, wait_predictor_ready
 
 NAME = "bench"
-
-
-def start(role: str, checkpoint: Path, log) -> tuple[subprocess.Popen, int, int]:
-    http, grpc = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "predictor", role, "--model", str(checkpoint),
-         "--model-name", NAME, "--http-port", str(http), "--grpc-port", str(grpc)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    return process, http, grpc
-
-
-def wait_ready(port: int, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/models/{NAME}/ready").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"predictor on {port} not ready")
 
 
 def one(backend, waveform: np.ndarray, new_tokens: int) -> tuple[float, float, str]:
@@ -79,11 +54,11 @@ def main() -> None:
     MossAudioModel(preset_config(args.preset)).save_pretrained(checkpoint)
     MossAudioProcessor.from_pretrained(None).save_pretrained(checkpoint)
     log = (root / "predictors.log").open("wb")
-    encoder, e_http, e_grpc = start("encoder", checkpoint, log)
-    generator, g_http, g_grpc = start("generator", checkpoint, log)
+    encoder, e_http, e_grpc = start_predictor("encoder", checkpoint, NAME, log)
+    generator, g_http, g_grpc = start_predictor("generator", checkpoint, NAME, log)
     try:
-        wait_ready(e_http)
-        wait_ready(g_http)
+        wait_predictor_ready(e_http, NAME, encoder, timeout=180)
+        wait_predictor_ready(g_http, NAME, generator, timeout=180)
         base = {"home": root, "models": f"{NAME}={checkpoint}", "generator_max_batch": 1}
         backends = {
             "local": LocalBackend(Settings(**base)),

@@ -45,6 +45,33 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
+def start_predictor(
+    role: str, model: str | Path, name: str, log
+) -> tuple[subprocess.Popen, int, int]:
+    """`mossctl predictor ROLE` as a process on free loopback ports: (process, http, grpc)."""
+    http, grpc = free_port(), free_port()
+    argv = [sys.executable, "-m", "services.cli", "predictor", role, "--model", str(model)]
+    argv += ["--model-name", name, "--http-port", str(http), "--grpc-port", str(grpc)]
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), http, grpc
+
+
+def wait_predictor_ready(
+    port: int, name: str, process: subprocess.Popen, timeout: float = 120.0
+) -> None:
+    """Until the predictor's model is ready (its weights are loaded), or it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"predictor exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/models/{name}/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"predictor on {port} not ready after {timeout} s")
+
+
 BOOTSTRAP_MODEL = "moss-audio-tiny-instruct"
 # The tiny model trained from scratch in ~10 CPU minutes: it sits on a loss plateau (answers from
 # priors) until it learns to find times in the audio. A higher learning rate and no dropout

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 from services.jobs import encode_job, generate_job, submit_job
 from services.jobstore import Principal
 from services.settings import Settings
-from services.stack import LocalStack, free_port
+from services.stack import LocalStack, free_port, start_predictor, wait_predictor_ready
 from tests.audio_files import encode, stereo_tone
 from tests.integration.test_stack import submit, wait
 from tests.jobs_env import make_context, write_checkpoint
@@ -35,38 +34,16 @@ def home(tmp_path_factory):
     return home
 
 
-def start_predictor(role: str, checkpoint, log) -> tuple[subprocess.Popen, int, int]:
-    http, grpc = free_port(), free_port()
-    argv = [sys.executable, "-m", "services.cli", "predictor", role, "--model", str(checkpoint)]
-    argv += ["--model-name", MODEL, "--http-port", str(http), "--grpc-port", str(grpc)]
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    return process, http, grpc
-
-
-def wait_model_ready(port: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"predictor exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"predictor on {port} not ready after {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def predictors(home):
     log = (home / "predictors.log").open("wb")
     started = {
-        role: start_predictor(role, home / "models" / MODEL, log)
+        role: start_predictor(role, home / "models" / MODEL, MODEL, log)
         for role in ("encoder", "generator")
     }
     try:
         for process, http, _ in started.values():
-            wait_model_ready(http, process)
+            wait_predictor_ready(http, MODEL, process)
         yield {role: {"http": http, "grpc": grpc} for role, (_, http, grpc) in started.items()}
     finally:
         for process, _, _ in started.values():
