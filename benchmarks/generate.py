@@ -1,7 +1,7 @@
 """Prefill time and decode speed: our generation loop vs plain transformers `generate`.
 
 Both run the same weights (the `small` preset, random init, float32, CPU) on the same prompts
-(a ChatML prompt with one clip, time markers on). The baseline is `model.reference`: the released
+(a ChatML prompt with one clip, time markers on). The baseline is `tests/oracle`: the released
 architecture on stock transformers modules, decoded by `Qwen3ForCausalLM.generate` with its
 default dynamic KV cache. Runs are interleaved and summarised by medians, because the machines
 are shared and noisy; the ratio is what to compare across machines.
@@ -14,13 +14,17 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from model import MossAudioModel, MossAudioProcessor, preset_config
-from model.reference import ReferenceMossAudio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the oracle lives under tests/
+from tests.oracle import ReferenceMossAudio
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:

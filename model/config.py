@@ -14,6 +14,8 @@ from typing import Any
 
 from transformers import PretrainedConfig, Qwen3Config
 
+DEFAULT_N_WINDOW = 200  # the official code's default when config.json does not set n_window
+
 
 @dataclass
 class MossAudioEncoderConfig:
@@ -38,10 +40,14 @@ class MossAudioEncoderConfig:
     activation_dropout: float = 0.0
     activation_function: str = "gelu"
     layer_norm_eps: float = 1e-5
-    # Encoder window in units of half a window: the official code encodes each clip in
-    # independent windows of 2 * n_window mel frames (200 -> 4 s). None: the whole clip is one
-    # window (the original release's behaviour, and what MODEL.md describes).
-    n_window: int | None = None
+    # Half the encoder window, in mel frames: every clip is encoded in independent windows of
+    # 2 * n_window frames (200 -> 400 frames, 4 s, 50 tokens), as the official code, its SGLang
+    # fork and vLLM do. A config.json without the field gets 200, as in the official code.
+    # None (`"n_window": null`) is the explicit opt-out: the whole clip is one window (the first
+    # April release). No other implementation can run such a checkpoint: they always window.
+    n_window: int | None = DEFAULT_N_WINDOW
+    # Windows per encoder pass: bounds the encoder's memory on long audio, never its result.
+    conv_chunksize: int = 64
     deepstack_encoder_layer_indexes: list[int] = field(default_factory=lambda: [8, 16, 24])
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -55,9 +61,7 @@ class MossAudioEncoderConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         extra = out.pop("extra")
-        if out["n_window"] is None:
-            out.pop("n_window")
-        out.update(extra)
+        out.update(extra)  # n_window is always written (null for the opt-out): readers agree
         return out
 
     @property
@@ -134,7 +138,7 @@ _QWEN3_COMMON: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
-_RELEASED_AUDIO: dict[str, Any] = {"n_window": 200}
+_RELEASED_AUDIO: dict[str, Any] = {}  # the encoder defaults are the released ones
 
 
 def _preset(audio: dict[str, Any], language: dict[str, Any], **top: Any) -> dict[str, Any]:
@@ -164,7 +168,6 @@ PRESETS: dict[str, dict[str, Any]] = {
             "encoder_attention_heads": 6,
             "encoder_ffn_dim": 1536,
             "downsample_hidden_size": 64,
-            "n_window": 200,
             "deepstack_encoder_layer_indexes": [1, 3, 5],
         },
         {

@@ -1,18 +1,24 @@
 """The audio encoder (`audio_encoder.*`): conv stem, sinusoidal positions, Whisper layers.
 
 mel (N, 128, T) at 100 frames/s
-  -> three Conv2d(k3, s2, p1) + GELU over (mel, time): (N, C, 16, T/8)
-  -> flatten channels x 16 mel rows, stem_proj: (N, T/8, d_model) at 12.5 tokens/s
-  -> + sinusoidal positions -> Whisper encoder layers (taps after the DeepStack layers)
+  -> windows of 2 * n_window frames (400: 4 s), independent of each other
+  -> three Conv2d(k3, s2, p1) + GELU over (mel, time): (W, C, 16, frames/8)
+  -> flatten channels x 16 mel rows, stem_proj: (W, frames/8, d_model) at 12.5 tokens/s
+  -> + sinusoidal positions (restarting at 0 in every window)
+  -> Whisper encoder layers, attention within a window (taps after the DeepStack layers)
   -> layer_norm -> out_proj (only when output_dim != d_model)
+  -> the valid tokens of every window, in order: L(T) tokens per clip
 
-Clips are encoded in windows of `2 * n_window` mel frames when the config sets `n_window`
-(the released configs: 400 frames = 4 s = 50 tokens), each window with its own positions and
-attention, exactly as the official code does; without `n_window` a clip is one window. When a
-clip has several windows, its shorter tail window is zero-padded to the full window length before
-the conv stem (the official code pads it in its window batch). Outputs are packed: the valid
-tokens of clip 0, then clip 1, ... Batching never changes a clip's result: conv outputs past each
-window's stem length are zeroed and attention ignores padded keys.
+The windows are the official algorithm (shared/MODEL.md, "Windows"): a clip's last window holds
+the remainder, and when a clip has several windows the tail is zero-padded to the full window
+and goes through the conv stem unmasked, as the official code pads its window batch. A config
+with `n_window: null` (the explicit opt-out) encodes every clip as one window.
+
+The windows of all the clips of a call are encoded together, in groups of `conv_chunksize`
+(a config field the official code also reads; 64) so that memory stays bounded for an hour of
+audio. Batching never changes a clip's result: each row equals the clip encoded alone, because
+conv outputs past each window's stem length are zeroed and attention ignores padded keys.
+Outputs are packed: the valid tokens of clip 0, then clip 1, ...
 """
 
 from __future__ import annotations
@@ -192,10 +198,31 @@ class MossAudioEncoder(nn.Module):
             raise ValueError(f"mel_lengths {mel_lengths.tolist()} out of range 1..{mel.shape[-1]}")
         windows = self._split_windows(mel.to(self.conv1.weight.dtype), mel_lengths)
 
-        x = self._stem(windows.mel, windows.stem_frames)
-        x = x[:, : int(windows.tokens.max())]  # (W, T_tok, d_model)
+        group = max(1, int(self.config.conv_chunksize))
+        features: list[torch.Tensor] = []
+        taps: list[list[torch.Tensor]] = []
+        for start in range(0, windows.mel.shape[0], group):
+            part = slice(start, start + group)
+            x, x_taps = self._encode_windows(
+                windows.mel[part], windows.stem_frames[part], windows.tokens[part]
+            )
+            features.append(x)
+            taps.append(x_taps)
+        return EncoderOutput(
+            features=torch.cat(features),
+            taps=[torch.cat(per_tap) for per_tap in zip(*taps, strict=True)],
+            token_lengths=torch.zeros_like(mel_lengths).index_add_(0, windows.clip, windows.tokens),
+        )
+
+    def _encode_windows(
+        self, mel: torch.Tensor, stem_frames: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Windows (W, n_mels, frames) -> their valid tokens (sum(tokens), D) and taps."""
+        mel = mel[..., : int(stem_frames.max())]
+        x = self._stem(mel, stem_frames)
+        x = x[:, : int(tokens.max())]  # (W, T_tok, d_model)
         x = x + sinusoids(x.shape[1], x.shape[2], x.device).to(x.dtype)
-        key_mask = torch.arange(x.shape[1], device=x.device)[None, :] < windows.tokens[:, None]
+        key_mask = torch.arange(x.shape[1], device=x.device)[None, :] < tokens[:, None]
 
         tapped: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):
@@ -207,9 +234,4 @@ class MossAudioEncoder(nn.Module):
         if self.out_proj is not None:
             x = self.out_proj(x)
             taps = [self.out_proj(t) for t in taps]
-
-        return EncoderOutput(
-            features=x[key_mask],
-            taps=[t[key_mask] for t in taps],
-            token_lengths=torch.zeros_like(mel_lengths).index_add_(0, windows.clip, windows.tokens),
-        )
+        return x[key_mask], [t[key_mask] for t in taps]

@@ -21,8 +21,10 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * rng.standard_normal(round(seconds * SAMPLE_RATE))).astype(np.float32)
 
 
-def make_tiny_model(n_window: int | None = None, seed: int = 0, std: float = 0.2) -> MossAudioModel:
-    """A tiny model with weights large enough that greedy choices are far from ties."""
+def make_tiny_model(n_window: int | None = 200, seed: int = 0, std: float = 0.2) -> MossAudioModel:
+    """A tiny model with weights large enough that greedy choices are far from ties.
+
+    `n_window=None` is the whole-clip opt-out; the default is the released 4 s windows."""
     torch.manual_seed(seed)
     config = preset_config("tiny")
     config.audio_config.n_window = n_window
@@ -46,5 +48,11 @@ def tiny_model() -> MossAudioModel:
 
 @pytest.fixture(scope="session")
 def windowed_model() -> MossAudioModel:
-    """The released encoder behaviour: 4 s windows (n_window = 200)."""
+    """The released encoder behaviour (4 s windows, n_window = 200), other weights."""
     return make_tiny_model(n_window=200, seed=1)
+
+
+@pytest.fixture(scope="session")
+def whole_clip_model() -> MossAudioModel:
+    """The explicit opt-out: every clip encoded as one window."""
+    return make_tiny_model(n_window=None, seed=2)

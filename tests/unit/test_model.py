@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 
 from model import MossAudioModel, preset_config
 from model.qwen3 import attention_mask_4d
-from model.reference import ReferenceMossAudio
 from model.tokens import AUDIO_TOKEN_ID
 from tests.conftest import make_tiny_model, noise, tone
+from tests.oracle import ReferenceMossAudio
 
 
 def prompt(processor, seconds: float, text: str = "Describe the audio.", seed: int = 0):
@@ -27,18 +27,16 @@ def new_tokens(model, inputs, **kwargs) -> list[int]:
 # --- the same function as the released architecture --------------------------------------
 
 
-@pytest.mark.parametrize("n_window", [None, 200])
-@pytest.mark.parametrize("seconds", [1.3, 9.05])
-def test_matches_stock_transformers_reference(processor, n_window, seconds) -> None:
-    model = make_tiny_model(n_window=n_window, std=0.1)
-    reference = ReferenceMossAudio.from_model(model)
-    inputs = prompt(processor, seconds)
+def assert_matches_reference(model, reference, inputs, keep: int = 0) -> None:
+    """Logits within 2e-3 of the oracle (the issue's bar; ~1e-6 is typical) and the same greedy
+    tokens. `keep`: compare the last `keep` positions only (long prompts x 152k vocabulary)."""
     with torch.no_grad():
-        ours = model(**inputs).logits
+        ours = model(**inputs, logits_to_keep=keep).logits
     theirs = reference.logits(
         inputs["input_ids"], inputs["audio_data"], inputs["audio_data_seqlens"]
     )
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    theirs = theirs[:, -keep:] if keep else theirs
+    torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=0)
     generated = reference.generate(
         inputs["input_ids"],
         inputs["audio_data"],
@@ -47,6 +45,71 @@ def test_matches_stock_transformers_reference(processor, n_window, seconds) -> N
         do_sample=False,
     )
     assert new_tokens(model, inputs, max_new_tokens=12) == generated[0].tolist()
+
+
+@pytest.mark.parametrize("n_window", [None, 200, 100])
+@pytest.mark.parametrize("seconds", [1.3, 9.05])
+def test_matches_stock_transformers_reference(processor, n_window, seconds) -> None:
+    model = make_tiny_model(n_window=n_window, std=0.1)
+    assert_matches_reference(
+        model, ReferenceMossAudio.from_model(model), prompt(processor, seconds)
+    )
+
+
+@pytest.mark.parametrize("seconds", [1.0, 3.99, 4.0, 7.3, 25.0, 60.0])
+def test_config_without_n_window_encodes_in_4s_windows_like_the_official_code(
+    processor, tmp_path, seconds
+) -> None:
+    """A released-style config.json with no `n_window`: the official code uses 200."""
+    make_tiny_model(std=0.1).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["audio_config"]["n_window"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    model = MossAudioModel.from_pretrained(tmp_path).eval()
+    assert model.config.audio_config.window_frames == 400
+    reference = ReferenceMossAudio.from_model(model, audio_config=config["audio_config"])
+    assert reference.window == 400
+    assert_matches_reference(model, reference, prompt(processor, seconds), keep=32)
+
+
+def test_whole_clip_encoding_is_an_explicit_opt_out(processor, tmp_path) -> None:
+    model = make_tiny_model(n_window=None, std=0.1)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["audio_config"]["n_window"] is None  # written, so every reader sees it
+    loaded = MossAudioModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.audio_config.window_frames is None
+    inputs = prompt(processor, 9.05)
+    with torch.no_grad():
+        whole = loaded(**inputs, logits_to_keep=1).logits
+        windowed = make_tiny_model(std=0.1)(**inputs, logits_to_keep=1).logits
+    assert float((whole - windowed).abs().max()) > 1e-2  # the two really differ past 4 s
+
+
+def test_encoder_batch_rows_equal_each_clip_alone(processor, windowed_model) -> None:
+    """All windows of all clips go through the encoder together (in groups of conv_chunksize);
+    each clip's output still equals the clip encoded alone: a short single-window clip next to
+    multi-window ones, and a batch split across window groups."""
+    clips = [noise(9.3, seed=4), noise(1.1, seed=5), noise(4.0, seed=6), noise(12.7, seed=7)]
+    batch = processor(text=["x"] * len(clips), audios=clips)
+    encoder = windowed_model.audio_encoder
+    for chunksize in (64, 3):
+        encoder.config.conv_chunksize = chunksize
+        try:
+            with torch.no_grad():
+                together = windowed_model.encode_audio(
+                    batch["audio_data"], batch["audio_data_seqlens"]
+                )
+                rows = together.features.split(together.token_lengths.tolist())
+                for clip, row in zip(clips, rows, strict=True):
+                    one = processor(text="x", audios=[clip])
+                    alone = windowed_model.encode_audio(
+                        one["audio_data"], one["audio_data_seqlens"]
+                    )
+                    torch.testing.assert_close(row, alone.features, atol=1e-5, rtol=1e-5)
+        finally:
+            encoder.config.conv_chunksize = 64
 
 
 def test_released_shapes_on_meta_device() -> None:
@@ -211,7 +274,7 @@ def test_hand_written_released_directory_loads_cleanly(processor, tmp_path) -> N
     model, info = MossAudioModel.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == set() or not info["missing_keys"]
     assert not info["unexpected_keys"] and not info.get("mismatched_keys")
-    assert model.config.audio_config.extra["conv_chunksize"] == 500
+    assert model.config.audio_config.conv_chunksize == 500
     state = model.state_dict()
     assert all(torch.equal(state[n], tensors[n]) for n in names)
     inputs = prompt(processor, 1.0)
@@ -239,7 +302,7 @@ def test_greedy_with_kv_cache_equals_full_recomputation(processor, windowed_mode
     assert cached == recomputed
 
 
-@pytest.mark.parametrize("fixture", ["tiny_model", "windowed_model"])
+@pytest.mark.parametrize("fixture", ["windowed_model", "whole_clip_model"])
 def test_batched_generation_equals_each_row_alone(processor, request, fixture) -> None:
     model = request.getfixturevalue(fixture)
     texts = ["Describe the audio.", "Transcribe the speech in this recording, please.", "Hi"]

@@ -1,15 +1,26 @@
 """The released architecture assembled from stock transformers modules, as an oracle.
 
-This follows the structure of the official implementation rather than ours: transformers'
-`WhisperEncoderLayer` for the encoder, the official windowing (every window zero-padded to the
-longest one, conv stem unmasked), `Qwen3ForCausalLM` for the decoder, DeepStack as forward
-hooks on decoder layers, and transformers' `GenerationMixin.generate` for decoding. It loads
-the state dict of a `MossAudioModel` unchanged (names mapped), so tests compare the two
+Written from shared/MODEL.md, not from our `model/` code, so that a shared mistake cannot hide:
+transformers' `WhisperEncoderLayer` for the encoder, the official windowing, `Qwen3ForCausalLM`
+for the decoder, DeepStack as forward hooks on decoder layers, and transformers'
+`GenerationMixin.generate` for decoding. Only the sinusoid formula, the token-count formula and
+the gated MLP are restated here (a few lines each, from MODEL.md).
+
+Windows (MODEL.md): the window is 2 * n_window mel frames, with n_window read from the
+checkpoint's `audio_config` and 200 when the key is absent; `null` means one window per clip
+(the explicit opt-out). A clip's windows are zero-padded to the longest of them and go through
+the conv stem unmasked; positions restart at 0 in every window and attention stays inside it.
+
+It loads the state dict of a `MossAudioModel` unchanged (names mapped), so tests compare the two
 implementations on the same weights, and `benchmarks/generate.py` uses it as the
-plain-transformers baseline. It handles one clip per call, like the official processor.
+plain-transformers baseline. It handles one prompt per call, like the official processor; the
+prompt may hold several audio spans.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,17 +28,50 @@ from torch import nn
 from transformers import Qwen3ForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
-from .adapter import GatedMLP
-from .config import MossAudioConfig
-from .encoder import num_audio_tokens, sinusoids
-from .tokens import AUDIO_TOKEN_ID, ENDOFTEXT_ID, STOP_TOKEN_IDS
+AUDIO_TOKEN_ID = 151654
+STOP_TOKEN_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
+PAD_ID = 151643
+OFFICIAL_DEFAULT_N_WINDOW = 200
+
+
+def window_frames(audio_config: dict[str, Any]) -> int | None:
+    """Mel frames per window by MODEL.md's rule, from the raw `audio_config` of config.json."""
+    n_window = audio_config.get("n_window", OFFICIAL_DEFAULT_N_WINDOW)
+    return None if n_window is None else 2 * int(n_window)
+
+
+def token_count(frames: torch.Tensor) -> torch.Tensor:
+    for _ in range(3):
+        frames = (frames - 1) // 2 + 1
+    return frames
+
+
+def positions(length: int, channels: int) -> torch.Tensor:
+    step = math.log(10000.0) / (channels // 2 - 1)
+    inv = torch.exp(-step * torch.arange(channels // 2).float())
+    angle = torch.arange(length).float()[:, None] * inv[None, :]
+    return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, size_in: int, hidden: int, size_out: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(size_in, hidden, bias=False)
+        self.up_proj = nn.Linear(size_in, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, size_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class ReferenceMossAudio(nn.Module):
-    def __init__(self, config: MossAudioConfig) -> None:
+    def __init__(self, config: Any, audio_config: dict[str, Any] | None = None) -> None:
+        """`config`: a MossAudioConfig; `audio_config`: the raw `audio_config` object of the
+        checkpoint's config.json (defaults to what `config` would write)."""
         super().__init__()
         audio = config.audio_config
         self.config = config
+        self.window = window_frames(audio_config or audio.to_dict())
         whisper = WhisperConfig(
             d_model=audio.d_model,
             encoder_attention_heads=audio.encoder_attention_heads,
@@ -60,11 +104,13 @@ class ReferenceMossAudio(nn.Module):
         self.lm = Qwen3ForCausalLM(lm_config)
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> ReferenceMossAudio:
+    def from_model(
+        cls, model: nn.Module, audio_config: dict[str, Any] | None = None
+    ) -> ReferenceMossAudio:
         """Build the oracle and load `model`'s weights (a MossAudioModel) into it."""
         if model.config.audio_config.output_dim != model.config.audio_config.d_model:
             raise ValueError("the oracle covers configs without out_proj (as released)")
-        ref = cls(model.config)
+        ref = cls(model.config, audio_config)
         renamed: dict[str, torch.Tensor] = {}
         for name, tensor in model.state_dict().items():
             if name.startswith("audio_encoder."):
@@ -83,18 +129,17 @@ class ReferenceMossAudio(nn.Module):
 
     def encode(self, mel: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One clip's mel (128, T) -> features (L, D) and taps [(L, D)]."""
-        total = mel.shape[-1]
-        size = self.config.audio_config.window_frames or total
-        chunks = list(mel.split(size, dim=-1))
+        mel = mel.to(self.conv1.weight.dtype)
+        chunks = list(mel.split(self.window or mel.shape[-1], dim=-1))
         lengths = torch.tensor([c.shape[-1] for c in chunks])
-        padded = torch.stack([F.pad(c, (0, max(lengths) - c.shape[-1])) for c in chunks])
+        padded = torch.stack([F.pad(c, (0, int(lengths.max()) - c.shape[-1])) for c in chunks])
         x = padded.unsqueeze(1)
         for conv in (self.conv1, self.conv2, self.conv3):
             x = F.gelu(conv(x))
         x = self.stem_proj(x.permute(0, 3, 1, 2).flatten(2))
-        tokens = num_audio_tokens(lengths)
+        tokens = token_count(lengths)
         x = x[:, : int(tokens.max())]
-        x = x + sinusoids(x.shape[1], x.shape[2]).to(x.dtype)
+        x = x + positions(x.shape[1], x.shape[2]).to(x.dtype)
         valid = torch.arange(x.shape[1])[None, :] < tokens[:, None]
         additive = (~valid).to(x.dtype) * torch.finfo(x.dtype).min
         mask = additive[:, None, None, :].expand(-1, 1, x.shape[1], -1)
@@ -110,12 +155,18 @@ class ReferenceMossAudio(nn.Module):
     def prompt_embeddings(
         self, input_ids: torch.Tensor, audio_data: torch.Tensor, audio_data_seqlens: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        if input_ids.shape[0] != 1 or audio_data.shape[0] != 1:
-            raise ValueError("the oracle takes one prompt with one clip, like the official code")
-        features, taps = self.encode(audio_data[0, :, : int(audio_data_seqlens[0])])
+        """One prompt (1, L) with its clips, in prompt order (several spans allowed)."""
+        if input_ids.shape[0] != 1:
+            raise ValueError("the oracle takes one prompt, like the official processor")
+        encoded = [
+            self.encode(audio_data[i, :, : int(audio_data_seqlens[i])])
+            for i in range(audio_data.shape[0])
+        ]
+        features = torch.cat([f for f, _ in encoded])
+        taps = [torch.cat([t[k] for _, t in encoded]) for k in range(len(encoded[0][1]))]
         audio_mask = input_ids == AUDIO_TOKEN_ID
         embeds = self.lm.model.embed_tokens(input_ids).clone()
-        embeds[audio_mask] = self.audio_adapter(features)
+        embeds[audio_mask] = self.audio_adapter(features).to(embeds.dtype)
         deepstack = [merger(tap) for merger, tap in zip(self.mergers, taps, strict=False)]
         return embeds, deepstack, audio_mask
 
@@ -128,7 +179,7 @@ class ReferenceMossAudio(nn.Module):
                 if hidden.shape[1] != prompt_len:  # decode steps carry no audio
                     return output
                 hidden = hidden.clone()
-                hidden[audio_mask] = hidden[audio_mask] + deepstack[k]
+                hidden[audio_mask] = hidden[audio_mask] + deepstack[k].to(hidden.dtype)
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
             return hook
@@ -165,7 +216,7 @@ class ReferenceMossAudio(nn.Module):
             input_ids, audio_data, audio_data_seqlens
         )
         handles = self._hooks(deepstack, audio_mask)
-        options = {"eos_token_id": list(STOP_TOKEN_IDS), "pad_token_id": ENDOFTEXT_ID, **kwargs}
+        options = {"eos_token_id": list(STOP_TOKEN_IDS), "pad_token_id": PAD_ID, **kwargs}
         try:
             return self.lm.generate(
                 inputs_embeds=embeds,
