@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-SAMPLE_RATE = 16_000
+from .audio_formats import SAMPLE_RATE
+
 N_FFT = 400
 HOP_LENGTH = 160
 N_MELS = 128

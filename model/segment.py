@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import SAMPLE_RATE
+from .audio_formats import SAMPLE_RATE
 
 DEFAULT_MAX_SEGMENT_SECONDS = 120.0
 

@@ -81,26 +81,13 @@ def up() -> None:
     # Handle SIGINT ourselves too: a shell that starts `up` in the background ignores it.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    dead: list[str] = []
-    while not stopping and not dead:
+    while not stopping:
         time.sleep(0.5)
-        dead = [
-            n
-            for n, p in [("gateway", stack.gateway), ("valkey", stack.redis)]
-            if p is not None and p.poll() is not None
-        ]
-        dead += [
-            f"{q} worker"
-            for q, ps in stack.workers.items()
-            if any(p.poll() is not None for p in ps)
-        ]
-    if dead:
-        err.print(f"[bold red]error:[/] {', '.join(dead)} exited; see {stack.logs}")
+        for event in stack.supervise():  # a child that died is restarted, with backoff
+            err.print(f"[yellow]supervisor:[/] {event} (logs: {stack.logs})")
     with err.status("Stopping"):
         stack.stop()
     err.print("stopped")
-    if dead:
-        raise typer.Exit(1)
 
 
 def _bootstrap(stack, settings) -> None:

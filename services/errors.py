@@ -9,3 +9,20 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+# Audio the gateway cannot take: 415 when the bytes are not (whole, accepted) audio, 422 when
+# they are audio but over a limit, or the decoder gave up on them.
+_AUDIO_422 = frozenset(
+    {
+        "audio_too_long",
+        "audio_too_short",
+        "decoder_crashed",
+        "decode_limit_exceeded",
+        "decode_timeout",
+    }
+)
+
+
+def audio_error(code: str, message: str) -> ApiError:
+    return ApiError(422 if code in _AUDIO_422 else 415, code, message)

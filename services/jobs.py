@@ -22,13 +22,13 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from model import AudioDecodeError, EncoderOutput, load_audio, split_audio
-from model.features import SAMPLE_RATE
+from model import AudioDecodeError, EncoderOutput, split_audio
+from model.audio_sandbox import load_audio_isolated, probe_audio_isolated
 from model.tasks import TASKS, instruction_for
 from model.thinking import split_thinking
 from model.timestamps import parse_timestamps
 
-from .errors import ApiError
+from .errors import ApiError, audio_error
 from .inference import Backend, StaleFeatures
 from .jobstore import Job, JobStore, Principal
 from .models import ModelNotFound
@@ -89,17 +89,13 @@ def submit_job(
 
     upload.seek(0)
     data = upload.read()
-    try:
-        audio = load_audio(data)
-    except AudioDecodeError as exc:
-        raise ApiError(415, exc.code, exc.message) from exc
-    seconds = len(audio) / SAMPLE_RATE
-    if seconds > settings.max_audio_seconds:
-        raise ApiError(
-            422,
-            "audio_too_long",
-            f"the audio lasts {seconds:.1f} s; the limit is {settings.max_audio_seconds:g} s",
+    try:  # the header, the demuxed duration and a decoded prefix; the worker decodes the rest
+        info = probe_audio_isolated(
+            data, max_seconds=settings.max_audio_seconds, limits=settings.decode_limits
         )
+    except AudioDecodeError as exc:
+        raise audio_error(exc.code, exc.message) from exc
+    seconds = info.seconds
     if seconds < 0.1:
         raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
 
@@ -165,7 +161,15 @@ def _encode_claimed(ctx: Context, job_id: str) -> bool:
     key = features_key(job.audio_sha256, served.version) if served.version else None
     cached = key is not None and ctx.storage.exists(key)
     if not cached:
-        audio = load_audio(ctx.storage.get_bytes(job.audio_key))
+        try:
+            audio = load_audio_isolated(
+                ctx.storage.get_bytes(job.audio_key),
+                max_seconds=ctx.settings.max_audio_seconds,
+                limits=ctx.settings.decode_limits,
+            )
+        except AudioDecodeError as exc:  # the gateway saw only a prefix; the rest is bad
+            ctx.store.fail(job_id, exc.code, exc.message)
+            return False
         segments = split_audio(audio, max_seconds=ctx.settings.max_segment_seconds)
         version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
         key = features_key(job.audio_sha256, version)

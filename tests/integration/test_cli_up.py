@@ -15,6 +15,7 @@ import pytest
 from services.stack import free_port
 from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import write_checkpoint
+from tests.unit.test_audio_hostile import multichannel_wav
 
 pytestmark = pytest.mark.integration
 MOSSCTL = str(Path(sys.executable).with_name("mossctl"))
@@ -72,6 +73,38 @@ def test_up_submit_curl_and_ctrl_c(tmp_path, redis_url) -> None:
                 time.sleep(0.2)
             assert job["status"] == "succeeded", job
 
+            # Audio that crashed PyAV (8 channels) is served, and the gateway stays up.
+            job = client.post(
+                "/v1/jobs",
+                files={"file": ("surround.wav", multichannel_wav(8, "PCM_16"), "audio/wav")},
+                data={"task": "caption", "max_new_tokens": "3"},
+            )
+            assert job.status_code == 202, job.text
+            for _ in range(300):
+                state = client.get(f"/v1/jobs/{job.json()['id']}").json()
+                if state["status"] in ("succeeded", "failed"):
+                    break
+                time.sleep(0.2)
+            assert state["status"] == "succeeded", state
+
+        # A child that dies is restarted; the stack keeps running.
+        gateway_pid = int((tmp_path / "home" / "run" / "gateway.pid").read_text())
+        os.kill(gateway_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        new_pid = gateway_pid
+        while time.monotonic() < deadline and new_pid == gateway_pid:
+            time.sleep(0.2)
+            new_pid = int((tmp_path / "home" / "run" / "gateway.pid").read_text())
+        assert new_pid != gateway_pid and up.poll() is None
+        for _ in range(150):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the restarted gateway did not come back")
+
         failed = subprocess.run(
             [MOSSCTL, "submit", str(tmp_path / "missing.wav")],
             env=env,
@@ -83,5 +116,8 @@ def test_up_submit_curl_and_ctrl_c(tmp_path, redis_url) -> None:
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
+    supervisor = up.stderr.read()
+    assert "gateway exited with code -9; restarting in 1 s" in supervisor, supervisor
+    assert "gateway restarted" in supervisor
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)

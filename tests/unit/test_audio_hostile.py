@@ -1,0 +1,192 @@
+"""Audio that must not take a process down: many channels, every PCM flavour, files that point
+FFmpeg at other files, absurd sample rates, decompression bombs, and real decoder crashes."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from model.audio import AudioDecodeError, load_audio, probe_audio
+from model.audio_sandbox import (
+    CHILD_COMMAND,
+    DecodeLimits,
+    _run,
+    load_audio_isolated,
+    probe_audio_isolated,
+)
+
+RATE = 44_100
+SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "ALAW", "ULAW"]
+
+
+def amplitudes(channels: int) -> np.ndarray:
+    """A different loudness per channel: a decoder that drops or misreads channels shows."""
+    return np.linspace(0.1, 0.5, channels) if channels > 1 else np.array([0.3])
+
+
+def multichannel_wav(channels: int, subtype: str, seconds: float = 0.5) -> bytes:
+    t = np.arange(int(seconds * RATE)) / RATE
+    sine = np.sin(2 * np.pi * 440.0 * t)
+    frames = (sine[:, None] * amplitudes(channels)[None, :]).astype(np.float32)
+    buffer = io.BytesIO()
+    sf.write(buffer, frames, RATE, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def silent_flac(seconds: float, rate: int = 8_000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(int(seconds * rate), dtype=np.int16), rate, format="FLAC")
+    return buffer.getvalue()
+
+
+def check_mean_of_channels(audio: np.ndarray, channels: int, subtype: str) -> None:
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) - 8_000) <= 16
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    assert abs(np.argmax(spectrum) * 16_000 / len(audio) - 440.0) < 5.0
+    rms = float(np.sqrt(np.mean(audio[500:-500] ** 2)))
+    expected = float(amplitudes(channels).mean()) / np.sqrt(2)
+    tolerance = 0.05 if subtype in ("PCM_U8", "ALAW", "ULAW") else 0.01  # 8-bit quantisation
+    assert rms == pytest.approx(expected, rel=tolerance)
+
+
+@pytest.mark.parametrize("subtype", SUBTYPES)
+@pytest.mark.parametrize("channels", [1, 2, 6, 8, 16, 64])
+def test_any_channel_count_and_pcm_flavour_is_the_mean_of_its_channels(channels, subtype) -> None:
+    data = multichannel_wav(channels, subtype)
+    check_mean_of_channels(load_audio(data), channels, subtype)
+    info = probe_audio(data)
+    assert (info.channels, info.sample_rate) == (channels, RATE)
+    assert info.seconds == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("channels", [8, 64])
+def test_isolated_decoding_gives_the_same_samples(channels) -> None:
+    data = multichannel_wav(channels, "PCM_24")
+    isolated = load_audio_isolated(data)
+    np.testing.assert_array_equal(isolated, load_audio(data))
+    assert isolated.flags.writeable
+    assert probe_audio_isolated(data).channels == channels
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"ffconcat version 1.0\nfile clip.wav\n",
+        b"#EXTM3U\n#EXTINF:1.0,\nclip.wav\n#EXT-X-ENDLIST\n",
+        b"[playlist]\nFile1=clip.wav\nNumberOfEntries=1\n",
+        b"file:clip.wav",
+    ],
+)
+def test_files_that_name_other_files_are_not_opened(body, tmp_path, monkeypatch) -> None:
+    """A 46-byte ffconcat text once made load_audio decode a file of the working directory."""
+    (tmp_path / "clip.wav").write_bytes(multichannel_wav(1, "PCM_16"))
+    monkeypatch.chdir(tmp_path)
+    for fn in (load_audio, probe_audio):
+        with pytest.raises(AudioDecodeError) as info:
+            fn(body)
+        assert info.value.code == "not_audio"
+
+
+def test_a_1_hz_wav_is_not_an_hour_of_audio() -> None:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(3600, dtype=np.int16), 1, format="WAV", subtype="PCM_16")
+    data = buffer.getvalue()
+    assert len(data) < 8_000
+    for fn in (load_audio, probe_audio):
+        with pytest.raises(AudioDecodeError) as info:
+            fn(data)
+        assert info.value.code == "unsupported_sample_rate"
+
+
+def test_a_long_silent_flac_is_refused_from_its_header_and_while_decoding() -> None:
+    data = silent_flac(600.0)  # 10 minutes in a few KB
+    assert len(data) < 200_000
+    with pytest.raises(AudioDecodeError) as info:
+        probe_audio(data, max_seconds=60)
+    assert info.value.code == "audio_too_long"
+    with pytest.raises(AudioDecodeError) as info:
+        load_audio(data, max_seconds=60)
+    assert info.value.code == "audio_too_long"
+
+
+def test_a_header_without_duration_is_measured_from_the_packets() -> None:
+    """STREAMINFO's total-samples field set to 0 ("unknown"): the limit still holds, measured
+    by demuxing (no decoding), and decoding stops at the limit."""
+    data = bytearray(silent_flac(600.0))
+    base = 8  # "fLaC" + the metadata block header
+    data[base + 13] &= 0xF0
+    data[base + 14 : base + 18] = b"\x00\x00\x00\x00"
+    data = bytes(data)
+    assert probe_audio(data).seconds == pytest.approx(600.0, abs=1.0)
+    with pytest.raises(AudioDecodeError) as info:
+        probe_audio(data, max_seconds=60)
+    assert info.value.code == "audio_too_long"
+    with pytest.raises(AudioDecodeError) as info:
+        load_audio(data, max_seconds=60)
+    assert info.value.code == "audio_too_long"
+
+
+def test_unaccepted_codecs_are_refused_before_decoding() -> None:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(8000, dtype=np.float32), 8000, format="WAV", subtype="GSM610")
+    with pytest.raises(AudioDecodeError) as info:
+        probe_audio(buffer.getvalue())
+    assert info.value.code == "unsupported_codec"
+
+
+# --- the sandbox: real crashes and real limits -------------------------------------------
+
+# PyAV 18 reading planar float frames of 8 channels: a segmentation fault in native code (the
+# bug our decoder now avoids), run as the child of the sandbox.
+PLANAR_CRASH = (
+    sys.executable,
+    "-c",
+    "import io, json, sys, av\n"
+    "request = json.loads(sys.stdin.buffer.readline())\n"
+    "data = sys.stdin.buffer.read(request['size'])\n"
+    "container = av.open(io.BytesIO(data), format='wav')\n"
+    "resampler = av.AudioResampler(format='fltp', rate=16000)\n"
+    "for frame in container.decode(audio=0):\n"
+    "    for out in resampler.resample(frame):\n"
+    "        out.to_ndarray()\n",
+)
+
+
+def test_a_native_decoder_crash_is_a_clear_error_not_a_dead_process() -> None:
+    with pytest.raises(AudioDecodeError) as info:
+        _run(PLANAR_CRASH, "load", multichannel_wav(8, "PCM_16"), None, DecodeLimits())
+    assert info.value.code == "decoder_crashed"
+    assert "SIGSEGV" in info.value.message
+    # This process is alive and the real child decodes the same file.
+    assert len(load_audio_isolated(multichannel_wav(8, "PCM_16"))) == 8_000
+
+
+def test_memory_and_time_limits_stop_the_child() -> None:
+    bomb = silent_flac(600.0)  # decodes to 38 MB of 16 kHz float32
+    with pytest.raises(AudioDecodeError) as info:
+        load_audio_isolated(bomb, limits=DecodeLimits(memory_mb=24))
+    assert info.value.code == "decode_limit_exceeded"
+    with pytest.raises(AudioDecodeError) as info:
+        load_audio_isolated(bomb, limits=DecodeLimits(timeout_s=0.01))
+    assert info.value.code == "decode_timeout"
+    assert len(load_audio_isolated(bomb)) == 600 * 16_000  # within the default limits
+
+
+def test_the_child_gets_no_secrets(monkeypatch) -> None:
+    monkeypatch.setenv("MOSS_API_KEY", "very-secret")
+    show_env = (
+        sys.executable,
+        "-c",
+        "import json, os, sys\n"
+        "sys.stdin.buffer.readline()\n"
+        "header = {'ok': True, 'samples': 0, 'env': sorted(os.environ)}\n"
+        "sys.stdout.write(json.dumps(header) + '\\n')\n",
+    )
+    header, _ = _run(show_env, "load", b"x", None, DecodeLimits())
+    assert "MOSS_API_KEY" not in header["env"]
+    assert CHILD_COMMAND[1:] == ("-m", "model.audio_sandbox")
