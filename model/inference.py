@@ -1,8 +1,10 @@
 """One request end to end: audio -> segments -> batched generation -> text (+ thinking).
 
-Audio longer than the maximum segment is split at quiet points; the segments run as one
-left-padded batch (in groups of `batch_size`) and their answers are joined in order, each
-keeping its time offset so callers can shift timestamps.
+By default the model sees the whole clip (as the official model does); with
+`max_segment_seconds`, audio longer than that is split at quiet points (what transcription of
+long recordings wants), the segments run as one left-padded batch (in groups of `batch_size`)
+and their answers are joined in order, each keeping its time offset so callers can shift
+timestamps.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from .processor import MossAudioProcessor
-from .segment import DEFAULT_MAX_SEGMENT_SECONDS, split_audio
+from .segment import Segment, split_audio
 from .thinking import split_thinking
 
 
@@ -44,13 +46,16 @@ def run_inference(
     audio: np.ndarray,
     prompt: str,
     *,
-    max_segment_seconds: float = DEFAULT_MAX_SEGMENT_SECONDS,
+    max_segment_seconds: float | None = None,
     batch_size: int = 4,
     on_step: Callable[[int], None] | None = None,
     **generation: object,
 ) -> InferenceResult:
     """`on_step(n)` is called after every decoding step with the tokens produced so far."""
-    segments = split_audio(audio, max_seconds=max_segment_seconds)
+    if max_segment_seconds is None:
+        segments = [Segment(0, len(audio), audio)]
+    else:
+        segments = split_audio(audio, max_seconds=max_segment_seconds)
     answers: list[SegmentAnswer] = []
     produced = 0
     for first in range(0, len(segments), batch_size):

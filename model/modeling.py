@@ -7,7 +7,11 @@ decoder layer k, during prefill only (decode steps carry no audio positions).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,14 @@ from transformers.modeling_outputs import CausalLMOutput
 from .adapter import GatedMLP
 from .config import MossAudioConfig
 from .encoder import EncoderLayer, EncoderOutput, MossAudioEncoder
+from .generation import SamplingParams
+from .hub import (
+    CONFIG,
+    OFFICIAL_GENERATION,
+    copy_remote_code,
+    read_generation_defaults,
+    write_generation_defaults,
+)
 from .kv_cache import KVCache
 from .qwen3 import DecoderLayer, Qwen3Decoder, RMSNorm, RotaryEmbedding
 from .tokens import AUDIO_TOKEN_ID
@@ -86,6 +98,29 @@ class MossAudioModel(MossAudioPreTrainedModel):
         )
         self.lm_head = nn.Linear(language.hidden_size, language.vocab_size, bias=False)
         self.post_init()
+        # generation_config.json: what "the model's own defaults" means for a request.
+        self.generation_defaults: SamplingParams = OFFICIAL_GENERATION
+        self.source_directory: Path | None = None  # where from_pretrained read it
+
+    # --- the hub layout (model/hub.py) ------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        directory = Path(pretrained_model_name_or_path)
+        if directory.is_dir():
+            model.source_directory = directory
+            model.generation_defaults = read_generation_defaults(directory)
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any):
+        """The hub layout: config.json, (sharded) safetensors, generation_config.json, and the
+        release's remote code files when this model came from a directory that had them."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_generation_defaults(save_directory, self.generation_defaults)
+        config = json.loads((Path(save_directory) / CONFIG).read_text())
+        copy_remote_code(self.source_directory, save_directory, config)
 
     # transformers hooks (resize_token_embeddings, generation utilities) look for these.
     def get_input_embeddings(self) -> nn.Embedding:

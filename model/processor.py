@@ -4,7 +4,13 @@ An audio span is `<|audio_bos|>` + L(T) `<|AUDIO|>` ids + `<|audio_eos|>`, with 
 every even second s (2, 4, ... up to the clip's last full second) inserted after the first
 (s/2)*25 audio ids when time markers are on. Example: 92 audio tokens (7.36 s) ->
 25 AUDIO, "2", 25 AUDIO, "4", 25 AUDIO, "6", 17 AUDIO. Text with no audio span is wrapped in
-the default ChatML prompt. Several (text, audio) pairs make one left-padded batch.
+the default ChatML prompt. A prompt may hold several audio spans (one per audio, in order), and
+`apply_chat_template` puts audio in any turn of a conversation. Several (text, audio) pairs make
+one left-padded batch.
+
+processor_config.json is read and written with the keys the official processor and vLLM use
+(`enable_time_marker`, `mel_config`, the audio token ids). The placeholder strings are mapped to
+their ids by the processor itself, so a hub tokenizer that does not know them works.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import torch
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
 from .encoder import num_audio_tokens
-from .features import N_MELS, log_mel_spectrogram, num_mel_frames
+from .features import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, log_mel_spectrogram, num_mel_frames
+from .hub import PREPROCESSOR_CONFIG, PROCESSOR_CONFIG
 from .tokenizer import load_tokenizer
 from .tokens import (
     AUDIO_BOS,
@@ -38,7 +45,16 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 AUDIO_TOKENS_PER_SECOND = 12.5
 TIME_MARKER_EVERY_SECONDS = 2
 _TOKENS_PER_MARKER = int(AUDIO_TOKENS_PER_SECOND * TIME_MARKER_EVERY_SECONDS)  # 25
-PROCESSOR_CONFIG = "processor_config.json"
+_PLACEHOLDERS = {AUDIO_TOKEN: AUDIO_TOKEN_ID, AUDIO_BOS: AUDIO_BOS_ID, AUDIO_EOS: AUDIO_EOS_ID}
+_PLACEHOLDER = re.compile("|".join(re.escape(token) for token in _PLACEHOLDERS))
+AUDIO_PLACEHOLDER = f"{AUDIO_BOS}{AUDIO_TOKEN}{AUDIO_EOS}"  # one audio, before expansion
+# The front end is fixed (features.py); a checkpoint asking for another is refused.
+MEL_CONFIG = {
+    "mel_sr": SAMPLE_RATE,
+    "mel_dim": N_MELS,
+    "mel_n_fft": N_FFT,
+    "mel_hop_length": HOP_LENGTH,
+}
 
 _AUDIO_SPAN = re.compile(
     re.escape(AUDIO_BOS) + f"(?:{re.escape(AUDIO_TOKEN)})+" + re.escape(AUDIO_EOS)
@@ -65,12 +81,50 @@ def audio_span_ids(num_tokens: int, time_markers: bool = True) -> list[int]:
 
 def default_prompt(instruction: str, with_audio: bool = True) -> str:
     """The ChatML prompt the released models were trained with."""
-    audio = f"{AUDIO_BOS}{AUDIO_TOKEN}{AUDIO_EOS}\n" if with_audio else ""
+    audio = f"{AUDIO_PLACEHOLDER}\n" if with_audio else ""
     return (
         f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n"
         f"<|im_start|>user\n{audio}{instruction}<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def _content(content: str | Sequence[dict[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    text = ""
+    for part in content:
+        kind = part.get("type")
+        if kind == "audio":
+            text += AUDIO_PLACEHOLDER
+        elif kind == "text":
+            text += ("\n" if text.endswith(AUDIO_EOS) else "") + str(part.get("text", ""))
+        else:
+            raise ValueError(f"a content part must be text or audio, not {kind!r}")
+    return text
+
+
+def _read_processor_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The saved options, checked against what this library computes."""
+    for name in (PROCESSOR_CONFIG, PREPROCESSOR_CONFIG):
+        path = Path(directory) / name
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            break
+    else:
+        return {}
+    mel = saved.get("mel_config") or {}
+    for key, ours in MEL_CONFIG.items():
+        if key in mel and int(mel[key]) != ours:
+            raise ValueError(f"{path}: mel_config.{key} = {mel[key]}; this library computes {ours}")
+    for key, ours in (
+        ("audio_token_id", AUDIO_TOKEN_ID),
+        ("audio_start_id", AUDIO_BOS_ID),
+        ("audio_end_id", AUDIO_EOS_ID),
+    ):
+        if key in saved and int(saved[key]) != ours:
+            raise ValueError(f"{path}: {key} = {saved[key]}; MOSS-Audio uses {ours}")
+    return saved
 
 
 class MossAudioProcessor:
@@ -87,12 +141,12 @@ class MossAudioProcessor:
     def from_pretrained(
         cls, directory: str | os.PathLike[str] | None = None, **kwargs: Any
     ) -> MossAudioProcessor:
-        """Tokenizer from `directory` (or built offline); options from processor_config.json."""
+        """Tokenizer from `directory` (or built offline); options from processor_config.json
+        (or preprocessor_config.json, which vLLM also reads)."""
         options: dict[str, Any] = {}
-        if directory is not None and (Path(directory) / PROCESSOR_CONFIG).is_file():
-            saved = json.loads((Path(directory) / PROCESSOR_CONFIG).read_text())
-            if "enable_time_marker" in saved:
-                options["enable_time_marker"] = bool(saved["enable_time_marker"])
+        saved = _read_processor_config(directory) if directory is not None else {}
+        if "enable_time_marker" in saved:
+            options["enable_time_marker"] = bool(saved["enable_time_marker"])
         options.update(kwargs)
         return cls(load_tokenizer(directory), **options)
 
@@ -102,10 +156,10 @@ class MossAudioProcessor:
         config = {
             "processor_class": "MossAudioProcessor",
             "enable_time_marker": self.enable_time_marker,
-            "sampling_rate": 16000,
-            "feature_size": N_MELS,
-            "n_fft": 400,
-            "hop_length": 160,
+            "audio_token_id": AUDIO_TOKEN_ID,
+            "audio_start_id": AUDIO_BOS_ID,
+            "audio_end_id": AUDIO_EOS_ID,
+            "mel_config": dict(MEL_CONFIG),
         }
         (Path(directory) / PROCESSOR_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -135,7 +189,44 @@ class MossAudioProcessor:
         return ids + self._text_ids(prompt[cursor:])
 
     def _text_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        """Text to ids; the audio placeholder strings map to their ids whatever the tokenizer
+        knows (the hub tokenizer does not define them)."""
+        ids: list[int] = []
+        cursor = 0
+        for match in _PLACEHOLDER.finditer(text):
+            if match.start() > cursor:
+                ids += self.tokenizer.encode(text[cursor : match.start()], add_special_tokens=False)
+            ids.append(_PLACEHOLDERS[match.group()])
+            cursor = match.end()
+        if cursor < len(text):
+            ids += self.tokenizer.encode(text[cursor:], add_special_tokens=False)
+        return ids
+
+    # --- conversations ----------------------------------------------------------------------
+
+    @staticmethod
+    def apply_chat_template(
+        messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """A ChatML prompt for a conversation; audio may appear in any turn, several times.
+
+        `messages`: [{"role": "system" | "user" | "assistant", "content": str | [parts]}] with
+        parts {"type": "text", "text": ...} or {"type": "audio"} (the audios are passed to the
+        processor in the order their parts appear). Without a system message the default one
+        is used. An audio part is followed by a newline before text, as in the released prompt.
+        """
+        turns = list(messages)
+        if not turns or turns[0].get("role") != "system":
+            turns.insert(0, {"role": "system", "content": DEFAULT_SYSTEM_PROMPT})
+        out = []
+        for turn in turns:
+            role = turn.get("role")
+            if role not in ("system", "user", "assistant"):
+                raise ValueError(f"a message role must be system, user or assistant, not {role!r}")
+            out.append(f"<|im_start|>{role}\n{_content(turn.get('content', ''))}<|im_end|>\n")
+        if add_generation_prompt:
+            out.append("<|im_start|>assistant\n")
+        return "".join(out)
 
     # --- call -------------------------------------------------------------------------------
 

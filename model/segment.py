@@ -1,9 +1,11 @@
 """Long audio: split at low-energy points into contiguous segments no longer than a maximum.
 
-The encoder was trained on clips up to 120 s (1500 positions at 12.5 tokens/s), so longer audio
-is cut into segments, each processed on its own and merged back with its time offset. Cuts are
-placed at the quietest 10 ms block in the last `search_seconds` before the limit, so words and
-notes are rarely split. Segments are contiguous and cover every sample exactly once.
+The encoder has no length limit (it works in independent 4 s windows) and the decoder's context
+holds about 50 minutes of audio, so only transcription is split (model.tasks): a transcript is
+long output, and segments give each part its own token budget and run in parallel. Each segment
+is processed on its own and merged back with its time offset. Cuts are placed at the quietest
+10 ms block in the last `search_seconds` before the limit, so words and notes are rarely split.
+Segments are contiguous and cover every sample exactly once.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from tokenizers import AddedToken, normalizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
+from .tokens import AUDIO_BOS, AUDIO_BOS_ID, AUDIO_EOS, AUDIO_EOS_ID
+
 QWEN_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -113,10 +115,36 @@ def has_tokenizer(directory: str | os.PathLike[str]) -> bool:
 
 
 def load_tokenizer(directory: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer in `directory` if it has one, else the offline-built Qwen3 tokenizer.
-
-    A released tokenizer need not know `<|AUDIO|>`, `<|audio_bos|>` or `<|audio_eos|>`: the
-    processor inserts those ids itself and never tokenizes them as text.
-    """
+    """The tokenizer in `directory` if it has one, else the offline-built Qwen3 tokenizer, with
+    MOSS-Audio's audio tokens registered (`register_audio_tokens`)."""
     source = directory if directory is not None and has_tokenizer(directory) else None
-    return AutoTokenizer.from_pretrained(source or qwen3_tokenizer_dir())
+    tokenizer = AutoTokenizer.from_pretrained(source or qwen3_tokenizer_dir())
+    register_audio_tokens(tokenizer)
+    return tokenizer
+
+
+def register_audio_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make `<|audio_bos|>` (151669) and `<|audio_eos|>` (151670) special tokens at their ids.
+
+    The hub tokenizer is Qwen3's, which ends at id 151668 and does not define them: the official
+    processor and vLLM register them when they load it, and so do we. Without this, the model's
+    own output ids 151669/151670 decode to nothing and the strings tokenize as plain text.
+    `<|AUDIO|>` is id 151654, which Qwen3 already has as `<|vision_pad|>`; the processor maps
+    the string to that id itself (a tokenizer cannot give one id two names).
+    """
+    for token, wanted in ((AUDIO_BOS, AUDIO_BOS_ID), (AUDIO_EOS, AUDIO_EOS_ID)):
+        current = tokenizer.convert_tokens_to_ids(token)
+        if current == wanted:
+            continue
+        if current not in (None, tokenizer.unk_token_id) or len(tokenizer) != wanted:
+            raise ValueError(
+                f"this tokenizer cannot hold {token} at id {wanted} (it has {len(tokenizer)} "
+                f"tokens and maps {token} to {current}); MOSS-Audio needs the Qwen3 tokenizer"
+            )
+        tokenizer.add_tokens(
+            [AddedToken(token, special=True, normalized=False)], special_tokens=True
+        )
+        if tokenizer.convert_tokens_to_ids(token) != wanted:
+            raise RuntimeError(
+                f"{token} was registered at id {tokenizer.convert_tokens_to_ids(token)}"
+            )

@@ -76,7 +76,14 @@ def infer(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
-    max_segment_seconds: Annotated[float, typer.Option(min=1.0)] = 120.0,
+    max_segment_seconds: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Cut longer audio at quiet points into segments of at most this length "
+            "(transcribing long recordings); default: the model sees the whole clip.",
+        ),
+    ] = None,
     time_markers: Annotated[bool, typer.Option(help="Time markers in the audio span.")] = True,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
@@ -117,7 +124,8 @@ def infer(
     with Progress(*columns, console=err, transient=True) as progress:
         loaded, processor = _load(model, preset, dtype, device, progress)
         processor.enable_time_marker = time_markers
-        segments = max(1, math.ceil(len(waveform) / 16000 / max_segment_seconds))
+        seconds = len(waveform) / 16000
+        segments = math.ceil(seconds / max_segment_seconds) if max_segment_seconds else 1
         task = progress.add_task(
             f"Generating ({len(waveform) / 16000:.1f} s of audio, {segments} segment(s))",
             total=max_new_tokens * segments,
@@ -160,7 +168,7 @@ def demo(
         temperature=0.0,
         top_p=1.0,
         seed=None,
-        max_segment_seconds=120.0,
+        max_segment_seconds=None,
         time_markers=True,
         dtype="auto",
         device="cpu",

@@ -24,12 +24,13 @@ from safetensors.torch import save as save_safetensors
 
 from model import AudioDecodeError, EncoderOutput, split_audio
 from model.audio_sandbox import load_audio_isolated, probe_audio_isolated
-from model.tasks import TASKS, instruction_for
+from model.segment import Segment
+from model.tasks import TASKS, instruction_for, segment_seconds_for
 from model.thinking import split_thinking
 from model.timestamps import parse_timestamps
 
 from .errors import ApiError, audio_error
-from .inference import Backend, StaleFeatures
+from .inference import Backend, ContextExceeded, StaleFeatures
 from .jobstore import Job, JobStore, Principal
 from .models import ModelNotFound
 from .models import check as check_model
@@ -131,8 +132,11 @@ def submit_job(
 # --- encode ----------------------------------------------------------------------------------
 
 
-def features_key(audio_sha256: str, version: str) -> str:
-    return f"features/{audio_sha256}-{version}.safetensors"
+def features_key(audio_sha256: str, version: str, segment_seconds: float | None) -> str:
+    """Content-addressed: the audio, the weights, and how the audio was cut (a caption of a
+    clip needs it whole, its transcription may have been split)."""
+    plan = "whole" if segment_seconds is None else f"seg{segment_seconds:g}"
+    return f"features/{audio_sha256}-{version}-{plan}.safetensors"
 
 
 def encode_job(ctx: Context, job_id: str) -> bool:
@@ -158,7 +162,8 @@ def _encode_claimed(ctx: Context, job_id: str) -> bool:
     if served.registry_version:  # pin it: the generator must use the same version
         params["model_version"] = served.registry_version
     ctx.store.set_params(job_id, params)
-    key = features_key(job.audio_sha256, served.version) if served.version else None
+    plan = segment_seconds_for(job.task, ctx.settings.max_segment_seconds)
+    key = features_key(job.audio_sha256, served.version, plan) if served.version else None
     cached = key is not None and ctx.storage.exists(key)
     if not cached:
         try:
@@ -170,9 +175,12 @@ def _encode_claimed(ctx: Context, job_id: str) -> bool:
         except AudioDecodeError as exc:  # the gateway saw only a prefix; the rest is bad
             ctx.store.fail(job_id, exc.code, exc.message)
             return False
-        segments = split_audio(audio, max_seconds=ctx.settings.max_segment_seconds)
+        if plan is None:
+            segments = [Segment(0, len(audio), audio)]
+        else:
+            segments = split_audio(audio, max_seconds=plan)
         version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
-        key = features_key(job.audio_sha256, version)
+        key = features_key(job.audio_sha256, version, plan)
         ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.complete_stage(job_id, "encode", features_key=key, progress=0.1)
     ctx.store.record_timing(job_id, "encode", cache_hit=cached)
@@ -249,6 +257,9 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
         ]
     except StaleFeatures:
         return _encode_again(ctx, job_id)
+    except ContextExceeded as exc:
+        ctx.store.fail(job_id, "context_exceeded", str(exc).split(": ", 1)[-1])
+        return False
 
     budget = max_new_tokens * len(generations)
     deadline = time.monotonic() + ctx.settings.task_time_limit_s
@@ -267,6 +278,9 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
         texts = [g.text() for g in generations]
     except StaleFeatures:  # a remote generator changed version after the encoder ran
         return _encode_again(ctx, job_id)
+    except ContextExceeded as exc:  # a remote generator checked the context
+        ctx.store.fail(job_id, "context_exceeded", str(exc).split(": ", 1)[-1])
+        return False
     if timed_out:
         limit = ctx.settings.task_time_limit_s
         ctx.store.fail(job_id, "timeout", f"generation ran past MOSS_TASK_TIME_LIMIT_S ({limit} s)")
@@ -307,7 +321,8 @@ def build_result(task: str, segments: list[dict], texts: list[str]) -> dict:
             thoughts.append(split.thinking)
         if task == "transcribe_timestamps":
             for item in parse_timestamps(split.answer, offset=segment["offset"]):
-                timed.append({"start": item.start, "end": item.end, "text": item.text})
+                entry = {"start": item.start, "end": item.end, "text": item.text}
+                timed.append({**entry, "flag": item.flag} if item.flag else entry)
     result: dict = {"text": " ".join(a for a in answers if a)}
     if task == "transcribe_timestamps":
         result["segments"] = timed

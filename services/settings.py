@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     bootstrap_minutes: float = 9.9
 
     # Workers
+    # Transcription of longer audio is cut at quiet points into segments of at most this many
+    # seconds, run in parallel; caption, ask and chat always see the whole clip.
     max_segment_seconds: float = 120.0
     generator_max_batch: int = 8
     generator_concurrency: int = 8

@@ -20,9 +20,14 @@ class ErrorBody(BaseModel):
 
 
 class TimedSegment(BaseModel):
-    start: float
-    end: float
+    start: float | None = Field(description="Seconds from the start of the file; null: untimed")
+    end: float | None = Field(description="Seconds; null for a point in time or an untimed line")
     text: str
+    flag: str | None = Field(
+        default=None,
+        description="Why the item is not a clean span: `no_timestamp` (a line the model wrote "
+        "without a time, kept as is) or `end_before_start`.",
+    )
 
 
 class JobResult(BaseModel):

@@ -19,11 +19,17 @@ import numpy as np
 from model import EncoderOutput
 
 MISMATCH = "model_version_mismatch"  # the predictors' error code for StaleFeatures
+CONTEXT_EXCEEDED = "context_exceeded"  # ... and for ContextExceeded
 
 
 class StaleFeatures(Exception):
     """The features were made by another model version than the generator serves (a rollout
     happened between the stages): the job must be encoded again."""
+
+
+class ContextExceeded(ValueError):
+    """The prompt (audio tokens, time markers, instruction) plus the token budget does not fit
+    the decoder's context. Never cut silently: the job fails and says how long a clip fits."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 from model import EncoderOutput
 
 from ..models import parse_ref
-from . import MISMATCH, Served, StaleFeatures
+from . import CONTEXT_EXCEEDED, MISMATCH, ContextExceeded, Served, StaleFeatures
 
 
 class ModelNotServed(LookupError):
@@ -97,6 +97,8 @@ def _translate(exc, model: str, url: str) -> Exception:
     status = str(exc.status() or "")
     if MISMATCH in message:
         return StaleFeatures(message)
+    if CONTEXT_EXCEEDED in message:
+        return ContextExceeded(message)
     if "404" in status or "NOT_FOUND" in status or "not found" in message.lower():
         return ModelNotServed(f"{url} does not serve model {model!r}")
     if "UNAVAILABLE" in status or "DEADLINE" in status or "503" in status:

@@ -17,7 +17,11 @@ from model.processor import default_prompt
 
 from ..generator.engine import BatchingEngine, GenerationRequest, RequestHandle
 from ..models import LoadedModel, ModelCache, model_version, resolve
-from . import Served, StaleFeatures
+from . import CONTEXT_EXCEEDED, ContextExceeded, Served, StaleFeatures
+
+# Audio tokens per second in a prompt: 12.5 from the encoder, plus at most 2 time-marker digit
+# tokens per second (a 4-digit second every 2 s), for the "how long fits" hint.
+_PROMPT_TOKENS_PER_SECOND = 14.5
 
 
 def encode_waveforms(model: torch.nn.Module, waveforms: list[np.ndarray]) -> list[EncoderOutput]:
@@ -64,6 +68,7 @@ def submit_generation(
         )
     tokens = int(encoded.features.shape[0])
     ids = loaded.processor.encode_prompt(default_prompt(instruction), [tokens])
+    check_context(loaded.model.config, len(ids), tokens, max_new_tokens)
     return engine.submit(
         GenerationRequest(
             prompt_ids=ids,
@@ -71,6 +76,21 @@ def submit_generation(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
         )
+    )
+
+
+def check_context(config, prompt_tokens: int, audio_tokens: int, max_new_tokens: int) -> None:
+    """Raise ContextExceeded unless prompt + budget fit `max_position_embeddings`."""
+    context = int(config.language_config.max_position_embeddings)
+    if prompt_tokens + max_new_tokens <= context:
+        return
+    other = prompt_tokens - audio_tokens * _PROMPT_TOKENS_PER_SECOND / 12.5
+    fits = max(0.0, (context - max_new_tokens - other) / _PROMPT_TOKENS_PER_SECOND)
+    raise ContextExceeded(
+        f"{CONTEXT_EXCEEDED}: the audio needs {prompt_tokens} prompt tokens plus "
+        f"max_new_tokens {max_new_tokens}, but the model's context holds {context} tokens "
+        f"(about {fits:.0f} s of audio with this budget); send a shorter clip or a smaller "
+        "max_new_tokens"
     )
 
 

@@ -44,7 +44,8 @@ class EncoderModel(Model):
         self.ref = ref
         self.settings = settings
         self.loaded = None
-        self.max_samples = int(settings.max_segment_seconds * 16_000)
+        # Caption/ask/chat send the whole clip: the encoder's cost is linear (4 s windows).
+        self.max_samples = int(settings.max_audio_seconds * 16_000)
 
     def load(self) -> bool:
         self.loaded = load_model(self.ref, self.settings, encoder_only=True)
@@ -65,7 +66,7 @@ class EncoderModel(Model):
         waveform = np.asarray(input_array(payload, "waveform"), dtype=np.float32).reshape(-1)
         if not 1_600 <= waveform.size <= self.max_samples:
             raise InvalidInput(
-                f"waveform must hold 0.1 s to {self.settings.max_segment_seconds:g} s of 16 kHz "
+                f"waveform must hold 0.1 s to {self.settings.max_audio_seconds:g} s of 16 kHz "
                 f"audio; got {waveform.size} samples"
             )
         loop = asyncio.get_running_loop()

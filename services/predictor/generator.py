@@ -15,7 +15,7 @@ from kserve.errors import InvalidInput
 
 from model import EncoderOutput
 
-from ..inference import MISMATCH
+from ..inference import MISMATCH, ContextExceeded
 from ..inference.local import Engines, encode_waveforms, submit_generation
 from ..settings import Settings
 from . import load_model
@@ -98,14 +98,17 @@ class GeneratorModel(Model):
         if not 1 <= max_new_tokens <= 8192 or not 0.0 <= temperature <= 2.0:
             raise InvalidInput("max_new_tokens must be in 1..8192 and temperature in 0..2")
         encoded = self._encoded(payload)
-        handle = submit_generation(
-            self.loaded,
-            self.engines(self.loaded),
-            encoded,
-            instruction,
-            max_new_tokens,
-            temperature,
-        )
+        try:
+            handle = submit_generation(
+                self.loaded,
+                self.engines(self.loaded),
+                encoded,
+                instruction,
+                max_new_tokens,
+                temperature,
+            )
+        except ContextExceeded as exc:
+            raise InvalidInput(str(exc)) from exc
         tokens = await asyncio.get_running_loop().run_in_executor(None, handle.result)
         text = self.loaded.processor.decode(tokens)
         return InferResponse(

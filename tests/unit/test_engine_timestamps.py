@@ -6,6 +6,8 @@ import threading
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.timestamps import TimedText, parse_timestamps
 from services.generator.engine import BatchingEngine, GenerationRequest
@@ -84,7 +86,28 @@ def test_closed_engine_refuses_work(tiny_model) -> None:
             [TimedText(0, 1.5, "first"), TimedText(1.5, 3, "second")],
         ),
         ("(1.2s - 3.4s) words", [TimedText(1.2, 3.4, "words")]),
-        ("no times here", []),
+        ("no times here", [TimedText(None, None, "no times here", "no_timestamp")]),
+        (
+            "0.00 - 57.00: birds chirping\n57.00 - 60.00: a car passes",
+            [TimedText(0.0, 57.0, "birds chirping"), TimedText(57.0, 60.0, "a car passes")],
+        ),
+        (
+            "At [00:03]-[00:05] a door slams, then [00:08] a dog barks.",
+            [
+                TimedText(None, None, "At", "no_timestamp"),
+                TimedText(3.0, 5.0, "a door slams, then"),
+                TimedText(8.0, None, "a dog barks."),
+            ],
+        ),
+        (
+            "Here is the transcript:\n[0.0-1.0] hi\n[3.0-2.0] backwards\n1:02:03 is not a span",
+            [
+                TimedText(None, None, "Here is the transcript:", "no_timestamp"),
+                TimedText(0.0, 1.0, "hi"),
+                TimedText(3.0, 2.0, "backwards", "end_before_start"),
+                TimedText(None, None, "1:02:03 is not a span", "no_timestamp"),
+            ],
+        ),
     ],
 )
 def test_parse_timestamps(text, expected) -> None:
@@ -93,3 +116,55 @@ def test_parse_timestamps(text, expected) -> None:
 
 def test_offsets_are_added() -> None:
     assert parse_timestamps("[0.5-1.0] x", offset=120.0) == [TimedText(120.5, 121.0, "x")]
+
+
+# --- properties ------------------------------------------------------------------------------
+
+WORDS = st.text(alphabet=st.sampled_from("abcdefghij klmnop,.!?'"), min_size=1, max_size=30)
+TIMES = st.integers(min_value=0, max_value=36_000_00).map(lambda c: c / 100)  # 0..10 h, 0.01 s
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds * 100), 6000)
+    return f"{minutes:02d}:{rest / 100:05.2f}"
+
+
+RENDER = {
+    "brackets": lambda s, e, t: f"[{s:.2f}-{e:.2f}] {t}",
+    "arrow": lambda s, e, t: f"[{_clock(s)} --> {_clock(e)}] {t}",
+    "parens": lambda s, e, t: f"({s:.2f}s - {e:.2f}s) {t}",
+    "official": lambda s, e, t: f"{s:.2f} - {e:.2f}: {t}",
+    "thinking": lambda s, e, t: f"[{_clock(s)}]-[{_clock(e)}] {t}",
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(st.tuples(TIMES, TIMES, WORDS), min_size=1, max_size=8),
+    style=st.sampled_from(sorted(RENDER)),
+    offset=st.sampled_from([0.0, 120.0]),
+)
+def test_rendered_spans_parse_back(items, style, offset) -> None:
+    text = "\n".join(RENDER[style](s, e, t) for s, e, t in items)
+    parsed = parse_timestamps(text, offset=offset)
+    assert len(parsed) == len(items)
+    for (start, end, words), got in zip(items, parsed, strict=True):
+        assert got.start == pytest.approx(start + offset, abs=0.006)
+        assert got.end == pytest.approx(end + offset, abs=0.006)
+        assert got.text == words.strip(" :")
+        assert got.flag == ("end_before_start" if end < start else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=300))
+def test_any_text_parses_and_no_line_is_dropped(text) -> None:
+    parsed = parse_timestamps(text)
+    for item in parsed:
+        assert item.flag in (None, "no_timestamp", "end_before_start")
+        assert (item.start is None) == (item.flag == "no_timestamp")
+    if not any(tag in text for tag in ("<|",)):
+        for line in text.splitlines():
+            if line.strip():
+                assert any(item.text and item.text in line for item in parsed) or any(
+                    item.start is not None for item in parse_timestamps(line)
+                ), line

@@ -91,6 +91,45 @@ def test_long_audio_runs_as_segments_with_offsets(home) -> None:
     assert done.status == "succeeded" and "segments" in done.result
 
 
+def test_whole_clip_tasks_see_the_whole_clip_and_transcription_is_split(home) -> None:
+    from services.jobs import load_features
+
+    ctx = make_context(home, max_segment_seconds=2.0)
+    data = wav(5.0, freq=610.0)
+    for task, prompt, count in (("caption", None, 1), ("ask", "What?", 1), ("transcribe", None, 3)):
+        job = submit(ctx, data, task=task, prompt=prompt)
+        assert encode_job(ctx, job.id)
+        stored = ctx.store.get_job(job.id)
+        segments, outputs = load_features(ctx.storage.get_bytes(stored.features_key))
+        assert len(segments) == count, task
+        assert sum(s["duration"] for s in segments) == pytest.approx(5.0, abs=1e-3)
+        assert [s["offset"] for s in segments] == sorted(s["offset"] for s in segments)
+        assert sum(len(o.features) for o in outputs) >= 62  # every second is encoded
+        assert generate_job(ctx, job.id)
+
+
+def test_a_prompt_that_does_not_fit_the_context_fails_and_says_what_fits(tmp_path) -> None:
+    from model import MossAudioProcessor
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(seed=5)
+    model.config.language_config.max_position_embeddings = 256  # 12.5 tokens/s: ~15 s fit
+    model.save_pretrained(tmp_path / "models" / "tiny")
+    MossAudioProcessor.from_pretrained(None).save_pretrained(tmp_path / "models" / "tiny")
+    ctx = make_context(tmp_path, max_segment_seconds=8.0)
+    data = wav(30.0, freq=410.0)
+    caption = submit(ctx, data, task="caption")
+    assert encode_job(ctx, caption.id)
+    assert not generate_job(ctx, caption.id)
+    failed = ctx.store.get_job(caption.id)
+    assert failed.status == "failed" and failed.error["code"] == "context_exceeded"
+    assert "context holds 256 tokens" in failed.error["message"]
+    # Transcription is cut into 8 s segments, each of which fits: nothing is dropped.
+    transcript = submit(ctx, data, task="transcribe")
+    assert encode_job(ctx, transcript.id) and generate_job(ctx, transcript.id)
+    assert ctx.store.get_job(transcript.id).status == "succeeded"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "code"),
     [

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from model import MossAudioModel, preset_config
 from model.qwen3 import attention_mask_4d
@@ -217,69 +216,6 @@ def test_save_and_from_pretrained_round_trip_is_bit_exact(
     inputs = prompt(processor, 1.5)
     with torch.no_grad():
         assert torch.equal(tiny_model(**inputs).logits, loaded.eval()(**inputs).logits)
-
-
-def released_names(layers: int, decoder_layers: int, mergers: int) -> list[str]:
-    """The parameter names of a released checkpoint, spelled out from the release itself."""
-    names = [f"audio_encoder.conv{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")]
-    names += ["audio_encoder.stem_proj.weight", "audio_encoder.stem_proj.bias"]
-    for i in range(layers):
-        base = f"audio_encoder.layers.{i}."
-        names += [base + "self_attn.k_proj.weight"]
-        for p in (
-            "self_attn.q_proj",
-            "self_attn.v_proj",
-            "self_attn.out_proj",
-            "fc1",
-            "fc2",
-            "self_attn_layer_norm",
-            "final_layer_norm",
-        ):
-            names += [f"{base}{p}.weight", f"{base}{p}.bias"]
-    names += ["audio_encoder.layer_norm.weight", "audio_encoder.layer_norm.bias"]
-    for prefix in ["audio_adapter"] + [f"deepstack_audio_merger_list.{k}" for k in range(mergers)]:
-        names += [f"{prefix}.{p}_proj.weight" for p in ("gate", "up", "down")]
-    names += ["language_model.embed_tokens.weight", "language_model.norm.weight", "lm_head.weight"]
-    for i in range(decoder_layers):
-        base = f"language_model.layers.{i}."
-        names += [base + f"self_attn.{p}_proj.weight" for p in "qkvo"]
-        names += [base + "self_attn.q_norm.weight", base + "self_attn.k_norm.weight"]
-        names += [base + f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
-        names += [base + "input_layernorm.weight", base + "post_attention_layernorm.weight"]
-    return names
-
-
-def test_hand_written_released_directory_loads_cleanly(processor, tmp_path) -> None:
-    config = preset_config("tiny").to_dict()
-    config["audio_config"]["conv_chunksize"] = 500  # fields we do not use must not break loading
-    config["auto_map"] = {"AutoModel": "modeling_moss_audio.MossAudioModel"}
-    config["torch_dtype"] = "float32"
-    (tmp_path / "config.json").write_text(json.dumps(config))
-
-    shapes = {k: v.shape for k, v in MossAudioModel(preset_config("tiny")).state_dict().items()}
-    names = released_names(3, 4, 2)
-    assert sorted(names) == sorted(shapes)
-    generator = torch.Generator().manual_seed(7)
-    tensors = {n: torch.randn(shapes[n], generator=generator) * 0.05 for n in names}
-    half = len(names) // 2
-    shards = {
-        "model-00001-of-00002.safetensors": names[:half],
-        "model-00002-of-00002.safetensors": names[half:],
-    }
-    for filename, keys in shards.items():
-        save_file({k: tensors[k] for k in keys}, tmp_path / filename, metadata={"format": "pt"})
-    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-
-    model, info = MossAudioModel.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == set() or not info["missing_keys"]
-    assert not info["unexpected_keys"] and not info.get("mismatched_keys")
-    assert model.config.audio_config.conv_chunksize == 500
-    state = model.state_dict()
-    assert all(torch.equal(state[n], tensors[n]) for n in names)
-    inputs = prompt(processor, 1.0)
-    with torch.no_grad():
-        assert torch.isfinite(model(**inputs).logits).all()
 
 
 # --- generation ----------------------------------------------------------------------------
