@@ -21,7 +21,7 @@ from model import MossAudioModel, MossAudioProcessor, preset_config
 from services.settings import get_settings
 from services.storage import make_storage
 
-from .data import generate_dataset, read_manifest
+from .data import describe_dataset, generate_dataset, read_manifest
 from .evaluate import evaluate, first_per_kind
 from .registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
 from .report import write_report
@@ -136,6 +136,8 @@ def train_step(
                 "parent_model": parent or "",
                 "stage": stage,
                 "variant": f"{size}-{flavor}",
+                "trained_for": describe_dataset(clips, manifest)
+                + (f", starting from {parent}" if parent else ""),
             }
         )
         mlflow.log_params(
@@ -215,6 +217,9 @@ def register_step(size: str, flavor: str, run_id: str, metrics: dict[str, float]
         metrics=metrics,
         description=f"{run.data.tags.get('stage', '')} run {run_id}",
     )
+    trained_for = run.data.tags.get("trained_for")
+    if trained_for:
+        registry.client.set_model_version_tag(name, version, "trained_for", trained_for)
     registry.client.set_registered_model_alias(name, "candidate", version)
     return version
 

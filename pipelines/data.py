@@ -157,6 +157,17 @@ def generate_dataset(
     return manifest_key, hashlib.sha256(manifest).hexdigest()
 
 
+def describe_dataset(clips: list[dict[str, Any]], key: str) -> str:
+    """What a model trained on these clips knows, in words (shown with every served answer)."""
+    labels = {e.get("label") for clip in clips for e in clip.get("events", [])}
+    if clips and labels and labels <= set(EVENT_TYPES):
+        return (
+            "synthetic sound events (low/high beeps, noise bursts, chirps, click trains): "
+            "captions, event times and counts; not speech or music"
+        )
+    return f"the audio of dataset {key} ({len(clips)} clips)"
+
+
 def read_manifest(storage: Any, key: str) -> tuple[list[dict[str, Any]], str]:
     """The clips of a manifest and its digest."""
     raw = storage.get_bytes(key)

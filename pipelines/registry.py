@@ -28,6 +28,7 @@ ALIASES = ("candidate", "staging", "production")
 SIZES = ("tiny", "small", "4b", "8b")
 FLAVORS = ("instruct", "thinking")
 CHECKPOINT_ARTIFACT = "checkpoint"
+IMPORTED = "imported"  # metrics_status of a version registered by an import, not evaluated
 HISTORY_TAG = "alias_history.{alias}"
 # Thresholds a version must meet to become `production` (per metric: min for higher-is-better
 # metrics, max for lower-is-better ones). Overridden by MOSS_PROMOTION_THRESHOLDS (JSON).
@@ -125,6 +126,48 @@ class Registry:
         )
         return str(version.version)
 
+    def register_import(
+        self,
+        name: str,
+        run_id: str,
+        *,
+        source: str,
+        revision: str | None,
+        checkpoint_sha256: str,
+        trained_for: str,
+    ) -> str:
+        """Register an imported checkpoint (pipelines/importer.py): lineage, no metrics."""
+        version = self.register(
+            name,
+            run_id,
+            data_digest="",
+            parent=None,
+            metrics={},
+            description=f"imported from {source}" + (f" at {revision}" if revision else ""),
+        )
+        tags = {
+            "metrics_status": IMPORTED,
+            "source": source,
+            "revision": revision or "",
+            "checkpoint_sha256": checkpoint_sha256,
+            "trained_for": trained_for,
+        }
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+        return version
+
+    def version_with_tag(self, name: str, key: str, value: str) -> str | None:
+        """The first version of `name` whose tag `key` equals `value` (None: none, or no model)."""
+        try:
+            versions = self.client.search_model_versions(f"name='{name}'")
+        except MlflowException:
+            return None
+        matches = sorted(int(v.version) for v in versions if v.tags.get(key) == value)
+        return str(matches[0]) if matches else None
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, version).tags)
+
     def version_metrics(self, name: str, version: str) -> dict[str, float]:
         raw = self.client.get_model_version(name, version).tags.get("metrics", "{}")
         return {k: float(v) for k, v in json.loads(raw).items()}
@@ -168,15 +211,27 @@ class Registry:
         thresholds: dict[str, dict[str, float]] | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
         force: bool = False,
+        reason: str = "",
     ) -> Decision:
-        """Move `alias` to `version` if the gate passes; record the decision either way."""
+        """Move `alias` to `version` if the gate passes; record the decision either way.
+
+        An imported version has no metrics to judge: only an explicit (forced) promotion moves
+        an alias to it, and the decision says so.
+        """
         if alias not in ALIASES:
             raise ValueError(f"alias must be one of {', '.join(ALIASES)}")
+        imported = self.version_tags(name, version).get("metrics_status") == IMPORTED
         candidate = self.version_metrics(name, version)
         limits = (thresholds if thresholds is not None else load_thresholds()).get(alias, {})
         holder = self.alias_holder(name, alias)
         holder_metrics = self.version_metrics(name, holder) if holder and holder != version else {}
         problems = []
+        if imported:
+            problems.append(
+                f"v{version} is an imported checkpoint that was not evaluated here; promote it "
+                "explicitly (--force, recorded) or run the evaluate pipeline on it first"
+            )
+            limits = {}
         for metric, limit in limits.items():
             value = candidate.get(metric)
             higher = HIGHER_IS_BETTER.get(metric, True)
@@ -194,11 +249,12 @@ class Registry:
             if worse > tolerance * max(1.0, abs(current)):
                 problems.append(f"{metric} regresses: {value:.4g} vs {current:.4g} (v{holder})")
         accepted = force or not problems
-        reason = (
-            "forced by " + actor
-            if force and problems
-            else ("; ".join(problems) if problems else "meets thresholds, no regression")
-        )
+        if imported and force:
+            reason = f"imported checkpoint promoted explicitly by {actor} ({reason or 'forced'})"
+        elif force and problems:
+            reason = "forced by " + actor
+        else:
+            reason = "; ".join(problems) if problems else "meets thresholds, no regression"
         decision = Decision(
             model=name,
             version=version,
@@ -269,6 +325,9 @@ class Registry:
                         "data_digest": version.tags.get("data_digest"),
                         "code_version": version.tags.get("code_version"),
                         "parent_model": version.tags.get("parent_model") or None,
+                        "metrics_status": version.tags.get("metrics_status", "evaluated"),
+                        "source": version.tags.get("source") or None,
+                        "trained_for": version.tags.get("trained_for") or None,
                         "created_at": version.creation_timestamp,
                     }
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +19,9 @@ out = Console(soft_wrap=True)
 pipeline_app = typer.Typer(
     help="Kubeflow pipelines: compile, run locally, submit.", no_args_is_help=True
 )
-models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry: import, list, promote, roll back.", no_args_is_help=True
+)
 
 
 def _params(pairs: list[str] | None, raw: str | None) -> dict[str, Any]:
@@ -98,6 +101,73 @@ def submit_(
         out.print(submit(name, _params(param, params), host, gpu))
     except Exception as exc:
         _fail(f"could not submit to {host}: {type(exc).__name__}: {exc}", 1)
+
+
+@models_app.command("import")
+def models_import(
+    source: Annotated[str, typer.Argument(help="A checkpoint directory or a hub repo id.")],
+    name: Annotated[str, typer.Option(help="Registered model name, e.g. moss-audio-4b-instruct.")],
+    alias: Annotated[
+        str | None,
+        typer.Option(help="Move this alias (e.g. production) to it: an explicit promotion."),
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
+    trained_for: Annotated[
+        str | None, typer.Option(help="What the checkpoint was trained for (shown with answers).")
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the registry to answer first.")
+    ] = 0.0,
+) -> None:
+    """Register a released (hub-layout) checkpoint as a new version, without training it.
+
+    A hub id is downloaded with huggingface_hub (resumable; HF_TOKEN, HF_ENDPOINT and
+    HF_HUB_OFFLINE apply). The files go to the registry's artifact store once.
+    """
+    from pipelines.importer import ImportFailed, import_checkpoint
+
+    from .settings import get_settings
+
+    uri = registry_uri(get_settings())
+    if not uri:
+        _fail("no MLflow server: set MOSS_MLFLOW_URI (or start the stack with `mossctl up`)")
+    try:
+        with err.status(f"importing {source}") as status:
+            imported = import_checkpoint(
+                source,
+                name,
+                tracking_uri=uri,
+                alias=alias,
+                actor=os.environ.get("USER", "mossctl"),
+                revision=revision,
+                trained_for=trained_for,
+                progress=lambda message: status.update(f"importing {source}: {message}"),
+                wait_s=wait,
+            )
+    except ImportFailed as exc:
+        _fail(str(exc))
+    except Exception as exc:  # the registry or the hub away
+        _fail(f"import failed: {type(exc).__name__}: {exc}", 1)
+    where = f" ({imported.revision})" if imported.revision else ""
+    if imported.existing:
+        out.print(f"{imported.name} v{imported.version} already holds these files; not uploaded")
+    else:
+        out.print(f"registered {imported.name} v{imported.version} from {imported.source}{where}")
+    if imported.alias:
+        out.print(f"{imported.name}@{imported.alias} -> v{imported.version} (explicit promotion)")
+    else:
+        out.print(
+            f"not serving yet: `mossctl models promote {imported.name} {imported.version} "
+            "--to production --force` (imported versions have no evaluation to gate on)"
+        )
+
+
+def registry_uri(settings) -> str | None:
+    """MOSS_MLFLOW_URI, else the MLflow server of a running `mossctl up` (MOSS_HOME/run)."""
+    if settings.mlflow_uri:
+        return settings.mlflow_uri
+    written = settings.home.resolve() / "run" / "mlflow.url"
+    return written.read_text().strip() if written.is_file() else None
 
 
 @models_app.command("list")

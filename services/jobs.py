@@ -32,7 +32,7 @@ from model.timestamps import parse_timestamps
 from .errors import ApiError, audio_error
 from .inference import Backend, ContextExceeded, StaleFeatures
 from .jobstore import Job, JobStore, Principal
-from .models import ModelNotFound
+from .models import ModelNotFound, ModelSpec, describe
 from .models import check as check_model
 from .settings import Settings
 from .storage import Storage
@@ -288,8 +288,20 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
     if ctx.store.is_cancelled(job_id):
         return False
     result = build_result(job.task, segments, texts)
+    result["model"] = answered_by(ctx, job.model, served, features_version)
     ctx.store.complete_stage(job_id, "generate", result=result)
     return True
+
+
+def answered_by(ctx: Context, ref: str, served, digest: str) -> dict:
+    """Which model version answered, and what it was trained for (never fails the job)."""
+    info: dict = {"ref": ref, "digest": digest or None, "registry_version": served.registry_version}
+    if isinstance(served.handle, ModelSpec):
+        try:
+            info.update(describe(served.handle, ctx.settings))
+        except Exception:  # the registry briefly away: the answer stands without the label
+            log.warning("could not describe model %s", ref, exc_info=True)
+    return info
 
 
 MAX_REENCODES = 3

@@ -25,7 +25,22 @@ def registry(settings: Settings):
 
 
 def list_models(settings: Settings) -> list[dict[str, Any]]:
-    return registry(settings).models()
+    """Registered models (versions, aliases, metrics, what each was trained for), then the
+    local checkpoint directories; `default` marks what a job without `model` gets."""
+    from .models import LOCAL_TRAINED_FOR, available_models, parse_ref
+
+    default, _ = parse_ref(settings.default_model)
+    models = registry(settings).models() if settings.mlflow_uri else []
+    for entry in models:
+        entry["source"] = "registry"
+    for name in available_models(settings):
+        models.append(
+            {"name": name, "aliases": {}, "versions": [], "source": "local"}
+            | {"trained_for": LOCAL_TRAINED_FOR}
+        )
+    for entry in models:
+        entry["default"] = entry["name"] == default
+    return models
 
 
 def promote(

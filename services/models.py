@@ -119,6 +119,37 @@ def resolve(ref: str | None, settings: Settings, registry_version: str | None = 
     return ModelSpec(name=name, alias=alias, path=path, registry_version=version)
 
 
+LOCAL_TRAINED_FOR = "not recorded (a local checkpoint directory)"
+_described: dict[tuple[str, str, str], dict[str, str | None]] = {}
+
+
+def describe(spec: ModelSpec, settings: Settings) -> dict[str, str | None]:
+    """Which model answers and what it was trained for: shown with every result.
+
+    Registry versions carry it as tags (`trained_for`, `source`, set by training and imports);
+    a version's tags are read once per process.
+    """
+    info: dict[str, str | None] = {
+        "name": spec.name,
+        "alias": spec.alias,
+        "registry_version": spec.registry_version,
+        "trained_for": LOCAL_TRAINED_FOR,
+        "source": "local",
+    }
+    if spec.registry_version and settings.mlflow_uri:
+        key = (settings.mlflow_uri, spec.name, spec.registry_version)
+        if key not in _described:
+            from pipelines.registry import Registry
+
+            tags = Registry(settings.mlflow_uri).version_tags(spec.name, spec.registry_version)
+            _described[key] = {
+                "trained_for": tags.get("trained_for") or "not recorded",
+                "source": tags.get("source") or f"registry run {tags.get('run_id', '')}".strip(),
+            }
+        info.update(_described[key])
+    return info
+
+
 def model_version(path: Path) -> str:
     """A digest of config.json and every weight file; file digests are cached beside them."""
     path = Path(path)

@@ -217,6 +217,7 @@ class LocalStack:
         self.supervisor.add("mlflow", self.mlflow, lambda: self._restart("mlflow", "mlflow"))
         wait_for_port(port, timeout=90)
         self.mlflow_uri = f"http://127.0.0.1:{port}"
+        (home / "run" / "mlflow.url").write_text(self.mlflow_uri + "\n")  # for `models import`
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):

@@ -31,7 +31,7 @@ _backends: dict[Path, LocalBackend] = {}  # one per home: models load once per t
 
 
 def make_context(home: Path, **overrides) -> Context:
-    settings = Settings(home=home, default_model="tiny", heartbeat_s=0.2, **overrides)
+    settings = Settings(**{"home": home, "default_model": "tiny", "heartbeat_s": 0.2, **overrides})
     store = JobStore.connect(settings.resolved_database_url)
     if home not in _backends:
         _backends[home] = LocalBackend(settings)

@@ -30,10 +30,21 @@ class TimedSegment(BaseModel):
     )
 
 
+class AnsweredBy(BaseModel):
+    ref: str = Field(description="The model the job named (`name` or `name@alias`)")
+    registry_version: str | None = Field(default=None, description="MLflow version, if any")
+    digest: str | None = Field(default=None, description="Digest of the weights that answered")
+    name: str | None = None
+    alias: str | None = None
+    source: str | None = Field(default=None, description="Hub repo, registry run or `local`")
+    trained_for: str | None = Field(default=None, description="What the model was trained for")
+
+
 class JobResult(BaseModel):
     text: str
     segments: list[TimedSegment] | None = None
     thinking: str | None = None
+    model: AnsweredBy | None = None
 
 
 class JobOut(BaseModel):
