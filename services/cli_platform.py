@@ -67,7 +67,7 @@ def up() -> None:
     except KeyboardInterrupt:
         stack.stop()
         raise typer.Exit(130) from None
-    out.print(f"serving model: {stack.default_model}")
+    out.print(f"serving model: {_served(stack)}")
     out.print(f"MOSS-Audio platform is up at [bold]{stack.url}[/] (API docs: {stack.url}/docs)")
     out.print(f"admin API key: {stack.api_key}")
     out.print(f"try: mossctl submit clip.wav --task caption     (logs: {stack.logs}; Ctrl-C stops)")
@@ -88,6 +88,26 @@ def up() -> None:
     with err.status("Stopping"):
         stack.stop()
     err.print("stopped")
+
+
+def _served(stack) -> str:
+    """`name@alias vN (trained for: ...)`: what a job without `model` will be answered by."""
+    from .lifecycle import list_models
+
+    try:
+        entries = list_models(stack.settings.model_copy(update={"mlflow_uri": stack.mlflow_uri}))
+    except Exception:  # the registry briefly away: the name is still true
+        return stack.default_model
+    name, _, alias = stack.default_model.partition("@")
+    for entry in entries:
+        if entry["name"] != name:
+            continue
+        version = entry.get("aliases", {}).get(alias or "production")
+        details = next((v for v in entry.get("versions", []) if v["version"] == version), {})
+        trained_for = details.get("trained_for") or entry.get("trained_for") or "not recorded"
+        label = f"{stack.default_model} v{version}" if version else stack.default_model
+        return f"{label} (trained for: {trained_for})"
+    return stack.default_model
 
 
 def _bootstrap(stack, settings) -> None:
@@ -146,6 +166,9 @@ def submit(
     model: Annotated[str | None, typer.Option(help="`name` or `name@alias`.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option()] = None,
     temperature: Annotated[float, typer.Option()] = 0.0,
+    sampling: Annotated[
+        str, typer.Option(help="greedy, or model: the checkpoint's own sampling defaults.")
+    ] = "greedy",
     wait: Annotated[bool, typer.Option(help="Wait for the result, with a progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
@@ -161,6 +184,7 @@ def submit(
         model=model,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
+        sampling=sampling,
     )
     if not wait:
         out.print(job["id"])

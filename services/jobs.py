@@ -41,6 +41,7 @@ log = logging.getLogger("moss.jobs")
 
 
 Enqueue = Callable[[str, str], None]  # (stage, job_id)
+SAMPLING = ("greedy", "model")  # `temperature` as given, or the checkpoint's own defaults
 PROGRESS_EVERY_S = 0.25
 
 
@@ -66,6 +67,7 @@ def submit_job(
     model: str | None,
     max_new_tokens: int | None,
     temperature: float,
+    sampling: str = "greedy",
 ) -> Job:
     """Validate, store the audio, record the job (durable from here), enqueue the encoder."""
     settings = ctx.settings
@@ -77,6 +79,8 @@ def submit_job(
         raise ApiError(422, "invalid_max_new_tokens", "max_new_tokens must be in 1..8192")
     if not 0.0 <= temperature <= 2.0:
         raise ApiError(422, "invalid_temperature", "temperature must be in 0..2")
+    if sampling not in SAMPLING:
+        raise ApiError(422, "invalid_sampling", f"sampling must be one of {', '.join(SAMPLING)}")
     try:
         model_ref = check_model(model, settings)
     except ValueError as exc:
@@ -114,6 +118,7 @@ def submit_job(
             params={
                 "max_new_tokens": max_new_tokens or settings.max_new_tokens,
                 "temperature": temperature,
+                "sampling": sampling,
             },
             audio_key=audio_key,
             audio_sha256=hashlib.sha256(data).hexdigest(),
@@ -250,7 +255,9 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
                 output,
                 instruction,
                 max_new_tokens,
-                float(params.get("temperature", 0.0)),
+                None  # the model's own generation_config.json
+                if params.get("sampling") == "model"
+                else float(params.get("temperature", 0.0)),
                 features_version,
             )
             for output in encoded

@@ -195,11 +195,19 @@ def create_app(
         model: Annotated[str | None, Form(description="`name` or `name@alias`.")] = None,
         max_new_tokens: Annotated[int | None, Form()] = None,
         temperature: Annotated[float, Form()] = 0.0,
+        sampling: Annotated[
+            str,
+            Form(
+                description="`greedy` (default; `temperature` applies) or `model`: the "
+                "checkpoint's own generation_config.json (the release: sampling, "
+                "temperature 1.0, top_p 1.0, top_k 50)."
+            ),
+        ] = "greedy",
     ) -> JobOut:
         """Submit audio. Answers 202 with the job; poll `Location` for the result."""
         size = file.size if file.size is not None else _size(file)
         job = submit_job(
-            ctx, who, file.file, size, task, prompt, model, max_new_tokens, temperature
+            ctx, who, file.file, size, task, prompt, model, max_new_tokens, temperature, sampling
         )
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobOut.of(job)

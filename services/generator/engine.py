@@ -30,11 +30,18 @@ class GenerationRequest:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
     seed: int | None = None
 
     def batch_key(self) -> tuple:
         """Requests that can share a batch: the same sampling rule."""
-        return (self.temperature, self.top_p, self.seed if self.temperature > 0 else None)
+        sampled = self.temperature > 0
+        return (
+            self.temperature,
+            self.top_p,
+            self.top_k if sampled else 0,
+            self.seed if sampled else None,
+        )
 
 
 @dataclass
@@ -203,6 +210,7 @@ class BatchingEngine:
             do_sample=first.temperature > 0,
             temperature=first.temperature if first.temperature > 0 else 1.0,
             top_p=first.top_p,
+            top_k=first.top_k,
             seed=first.seed,
             streamer=on_tokens,
             should_stop=stop_rows,

@@ -73,7 +73,7 @@ class Backend(Protocol):
         encoded: EncoderOutput,
         instruction: str,
         max_new_tokens: int,
-        temperature: float,
+        temperature: float | None,  # None: the checkpoint's generation_config.json
         features_version: str,
     ) -> Generation: ...
 

@@ -180,7 +180,7 @@ class KServeBackend:
         encoded: EncoderOutput,
         instruction: str,
         max_new_tokens: int,
-        temperature: float,
+        temperature: float | None,
         features_version: str,
     ) -> RemoteGeneration:
         tensors = {
@@ -188,7 +188,8 @@ class KServeBackend:
             "taps": torch.stack(encoded.taps).float().numpy(),
             "instruction": np.array([instruction.encode()], dtype=np.object_),
             "max_new_tokens": np.array([max_new_tokens], dtype=np.int32),
-            "temperature": np.array([temperature], dtype=np.float32),
+            "temperature": np.array([temperature or 0.0], dtype=np.float32),
+            "sampling": np.array([b"model" if temperature is None else b"greedy"], np.object_),
             "features_version": np.array([features_version.encode()], dtype=np.object_),
         }
 

@@ -54,9 +54,11 @@ def submit_generation(
     encoded: EncoderOutput,
     instruction: str,
     max_new_tokens: int,
-    temperature: float,
+    temperature: float | None,
 ) -> RequestHandle:
-    """Project one segment's features, build its prompt (with time markers), queue it."""
+    """Project one segment's features, build its prompt (with time markers), queue it.
+
+    `temperature` None: sample as the checkpoint's generation_config.json says."""
     device = next(loaded.model.parameters()).device
     with torch.inference_mode():
         audio = loaded.model.project_audio(
@@ -69,13 +71,16 @@ def submit_generation(
     tokens = int(encoded.features.shape[0])
     ids = loaded.processor.encode_prompt(default_prompt(instruction), [tokens])
     check_context(loaded.model.config, len(ids), tokens, max_new_tokens)
+    sampling = {"temperature": temperature}
+    if temperature is None:
+        own = loaded.model.generation_defaults
+        sampling = {
+            "temperature": own.temperature if own.do_sample else 0.0,
+            "top_p": own.top_p,
+            "top_k": own.top_k,
+        }
     return engine.submit(
-        GenerationRequest(
-            prompt_ids=ids,
-            audio=audio,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-        )
+        GenerationRequest(prompt_ids=ids, audio=audio, max_new_tokens=max_new_tokens, **sampling)
     )
 
 
@@ -163,7 +168,7 @@ class LocalBackend:
         encoded: EncoderOutput,
         instruction: str,
         max_new_tokens: int,
-        temperature: float,
+        temperature: float | None,
         features_version: str,
     ) -> LocalGeneration:
         loaded = self.models.get(served.handle)

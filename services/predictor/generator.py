@@ -61,6 +61,7 @@ class GeneratorModel(Model):
             {"name": "instruction", "datatype": "BYTES", "shape": [1]},
             {"name": "max_new_tokens", "datatype": "INT32", "shape": [1]},
             {"name": "temperature", "datatype": "FP32", "shape": [1]},
+            {"name": "sampling", "datatype": "BYTES", "shape": [1]},  # greedy | model
             {"name": "features_version", "datatype": "BYTES", "shape": [1]},
         ]
 
@@ -97,6 +98,11 @@ class GeneratorModel(Model):
         temperature = _scalar(payload, "temperature", 0.0)
         if not 1 <= max_new_tokens <= 8192 or not 0.0 <= temperature <= 2.0:
             raise InvalidInput("max_new_tokens must be in 1..8192 and temperature in 0..2")
+        sampling = _text(payload, "sampling", default="greedy")
+        if sampling not in ("greedy", "model"):
+            raise InvalidInput("sampling must be greedy or model")
+        if sampling == "model":
+            temperature = None  # the checkpoint's generation_config.json
         encoded = self._encoded(payload)
         try:
             handle = submit_generation(

@@ -85,6 +85,12 @@ EVERYTHING_ON: dict[str, Any] = {
         "extraFrom": {"mlflow": [{"namespaceSelector": {"matchLabels": {"name": "kubeflow"}}}]},
     },
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "modelImport": {
+        "enabled": True,
+        "revision": "v1.0",
+        "hfEndpoint": "https://hf-mirror.example.com",
+        "hfTokenSecret": {"name": "hub-token", "key": "token"},
+    },
 }
 
 EXTERNAL_EXISTING_SECRETS: dict[str, Any] = {
@@ -307,6 +313,7 @@ def existing_secret_names(values: dict) -> set[str]:
         values["postgresql"]["external"]["existingSecret"],
         values["redis"]["external"]["existingSecret"],
         values["s3"]["external"]["existingSecret"],
+        values["modelImport"]["hfTokenSecret"]["name"],
     }
     return {n for n in names if n}
 
@@ -950,6 +957,36 @@ def test_migration_job(combo):
     assert command_line(container) == ["mossctl", "migrate"]
     env = env_of(container)
     assert {"MOSS_DATABASE_URL", "MOSS_API_KEY"} <= set(env)
+
+
+@pytest.mark.parametrize("combo", ALL)
+def test_model_import_job_only_when_enabled(combo):
+    docs = render_docs(combo)
+    values = merged_values(combo)["modelImport"]
+    jobs = [
+        d
+        for d in of_kind(docs, "Job")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "model-import"
+    ]
+    if not values["enabled"]:
+        assert not jobs
+        return
+    (job,) = jobs
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    migrate = one(docs, "Job", "migrate")["metadata"]["annotations"]["helm.sh/hook-weight"]
+    assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > int(migrate)
+    (container,) = containers(job)
+    line = command_line(container)
+    assert line[:4] == ["mossctl", "models", "import", values["source"]]
+    assert line[line.index("--name") + 1] == values["name"]
+    assert line[line.index("--alias") + 1] == "production"
+    assert line[line.index("--revision") + 1] == "v1.0"
+    env = env_of(container)
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hub-token", "key": "token"}
+    assert env["HF_ENDPOINT"]["value"] == "https://hf-mirror.example.com"
+    assert "MOSS_API_KEY" not in env  # the import needs the registry and the store, not the key
+    volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+    assert volumes["hf-cache"]["emptyDir"]["sizeLimit"] == values["cacheSize"]
 
 
 @pytest.mark.parametrize("combo", ALL)

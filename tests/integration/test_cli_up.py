@@ -43,6 +43,7 @@ def test_up_submit_curl_and_ctrl_c(tmp_path, redis_url) -> None:
             if "admin API key:" in line or up.poll() is not None:
                 break
         assert any("is up at" in line for line in lines), (lines, up.stderr.read())
+        assert any("serving model: tiny (trained for: not recorded" in line for line in lines)
         key = lines[-1].split(":", 1)[1].strip()
         assert (tmp_path / "home" / "admin.key").read_text().strip() == key
 

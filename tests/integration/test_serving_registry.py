@@ -65,7 +65,10 @@ def test_workers_follow_alias_moves(tmp_path, redis_url) -> None:
         with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as client:
             move = f"/v1/models/{BOOTSTRAP_MODEL}/aliases/production"
             assert client.post(move, json={"version": first}).status_code == 200
-            assert run_job(client, 300.0)["params"]["model_version"] == first
+            job = run_job(client, 300.0)
+            assert job["params"]["model_version"] == first
+            assert job["result"]["model"]["registry_version"] == first  # who answered
+            assert job["result"]["model"]["name"] == BOOTSTRAP_MODEL
 
             assert client.post(move, json={"version": second}).status_code == 200
             time.sleep(5.5)  # workers cache alias lookups for 5 s

@@ -243,3 +243,30 @@ def test_stale_features_send_the_job_back_to_the_encoder_then_fail(ctx) -> None:
             assert after.status == "queued" and after.stage == "queued"
             assert ctx.enqueue.calls[-1] == ("encode", job.id)
     assert after.status == "failed" and after.error["code"] == "model_version_mismatch"
+
+
+@pytest.mark.parametrize(("top_k", "same_as_greedy"), [(1, True), (0, False)])
+def test_sampling_model_follows_the_checkpoints_generation_config(
+    tmp_path, top_k, same_as_greedy
+) -> None:
+    import json
+
+    checkpoint = write_checkpoint(tmp_path / "models" / "tiny")
+    own = {"do_sample": True, "temperature": 5.0, "top_p": 1.0, "top_k": top_k}
+    (checkpoint / "generation_config.json").write_text(json.dumps(own))
+    ctx = make_context(tmp_path)
+    texts = {}
+    for sampling in ("greedy", "model"):
+        job = submit_job(
+            ctx, ACME, io.BytesIO(wav(1.0)), len(wav(1.0)), "caption", None, None, 12, 0.0, sampling
+        )
+        assert job.params["sampling"] == sampling
+        assert encode_job(ctx, job.id) and generate_job(ctx, job.id)
+        texts[sampling] = ctx.store.get_job(job.id).result["text"]
+    # top_k 1 is argmax whatever the temperature; temperature 5 over the whole vocabulary is not.
+    assert (texts["model"] == texts["greedy"]) is same_as_greedy
+    with pytest.raises(ApiError) as info:
+        submit_job(
+            ctx, ACME, io.BytesIO(wav(1.0)), len(wav(1.0)), "caption", None, None, 4, 0.0, "hot"
+        )
+    assert info.value.code == "invalid_sampling"
