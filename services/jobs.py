@@ -295,6 +295,8 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
     if ctx.store.is_cancelled(job_id):
         return False
     result = build_result(job.task, segments, texts)
+    # Never cut silently: say when an answer ran into max_new_tokens.
+    result["finish_reason"] = "length" if any(g.hit_limit() for g in generations) else "stop"
     result["model"] = answered_by(ctx, job.model, served, features_version)
     ctx.store.complete_stage(job_id, "generate", result=result)
     return True

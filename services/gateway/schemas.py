@@ -44,6 +44,11 @@ class JobResult(BaseModel):
     text: str
     segments: list[TimedSegment] | None = None
     thinking: str | None = None
+    finish_reason: str | None = Field(
+        default=None,
+        description="`stop`: the model ended its answer; `length`: an answer (of a segment) "
+        "ran into max_new_tokens and is cut there",
+    )
     model: AnsweredBy | None = None
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from model import EncoderOutput
+from model.tokens import STOP_TOKEN_IDS
 
 MISMATCH = "model_version_mismatch"  # the predictors' error code for StaleFeatures
 CONTEXT_EXCEEDED = "context_exceeded"  # ... and for ContextExceeded
@@ -25,6 +26,11 @@ CONTEXT_EXCEEDED = "context_exceeded"  # ... and for ContextExceeded
 class StaleFeatures(Exception):
     """The features were made by another model version than the generator serves (a rollout
     happened between the stages): the job must be encoded again."""
+
+
+def ran_out(tokens: list[int], max_new_tokens: int) -> bool:
+    """The answer was cut by the token budget: as many tokens as allowed and no stop token."""
+    return len(tokens) >= max_new_tokens and not set(tokens) & set(STOP_TOKEN_IDS)
 
 
 class ContextExceeded(ValueError):
@@ -56,6 +62,8 @@ class Generation(Protocol):
     def cancel(self) -> None: ...
 
     def text(self) -> str: ...  # the decoded answer; raises the generation's error
+
+    def hit_limit(self) -> bool: ...  # stopped by max_new_tokens, not by the model (after text())
 
 
 class Backend(Protocol):

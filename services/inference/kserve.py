@@ -25,7 +25,7 @@ import torch
 from model import EncoderOutput
 
 from ..models import parse_ref
-from . import CONTEXT_EXCEEDED, MISMATCH, ContextExceeded, Served, StaleFeatures
+from . import CONTEXT_EXCEEDED, MISMATCH, ContextExceeded, Served, StaleFeatures, ran_out
 
 
 class ModelNotServed(LookupError):
@@ -107,8 +107,9 @@ def _translate(exc, model: str, url: str) -> Exception:
 
 
 class RemoteGeneration:
-    def __init__(self, future: Future) -> None:
+    def __init__(self, future: Future, max_new_tokens: int) -> None:
         self.future = future
+        self.max_new_tokens = max_new_tokens
         self.cancelled = False
 
     @property
@@ -130,7 +131,12 @@ class RemoteGeneration:
     def text(self) -> str:
         if self.future.cancelled():
             return ""
-        return self.future.result()
+        return self.future.result()[0]
+
+    def hit_limit(self) -> bool:
+        if self.future.cancelled():
+            return False
+        return ran_out(self.future.result()[1], self.max_new_tokens)
 
 
 class KServeBackend:
@@ -193,12 +199,13 @@ class KServeBackend:
             "features_version": np.array([features_version.encode()], dtype=np.object_),
         }
 
-        def call() -> str:
-            result, _version = self.generator.infer(served.handle, tensors, ["text"])
+        def call() -> tuple[str, list[int]]:
+            result, _version = self.generator.infer(served.handle, tensors, ["text", "token_ids"])
             value = result["text"].reshape(-1)[0]
-            return value.decode() if isinstance(value, bytes) else str(value)
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return text, [int(t) for t in result["token_ids"].reshape(-1)]
 
-        return RemoteGeneration(self.pool.submit(call))
+        return RemoteGeneration(self.pool.submit(call), max_new_tokens)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

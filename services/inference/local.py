@@ -17,7 +17,7 @@ from model.processor import default_prompt
 
 from ..generator.engine import BatchingEngine, GenerationRequest, RequestHandle
 from ..models import LoadedModel, ModelCache, model_version, resolve
-from . import CONTEXT_EXCEEDED, ContextExceeded, Served, StaleFeatures
+from . import CONTEXT_EXCEEDED, ContextExceeded, Served, StaleFeatures, ran_out
 
 # Audio tokens per second in a prompt: 12.5 from the encoder, plus at most 2 time-marker digit
 # tokens per second (a 4-digit second every 2 s), for the "how long fits" hint.
@@ -142,6 +142,9 @@ class LocalGeneration:
 
     def text(self) -> str:
         return self.processor.decode(self.handle.result())
+
+    def hit_limit(self) -> bool:
+        return ran_out(self.handle.tokens, self.handle.request.max_new_tokens)
 
 
 class LocalBackend:

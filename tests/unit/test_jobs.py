@@ -270,3 +270,14 @@ def test_sampling_model_follows_the_checkpoints_generation_config(
             ctx, ACME, io.BytesIO(wav(1.0)), len(wav(1.0)), "caption", None, None, 4, 0.0, "hot"
         )
     assert info.value.code == "invalid_sampling"
+
+
+def test_an_answer_cut_by_max_new_tokens_says_so(ctx) -> None:
+    from services.inference import ran_out
+
+    job = submit(ctx, wav(1.0, freq=880.0), max_new_tokens=3)
+    assert encode_job(ctx, job.id) and generate_job(ctx, job.id)
+    result = ctx.store.get_job(job.id).result
+    # Random tiny weights never pick one of the two stop ids among 152k in 3 steps.
+    assert result["finish_reason"] == "length"
+    assert ran_out([5, 6, 7], 3) and not ran_out([5, 151645], 3) and not ran_out([5, 6, 151645], 3)
