@@ -248,23 +248,24 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
     features_version = _metadata(blob).get("model_version", "")
     instruction = instruction_for(job.task, job.prompt)
     max_new_tokens = int(params.get("max_new_tokens", ctx.settings.max_new_tokens))
+    temperature = (
+        None  # the model's own generation_config.json
+        if params.get("sampling") == "model"
+        else float(params.get("temperature", 0.0))
+    )
+    generations = []
     try:
-        generations = [
-            ctx.backend.generate(
-                served,
-                output,
-                instruction,
-                max_new_tokens,
-                None  # the model's own generation_config.json
-                if params.get("sampling") == "model"
-                else float(params.get("temperature", 0.0)),
-                features_version,
+        for output in encoded:
+            generations.append(
+                ctx.backend.generate(
+                    served, output, instruction, max_new_tokens, temperature, features_version
+                )
             )
-            for output in encoded
-        ]
-    except StaleFeatures:
-        return _encode_again(ctx, job_id)
-    except ContextExceeded as exc:
+    except (StaleFeatures, ContextExceeded) as exc:
+        for generation in generations:  # segments already queued would run for nothing
+            generation.cancel()
+        if isinstance(exc, StaleFeatures):
+            return _encode_again(ctx, job_id)
         ctx.store.fail(job_id, "context_exceeded", str(exc).split(": ", 1)[-1])
         return False
 

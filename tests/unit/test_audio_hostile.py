@@ -190,3 +190,13 @@ def test_the_child_gets_no_secrets(monkeypatch) -> None:
     header, _ = _run(show_env, "load", b"x", None, DecodeLimits())
     assert "MOSS_API_KEY" not in header["env"]
     assert CHILD_COMMAND[1:] == ("-m", "model.audio_sandbox")
+
+
+def test_decoder_failures_map_to_clear_http_errors() -> None:
+    from services.errors import audio_error
+
+    for code in ("not_audio", "truncated_audio", "unsupported_codec", "too_many_channels"):
+        assert audio_error(code, "m").status == 415
+    for code in ("decoder_crashed", "decode_limit_exceeded", "decode_timeout", "audio_too_long"):
+        error = audio_error(code, "m")
+        assert (error.status, error.code, error.message) == (422, code, "m")
