@@ -144,6 +144,17 @@ def features_key(audio_sha256: str, version: str, segment_seconds: float | None)
     return f"features/{audio_sha256}-{version}-{plan}.safetensors"
 
 
+def cache_plan(plan: float | None, audio_seconds: float | None) -> float | None:
+    """The plan a cache lookup names: a clip clearly shorter than one segment is encoded whole
+    either way, so its caption and its transcription share one set of features. The margin
+    covers a duration measured from packet timestamps; a clip near the limit is looked up
+    under its segmented key and, if it came out as one segment, stored under the whole one
+    (a miss, never a wrong hit)."""
+    if plan is not None and audio_seconds is not None and audio_seconds + 1.0 < plan:
+        return None
+    return plan
+
+
 def encode_job(ctx: Context, job_id: str) -> bool:
     """Audio -> segments -> encoder (local or a predictor) -> features in the object store.
 
@@ -168,7 +179,8 @@ def _encode_claimed(ctx: Context, job_id: str) -> bool:
         params["model_version"] = served.registry_version
     ctx.store.set_params(job_id, params)
     plan = segment_seconds_for(job.task, ctx.settings.max_segment_seconds)
-    key = features_key(job.audio_sha256, served.version, plan) if served.version else None
+    lookup = cache_plan(plan, job.audio_seconds)
+    key = features_key(job.audio_sha256, served.version, lookup) if served.version else None
     cached = key is not None and ctx.storage.exists(key)
     if not cached:
         try:
@@ -185,7 +197,7 @@ def _encode_claimed(ctx: Context, job_id: str) -> bool:
         else:
             segments = split_audio(audio, max_seconds=plan)
         version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
-        key = features_key(job.audio_sha256, version, plan)
+        key = features_key(job.audio_sha256, version, plan if len(segments) > 1 else None)
         ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.complete_stage(job_id, "encode", features_key=key, progress=0.1)
     ctx.store.record_timing(job_id, "encode", cache_hit=cached)

@@ -82,6 +82,17 @@ def test_second_job_on_the_same_audio_reuses_features(ctx) -> None:
     assert generate_job(ctx, second.id)
 
 
+def test_caption_and_transcription_of_a_short_clip_share_features(ctx) -> None:
+    """A clip shorter than one transcription segment is encoded whole for both tasks."""
+    data = wav(1.5, freq=350.0)
+    first, second = submit(ctx, data), submit(ctx, data, task="transcribe")
+    encode_job(ctx, first.id)
+    encode_job(ctx, second.id)
+    a, b = ctx.store.get_job(first.id), ctx.store.get_job(second.id)
+    assert a.features_key == b.features_key
+    assert b.timings["encode"]["cache_hit"] is True
+
+
 def test_long_audio_runs_as_segments_with_offsets(home) -> None:
     ctx = make_context(home, max_segment_seconds=2.0)
     job = submit(ctx, wav(5.0, freq=500.0), task="transcribe_timestamps")
