@@ -23,6 +23,7 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -38,3 +39,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# The chart's parameter tables (helm/moss-audio/README.md) from the `## @param` comments in its
+# values.yaml. Needs Node.js (npx); tests/deploy/test_chart_docs.py fails when they are stale.
+.PHONY: chart-docs
+chart-docs:
+	npx --yes @bitnami/readme-generator-for-helm@2 --values helm/moss-audio/values.yaml --readme helm/moss-audio/README.md

@@ -27,7 +27,7 @@ import torch
 from model import MossAudioModel, MossAudioProcessor, preset_config
 from model.processor import default_prompt
 from model.tasks import TASK_PROMPTS
-from services.settings import Settings
+from services.core.settings import Settings
 from services.stack import LocalStack, free_port
 
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from model import MossAudioModel, MossAudioProcessor, preset_config
+from services.core.settings import Settings
 from services.inference.kserve import KServeBackend
 from services.inference.local import LocalBackend
-from services.settings import Settings
 from services.stack import start_predictor, wait_predictor_ready
 
 NAME = "bench"

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .answer import assemble_answer
 from .processor import MossAudioProcessor
 from .segment import Segment, split_audio
-from .thinking import split_thinking
 
 
 @dataclass
@@ -56,7 +56,8 @@ def run_inference(
         segments = [Segment(0, len(audio), audio)]
     else:
         segments = split_audio(audio, max_seconds=max_segment_seconds)
-    answers: list[SegmentAnswer] = []
+    texts: list[str] = []
+    lengths: list[int] = []
     produced = 0
     for first in range(0, len(segments), batch_size):
         group = segments[first : first + batch_size]
@@ -69,24 +70,18 @@ def run_inference(
                 on_step(produced)
 
         new = model.generate(**inputs, streamer=count, **generation)
-        new = new[:, inputs["input_ids"].shape[1] :]
-        for segment, row in zip(group, new, strict=True):
+        for row in new[:, inputs["input_ids"].shape[1] :]:
             ids = _strip_padding(row.tolist(), processor.pad_token_id)
-            split = split_thinking(processor.decode(ids))
-            answers.append(
-                SegmentAnswer(
-                    offset_seconds=segment.offset_seconds,
-                    duration_seconds=segment.duration_seconds,
-                    text=split.answer,
-                    thinking=split.thinking,
-                    num_tokens=len(ids),
-                )
-            )
-    thinking = [a.thinking for a in answers if a.thinking]
+            texts.append(processor.decode(ids))
+            lengths.append(len(ids))
+    answer = assemble_answer(texts, [s.offset_seconds for s in segments])
     return InferenceResult(
-        text=" ".join(a.text for a in answers if a.text),
-        thinking="\n\n".join(thinking) if thinking else None,
-        segments=answers,
+        text=answer.text,
+        thinking=answer.thinking,
+        segments=[
+            SegmentAnswer(s.offset_seconds, s.duration_seconds, part.answer, part.thinking, n)
+            for s, part, n in zip(segments, answer.parts, lengths, strict=True)
+        ],
     )
 
 

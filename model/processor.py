@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
+from .batching import left_pad, pad_mels
 from .encoder import num_audio_tokens
 from .features import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, log_mel_spectrogram, num_mel_frames
 from .hub import PREPROCESSOR_CONFIG, PROCESSOR_CONFIG
@@ -268,20 +269,10 @@ class MossAudioProcessor:
             used += len(row_audios)
             sequences.append(self.encode_prompt(prompt, row_counts, enable_time_marker))
 
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, ids in enumerate(sequences):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = left_pad(sequences, self.pad_token_id)
         data: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if mels:
-            frames = max(m.shape[-1] for m in mels)
-            audio_data = torch.zeros(len(mels), N_MELS, frames)
-            for i, mel in enumerate(mels):
-                audio_data[i, :, : mel.shape[-1]] = mel
-            data["audio_data"] = audio_data
-            data["audio_data_seqlens"] = torch.tensor([m.shape[-1] for m in mels])
+            data["audio_data"], data["audio_data_seqlens"] = pad_mels(mels)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @staticmethod

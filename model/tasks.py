@@ -1,7 +1,7 @@
 """The tasks the platform offers and the instruction each one sends to the model.
 
-Serving (services.jobs) and training (pipelines.train) build prompts from this one table, so a
-model is trained on exactly the wording it is later asked with.
+Serving (services.jobs.stages) and training (pipelines.train) build prompts from this one
+table, so a model is trained on exactly the wording it is later asked with.
 """
 
 from __future__ import annotations

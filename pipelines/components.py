@@ -9,7 +9,6 @@ only: a manifest key in the object store, an MLflow run id, a registered version
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,13 @@ import mlflow
 import torch
 
 from model import MossAudioModel, MossAudioProcessor, preset_config
-from services.settings import get_settings
-from services.storage import make_storage
+from services.core.modelref import ModelNotFound, parse, resolve
+from services.core.registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
+from services.core.settings import Settings, get_settings
+from services.core.storage import make_storage
 
 from .data import describe_dataset, generate_dataset, read_manifest
 from .evaluate import evaluate, first_per_kind
-from .registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
 from .report import write_report
 from .train import Examples, TrainConfig, train
 
@@ -31,7 +31,7 @@ EVAL_KINDS = ("event_at", "event_start", "count", "caption", "timestamps")
 
 
 def tracking_uri() -> str:
-    uri = os.environ.get("MOSS_MLFLOW_URI")
+    uri = Settings().mlflow_uri  # read now: a component runs once, in its own process
     if not uri:
         raise RuntimeError("MOSS_MLFLOW_URI is not set: the pipelines need an MLflow server")
     return uri
@@ -58,16 +58,15 @@ def _base_model(size: str, base: str, cache: Path) -> tuple[MossAudioModel, str 
     if not base:
         torch.manual_seed(0)
         return MossAudioModel(preset_config(size)), None
-    name, _, ref = base.removeprefix("models:/").partition("@")
-    registry = Registry(tracking_uri())
-    if ref:
-        version = registry.alias_holder(name, ref)
-        if version is None:
-            raise ValueError(f"{base}: no version holds alias {ref!r}")
-    else:
-        name, _, version = name.partition("/")
-    path = registry.download(name, version, cache / f"{name}-{version}")
-    return MossAudioModel.from_pretrained(path), f"models:/{name}/{version}"
+    parsed = parse(base)
+    if not parsed.registry:
+        raise ValueError(f"{base}: a base model is models:/NAME@ALIAS or models:/NAME/N")
+    settings = get_settings().model_copy(update={"mlflow_uri": tracking_uri(), "home": cache})
+    try:
+        spec = resolve(parsed, settings)
+    except ModelNotFound as exc:
+        raise ValueError(f"{base}: {exc}") from exc
+    return MossAudioModel.from_pretrained(spec.path), f"models:/{spec.name}/{spec.registry_version}"
 
 
 def train_step(

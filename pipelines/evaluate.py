@@ -19,24 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import jiwer
-import torch
 
+from model.batching import left_pad
 from model.thinking import split_thinking
 from model.timestamps import parse_timestamps
-from model.tokens import ENDOFTEXT_ID
 
 from .data import EVENT_TYPES
 from .train import Example, Examples
 
-HIGHER_IS_BETTER = {
-    "event_qa_accuracy": True,
-    "count_accuracy": True,
-    "caption_keyword_recall": True,
-    "timestamp_error_median_s": False,
-    "aas_ms": False,
-    "caption_wer": False,
-    "caption_cer": False,
-}
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -54,12 +44,8 @@ def predict(
     items = examples.items
     for first in range(0, len(items), batch_size):
         group = items[first : first + batch_size]
-        width = max(len(e.prompt_ids) for e in group)
-        ids = torch.full((len(group), width), ENDOFTEXT_ID, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, example in enumerate(group):
-            ids[row, width - len(example.prompt_ids) :] = torch.tensor(example.prompt_ids)
-            mask[row, width - len(example.prompt_ids) :] = 1
+        ids, mask = left_pad([e.prompt_ids for e in group])
+        width = ids.shape[1]
         batch = examples.batch(group)
         new = model.generate(
             ids,

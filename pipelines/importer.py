@@ -129,7 +129,7 @@ def import_checkpoint(
     """
     import mlflow
 
-    from .registry import ALIASES, CHECKPOINT_ARTIFACT, Registry
+    from services.core.registry import ALIASES, CHECKPOINT_ARTIFACT, Registry
 
     if alias is not None and alias not in ALIASES:
         raise ImportFailed(f"alias must be one of {', '.join(ALIASES)}")

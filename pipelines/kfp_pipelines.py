@@ -8,12 +8,14 @@ ids, versions). On a cluster the tasks get the platform's settings from the `mos
 secret, GPUs for the 4B/8B variants, retries, and caching off where runs must not be reused.
 """
 
-import os
 from typing import NamedTuple
 
 from kfp import dsl
 
-IMAGE = os.environ.get("MOSS_PIPELINE_IMAGE", "ghcr.io/moss-audio/platform:0.1.0")
+from services.core.queue import PIPELINE_NAMES
+from services.core.settings import Settings
+
+IMAGE = Settings().pipeline_image
 SECRET = "moss-platform"
 SECRET_ENV = {
     k: k
@@ -104,7 +106,7 @@ def promote(size: str, flavor: str, version: str, alias: str) -> str:
 @dsl.component(base_image=IMAGE)
 def version_run(size: str, flavor: str, version: str) -> str:
     from pipelines.components import tracking_uri
-    from pipelines.registry import Registry, model_name
+    from services.core.registry import Registry, model_name
 
     return (
         Registry(tracking_uri()).client.get_model_version(model_name(size, flavor), version).run_id
@@ -217,7 +219,4 @@ def pipeline(name: str, gpu: bool = False, local: bool = False):
         return evaluate_pipeline(gpu, local)
     if name in ("pretrain", "sft"):
         return training_pipeline(name, gpu, local)
-    raise ValueError(f"unknown pipeline {name!r}: use pretrain, sft or evaluate")
-
-
-PIPELINE_NAMES = ("pretrain", "sft", "evaluate")
+    raise ValueError(f"unknown pipeline {name!r}: use {', '.join(PIPELINE_NAMES)}")

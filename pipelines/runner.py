@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .kfp_pipelines import PIPELINE_NAMES, pipeline
+from services.core.queue import PIPELINE_NAMES
+
+from .kfp_pipelines import pipeline
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
 
@@ -72,3 +74,21 @@ def submit(name: str, params: dict[str, Any], host: str, gpu: bool = False) -> s
         pipeline(name, gpu), arguments=coerce(name, params), run_name=f"moss-audio-{name}"
     )
     return run.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipelines.runner NAME PARAMS_JSON ROOT`: one local run in its own process.
+
+    The pipeline worker starts runs this way, so a run that crashes or leaks takes only its own
+    process down; its output goes to the run's log.
+    """
+    import sys
+
+    name, params, root = argv if argv is not None else sys.argv[1:]
+    outputs = run_local(name, json.loads(params), Path(root))
+    print(json.dumps({"outputs": outputs}, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

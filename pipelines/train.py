@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from model import MossAudioModel, MossAudioProcessor, load_audio, log_mel_spectrogram
+from model.batching import pad_mels
 from model.encoder import num_audio_tokens
 from model.processor import default_prompt
 from model.tasks import instruction_for
@@ -226,12 +227,7 @@ class Examples:
             ids[row, :n] = torch.tensor(example.input_ids)
             labels[row, :n] = torch.tensor(example.labels)
             mask[row, :n] = 1
-        mels = [self.mels[e.clip] for e in items]
-        frames = max(m.shape[-1] for m in mels)
-        audio = torch.zeros(len(items), mels[0].shape[0], frames)
-        for row, mel in enumerate(mels):
-            audio[row, :, : mel.shape[-1]] = mel
-        lengths = torch.tensor([m.shape[-1] for m in mels])
+        audio, lengths = pad_mels([self.mels[e.clip] for e in items])
         return {
             "input_ids": ids,
             "attention_mask": mask,

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import httpx
 
-from .jobstore import JobStore
-from .queue import worker_argv
-from .settings import Settings
+from .core.jobstore import JobStore
+from .core.queue import PIPELINE_QUEUE, QUEUES, worker_argv
+from .core.settings import Settings
 from .supervisor import Supervisor
 
 ADMIN_TENANT = "admin"
 
+# One worker per job queue, and the pipeline worker (runs the pipeline runs the API queues).
+STACK_QUEUES = (*QUEUES, PIPELINE_QUEUE)
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -272,7 +274,7 @@ class LocalStack:
         """No local checkpoint and no production version of the bootstrap model."""
         if has_local_models(self.settings.resolved_models_dir) or self.settings.models:
             return False
-        from pipelines.registry import Registry
+        from services.core.registry import Registry
 
         return Registry(self.mlflow_uri).alias_holder(BOOTSTRAP_MODEL, "production") is None
 
@@ -309,7 +311,7 @@ class LocalStack:
         self.start_mlflow()
         self.choose_default_model()
         self.start_gateway()
-        for queue in ("encode", "generate"):
+        for queue in STACK_QUEUES:
             self.start_worker(queue)
 
     def wait_ready(self, timeout: float = 90.0) -> dict:

@@ -17,12 +17,13 @@ from celery.exceptions import Retry
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
+from .core.jobstore import JobStore
+from .core.queue import enqueuer, make_celery
+from .core.settings import get_settings
+from .core.storage import make_storage
 from .inference import make_backend
-from .jobs import Context, encode_job, generate_job
-from .jobstore import JobStore
-from .queue import enqueuer, make_celery
-from .settings import get_settings
-from .storage import make_storage
+from .jobs.context import Context
+from .jobs.stages import encode_job, generate_job
 
 log = logging.getLogger("moss.worker")
 settings = get_settings()
@@ -45,8 +46,7 @@ def context() -> Context:
 def _run(task, stage: str, job_id: str, work) -> None:
     ctx = context()
     try:
-        if work(ctx) and stage == "encode":
-            ctx.enqueue("generate", job_id)
+        work(ctx)  # a stage that finishes enqueues the next one itself (core.jobstate.advance)
     except Retry:
         raise
     except TRANSIENT as exc:

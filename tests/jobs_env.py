@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from model import MossAudioProcessor
+from services.core.jobstore import JobStore
+from services.core.settings import Settings
+from services.core.storage import LocalStorage
 from services.inference.local import LocalBackend
-from services.jobs import Context
-from services.jobstore import JobStore
-from services.settings import Settings
-from services.storage import LocalStorage
+from services.jobs.context import Context
 from tests.conftest import make_tiny_model
 
 

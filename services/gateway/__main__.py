@@ -4,7 +4,7 @@ import logging
 
 import uvicorn
 
-from ..settings import get_settings
+from ..core.settings import get_settings
 from .app import create_app
 
 if __name__ == "__main__":

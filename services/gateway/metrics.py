@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..jobstore import JobStore
+from ..core.jobstore import JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

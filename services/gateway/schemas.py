@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from ..core.jobstate import Stage, Status
 
 
 class ErrorDetail(BaseModel):
@@ -54,8 +54,8 @@ class JobResult(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    status: JobStatus
-    stage: str = Field(description="queued, encode, encoded, generate or done.")
+    status: Status
+    stage: Stage = Field(description="queued, encode, encoded, generate or done.")
     progress: float = Field(ge=0, le=1)
     task: str
     prompt: str | None
@@ -156,3 +156,44 @@ class PipelineRun(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description='Pipeline parameters, e.g. {"size": "tiny"}.'
     )
+
+
+class PipelineRunOut(BaseModel):
+    run_id: str = Field(description="Names the run's log and outputs.")
+    mode: Literal["local", "kubeflow"] = Field(description="Where the pipeline worker runs it.")
+    log: str = Field(description="The run's log on the pipeline worker's machine.")
+
+
+class RollbackOut(BaseModel):
+    name: str
+    alias: str
+    version: str = Field(description="The version the alias points at now.")
+
+
+class Decision(BaseModel):
+    """A promotion decision, as recorded on the version."""
+
+    model: str
+    version: str
+    alias: str
+    accepted: bool
+    reason: str
+    actor: str
+    at: str
+    candidate_metrics: dict[str, float]
+    holder: str | None = None
+    holder_metrics: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class ModelEntry(BaseModel):
+    """A registered model (versions with lineage and metrics) or a local checkpoint."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    aliases: dict[str, str]
+    versions: list[dict[str, Any]]
+    source: Literal["registry", "local"]
+    default: bool = Field(description="What a job without `model` gets.")
+    trained_for: str | None = None

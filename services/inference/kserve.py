@@ -24,7 +24,7 @@ import torch
 
 from model import EncoderOutput
 
-from ..models import parse_ref
+from ..core.modelref import parse
 from . import CONTEXT_EXCEEDED, MISMATCH, ContextExceeded, Served, StaleFeatures, ran_out
 
 
@@ -154,7 +154,7 @@ class KServeBackend:
         )
 
     def lookup(self, ref: str, registry_version: str | None = None) -> Served:
-        name, _alias = parse_ref(ref)
+        name = parse(ref).name
         # The predictors serve one version each (their storageUri); it is known from responses.
         return Served(ref, None, None, name)
 

@@ -12,12 +12,14 @@ import numpy as np
 import torch
 
 from model import EncoderOutput
+from model.batching import pad_mels
 from model.features import log_mel_spectrogram
 from model.processor import default_prompt
 
-from ..generator.engine import BatchingEngine, GenerationRequest, RequestHandle
-from ..models import LoadedModel, ModelCache, model_version, resolve
+from ..core.modelref import model_version, resolve
 from . import CONTEXT_EXCEEDED, ContextExceeded, Served, StaleFeatures, ran_out
+from .engine import BatchingEngine, GenerationRequest, RequestHandle
+from .models import LoadedModel, ModelCache
 
 # Audio tokens per second in a prompt: 12.5 from the encoder, plus at most 2 time-marker digit
 # tokens per second (a 4-digit second every 2 s), for the "how long fits" hint.
@@ -26,12 +28,7 @@ _PROMPT_TOKENS_PER_SECOND = 14.5
 
 def encode_waveforms(model: torch.nn.Module, waveforms: list[np.ndarray]) -> list[EncoderOutput]:
     """Segments (16 kHz mono) -> one EncoderOutput per segment, on the CPU, in one batch."""
-    mels = [log_mel_spectrogram(w) for w in waveforms]
-    frames = max(m.shape[-1] for m in mels)
-    batch = torch.zeros(len(mels), mels[0].shape[0], frames)
-    for i, mel in enumerate(mels):
-        batch[i, :, : mel.shape[-1]] = mel
-    lengths = torch.tensor([m.shape[-1] for m in mels])
+    batch, lengths = pad_mels([log_mel_spectrogram(w) for w in waveforms])
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model.encode_audio(batch.to(device), lengths.to(device))

@@ -14,10 +14,9 @@ Only this package imports `kserve`; never import it next to `tritonclient.grpc`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..models import LoadedModel, ModelCache, ModelSpec, model_version, resolve
-from ..settings import Settings
+from ..core.modelref import model_version, resolve
+from ..core.settings import Settings
+from ..inference.models import LoadedModel, ModelCache
 
 
 def load_model(ref: str, settings: Settings, encoder_only: bool = False) -> LoadedModel:
@@ -26,25 +25,10 @@ def load_model(ref: str, settings: Settings, encoder_only: bool = False) -> Load
     The encoder predictor keeps only the audio encoder (0.64B parameters of the 4B/8B models'
     5.2B/9.1B), so it fits a small GPU next to nothing else.
     """
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} holds no config.json: not a MOSS-Audio checkpoint")
-        spec = ModelSpec(name=path.name, alias=None, path=path)
-    elif ref.startswith("models:/"):
-        from pipelines.registry import Registry
-
-        name, _, alias = ref.removeprefix("models:/").partition("@")
-        name, _, version = name.partition("/")
-        registry = Registry(settings.mlflow_uri)
-        if alias:
-            version = registry.alias_holder(name, alias) or ""
-            if not version:
-                raise LookupError(f"{ref}: no version of {name!r} holds alias {alias!r}")
-        target = settings.home.resolve() / "registry-cache" / name / version
-        spec = ModelSpec(name, alias or None, registry.download(name, version, target), version)
-    else:
-        spec = resolve(ref, settings)
+    try:
+        spec = resolve(ref, settings, allow_paths=True)
+    except ValueError as exc:
+        raise LookupError(str(exc)) from exc
     if not encoder_only:
         return ModelCache(settings.device, capacity=1).get(spec)
     from model import MossAudioModel, MossAudioProcessor

@@ -11,8 +11,8 @@ from kserve import InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput
 
+from ..core.settings import Settings
 from ..inference.local import encode_waveforms
-from ..settings import Settings
 from . import load_model
 
 

@@ -14,10 +14,11 @@ from kserve import InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
 from model import EncoderOutput
+from model.sampling import SamplingError, check_sampling
 
+from ..core.settings import Settings
 from ..inference import MISMATCH, ContextExceeded
 from ..inference.local import Engines, encode_waveforms, submit_generation
-from ..settings import Settings
 from . import load_model
 from .encoder import feature_dims, input_array, tensor
 
@@ -96,11 +97,11 @@ class GeneratorModel(Model):
         instruction = _text(payload, "instruction")
         max_new_tokens = int(_scalar(payload, "max_new_tokens", self.settings.max_new_tokens))
         temperature = _scalar(payload, "temperature", 0.0)
-        if not 1 <= max_new_tokens <= 8192 or not 0.0 <= temperature <= 2.0:
-            raise InvalidInput("max_new_tokens must be in 1..8192 and temperature in 0..2")
         sampling = _text(payload, "sampling", default="greedy")
-        if sampling not in ("greedy", "model"):
-            raise InvalidInput("sampling must be greedy or model")
+        try:
+            check_sampling(max_new_tokens, temperature, sampling)
+        except SamplingError as exc:
+            raise InvalidInput(f"{exc.code}: {exc.message}") from exc
         if sampling == "model":
             temperature = None  # the checkpoint's generation_config.json
         encoded = self._encoded(payload)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..settings import get_settings
+from ..core.settings import get_settings
 
 ROLES = ("encoder", "generator")
 

@@ -352,7 +352,7 @@ def test_workers_serve_the_queue_their_health_check_pings():
 
 
 def test_app_settings_are_known_to_the_platform():
-    from services.settings import Settings
+    from services.core.settings import Settings
 
     known = {f"MOSS_{field.upper()}" for field in Settings.model_fields} | {"MOSS_QUEUE"}
     for name, service in services().items():

@@ -855,7 +855,7 @@ def test_workers_one_deployment_per_queue(combo):
 
 @pytest.mark.parametrize("combo", ALL)
 def test_app_environment_is_complete_and_known_to_settings(combo):
-    from services.settings import Settings
+    from services.core.settings import Settings
 
     docs = render_docs(combo)
     configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in of_kind(docs, "ConfigMap")}

@@ -387,8 +387,8 @@ def test_copy_sources_exist_and_are_in_the_build_context():
 def test_dockerignore_keeps_secrets_and_local_state_out():
     for path in (".env", ".git/config", ".venv/bin/python", ".moss/admin.key", "tests/conftest.py"):
         assert not in_build_context(path), f"{path} would be sent to the Docker daemon"
-    assert not in_build_context("services/__pycache__/cli.cpython-311.pyc")
-    assert in_build_context("services/cli.py")
+    assert not in_build_context("services/cli/__pycache__/common.cpython-311.pyc")
+    assert in_build_context("services/cli/__init__.py")
 
 
 def test_every_from_is_pinned():

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.jobstore import JobStore
+from services.core.jobstore import JobStore
 from services.stack import free_port, valkey_argv, wait_for_port
 
 

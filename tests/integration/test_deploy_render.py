@@ -11,8 +11,8 @@ import uuid
 import pytest
 import yaml
 
-from pipelines.registry import Registry
-from services.deploy import DeployError, storage_uri
+from services.cli.deploy import DeployError, storage_uri
+from services.core.registry import Registry
 from tests.integration.test_registry import version_with
 
 pytestmark = pytest.mark.integration

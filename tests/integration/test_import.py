@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.registry import PromotionRefused, Registry
-from services.jobs import encode_job, generate_job, submit_job
-from services.jobstore import Principal
+from services.core.jobstore import Principal
+from services.core.registry import PromotionRefused, Registry
+from services.jobs.stages import encode_job, generate_job
+from services.jobs.submit import submit_job
 from tests.audio_files import encode, stereo_tone
 from tests.hub_layout import write_hub_checkpoint, write_hub_tokenizer
 from tests.jobs_env import make_context

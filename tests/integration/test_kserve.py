@@ -15,9 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from services.jobs import encode_job, generate_job, submit_job
-from services.jobstore import Principal
-from services.settings import Settings
+from services.core.jobstore import Principal
+from services.core.settings import Settings
+from services.jobs.stages import encode_job, generate_job
+from services.jobs.submit import submit_job
 from services.stack import LocalStack, free_port, start_predictor, wait_predictor_ready
 from tests.audio_files import encode, stereo_tone
 from tests.integration.test_stack import submit, wait

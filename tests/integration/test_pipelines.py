@@ -7,8 +7,8 @@ import uuid
 import pytest
 import yaml
 
-from pipelines.registry import Registry
 from pipelines.runner import COMPILED_DIR, compile_all, compiled_files, run_local
+from services.core.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import uuid
 import mlflow
 import pytest
 
-from pipelines.registry import CHECKPOINT_ARTIFACT, PromotionRefused, Registry
+from services.core.registry import CHECKPOINT_ARTIFACT, PromotionRefused, Registry
 
 pytestmark = pytest.mark.integration
 THRESHOLDS = {"production": {"event_qa_accuracy": 0.5}}

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from services.jobstore import JobStore
+from services.core.jobstore import JobStore
 
 pytestmark = pytest.mark.integration
 

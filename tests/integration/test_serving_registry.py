@@ -9,8 +9,8 @@ import httpx
 import mlflow
 import pytest
 
-from pipelines.registry import CHECKPOINT_ARTIFACT, Registry
-from services.settings import Settings
+from services.core.registry import CHECKPOINT_ARTIFACT, Registry
+from services.core.settings import Settings
 from services.stack import BOOTSTRAP_MODEL, LocalStack, free_port
 from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import write_checkpoint

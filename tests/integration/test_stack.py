@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from services.settings import Settings
+from services.core.settings import Settings
 from services.stack import LocalStack, free_port
 from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import write_checkpoint

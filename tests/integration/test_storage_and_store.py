@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from services.storage import LocalStorage, ObjectNotFound, S3Storage
+from services.core.storage import LocalStorage, ObjectNotFound, S3Storage
 
 pytestmark = pytest.mark.integration
 

@@ -193,7 +193,7 @@ def test_the_child_gets_no_secrets(monkeypatch) -> None:
 
 
 def test_decoder_failures_map_to_clear_http_errors() -> None:
-    from services.errors import audio_error
+    from services.core.errors import audio_error
 
     for code in ("not_audio", "truncated_audio", "unsupported_codec", "too_many_channels"):
         assert audio_error(code, "m").status == 415

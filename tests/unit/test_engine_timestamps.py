@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.timestamps import TimedText, parse_timestamps
-from services.generator.engine import BatchingEngine, GenerationRequest
+from services.inference.engine import BatchingEngine, GenerationRequest
 from tests.conftest import noise
 
 

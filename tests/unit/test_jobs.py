@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.errors import ApiError
-from services.jobs import encode_job, generate_job, submit_job, sweep
-from services.jobstore import Principal
+from services.core.errors import ApiError
+from services.core.jobstore import Principal
+from services.jobs.stages import encode_job, generate_job
+from services.jobs.submit import submit_job
+from services.jobs.sweeper import sweep
 from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import make_context, write_checkpoint
 
@@ -103,7 +105,7 @@ def test_long_audio_runs_as_segments_with_offsets(home) -> None:
 
 
 def test_whole_clip_tasks_see_the_whole_clip_and_transcription_is_split(home) -> None:
-    from services.jobs import load_features
+    from services.jobs.features import load_features
 
     ctx = make_context(home, max_segment_seconds=2.0)
     data = wav(5.0, freq=610.0)
@@ -237,7 +239,8 @@ def test_generation_past_the_time_limit_fails_the_job(home) -> None:
 
 
 def test_stale_features_send_the_job_back_to_the_encoder_then_fail(ctx) -> None:
-    from services.jobs import MAX_REENCODES, load_features, pack_features
+    from services.jobs.features import load_features, pack_features
+    from services.jobs.stages import MAX_REENCODES
 
     job = submit(ctx, wav(1.0, freq=700.0))
     for attempt in range(MAX_REENCODES + 1):

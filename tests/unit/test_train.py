@@ -22,7 +22,7 @@ from pipelines.train import (
     set_dropout,
     train,
 )
-from services.storage import LocalStorage
+from services.core.storage import LocalStorage
 
 KINDS = ("event_at", "event_start", "count", "caption", "timestamps")
 

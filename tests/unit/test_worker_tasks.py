@@ -8,8 +8,8 @@ import itertools
 import pytest
 
 import services.worker as worker
-from services.jobs import submit_job
-from services.jobstore import Principal
+from services.core.jobstore import Principal
+from services.jobs.submit import submit_job
 from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import make_context, write_checkpoint
 

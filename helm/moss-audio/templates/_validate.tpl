@@ -1,31 +1,33 @@
-{{/* Combinations of values the schema cannot express; each fails rendering with a message that
-says what to set. Rendered (to nothing) by validate.yaml. */}}
+{{/* Combinations of values the schema cannot express, each with a message that says what to set.
+Every check runs and the render fails once, listing all the problems (one per line), so that a
+values file can be fixed in one pass. Rendered (to nothing) by validate.yaml. */}}
 {{- define "moss-audio.validate" -}}
 {{- $v := .Values }}
+{{- $errors := list }}
 {{- if not $v.postgresql.enabled }}
   {{- if and (not $v.postgresql.external.existingSecret) (not $v.postgresql.external.url) }}
-    {{- fail "postgresql.enabled=false needs postgresql.external.url or postgresql.external.existingSecret" }}
+    {{- $errors = append $errors "postgresql.enabled=false needs postgresql.external.url or postgresql.external.existingSecret" }}
   {{- end }}
   {{- if and $v.mlflow.enabled (not $v.postgresql.external.existingSecret) (not $v.postgresql.external.mlflowUrl) }}
-    {{- fail "mlflow.enabled with postgresql.enabled=false needs postgresql.external.mlflowUrl (MLflow's own database) or postgresql.external.existingSecret" }}
+    {{- $errors = append $errors "mlflow.enabled with postgresql.enabled=false needs postgresql.external.mlflowUrl (MLflow's own database) or postgresql.external.existingSecret" }}
   {{- end }}
 {{- end }}
 {{- if and (not $v.redis.enabled) (not $v.redis.external.existingSecret) (not $v.redis.external.url) }}
-  {{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret" }}
+  {{- $errors = append $errors "redis.enabled=false needs redis.external.url or redis.external.existingSecret" }}
 {{- end }}
 {{- if not $v.minio.enabled }}
   {{- if not $v.s3.external.endpoint }}
-    {{- fail "minio.enabled=false needs s3.external.endpoint (host:port of the S3 API)" }}
+    {{- $errors = append $errors "minio.enabled=false needs s3.external.endpoint (host:port of the S3 API)" }}
   {{- end }}
   {{- if and (not $v.s3.external.existingSecret) (or (not $v.s3.external.accessKey) (not $v.s3.external.secretKey)) }}
-    {{- fail "minio.enabled=false needs s3.external.accessKey and s3.external.secretKey, or s3.external.existingSecret" }}
+    {{- $errors = append $errors "minio.enabled=false needs s3.external.accessKey and s3.external.secretKey, or s3.external.existingSecret" }}
   {{- end }}
 {{- end }}
 {{- if eq $v.inference.backend "kserve" }}
   {{- range $component := list "encoder" "generator" }}
     {{- $inCluster := and $v.kserve.enabled (index $v.kserve $component).enabled }}
     {{- if and (not $inCluster) (not (get $v.inference.kserve (printf "%sUrl" $component))) }}
-      {{- fail (printf "inference.backend=kserve without the in-cluster %s predictor (kserve.enabled / kserve.%s.enabled) needs inference.kserve.%sUrl" $component $component $component) }}
+      {{- $errors = append $errors (printf "inference.backend=kserve without the in-cluster %s predictor (kserve.enabled / kserve.%s.enabled) needs inference.kserve.%sUrl" $component $component $component) }}
     {{- end }}
   {{- end }}
 {{- end }}
@@ -34,20 +36,23 @@ says what to set. Rendered (to nothing) by validate.yaml. */}}
     {{- $p := index $v.kserve $component }}
     {{- $canary := include "moss-audio.predictorCanary" (dict "ctx" $ "component" $component) }}
     {{- if and $p.enabled (ne $canary "") (ne $v.kserve.deploymentMode "Serverless") }}
-      {{- fail (printf "kserve.%s.canaryTrafficPercent needs kserve.deploymentMode=Serverless (canary rollouts are a Knative feature; got %s): unset it or switch the mode" $component $v.kserve.deploymentMode) }}
+      {{- $errors = append $errors (printf "kserve.%s.canaryTrafficPercent needs kserve.deploymentMode=Serverless (canary rollouts are a Knative feature; got %s): unset it or switch the mode" $component $v.kserve.deploymentMode) }}
     {{- end }}
   {{- end }}
 {{- end }}
 {{- range $queue := list "encode" "generate" }}
   {{- $w := index $v.workers $queue }}
   {{- if and $w.keda.enabled (not $v.redis.enabled) (not $v.redis.external.address) }}
-    {{- fail (printf "workers.%s.keda.enabled with an external Redis needs redis.external.address (host:port for KEDA's redis scaler)" $queue) }}
+    {{- $errors = append $errors (printf "workers.%s.keda.enabled with an external Redis needs redis.external.address (host:port for KEDA's redis scaler)" $queue) }}
   {{- end }}
   {{- if and $w.keda.enabled (gt (int $w.keda.minReplicas) (int $w.keda.maxReplicas)) }}
-    {{- fail (printf "workers.%s.keda.minReplicas must not exceed maxReplicas" $queue) }}
+    {{- $errors = append $errors (printf "workers.%s.keda.minReplicas must not exceed maxReplicas" $queue) }}
   {{- end }}
 {{- end }}
 {{- if and $v.gateway.autoscaling.enabled (gt (int $v.gateway.autoscaling.minReplicas) (int $v.gateway.autoscaling.maxReplicas)) }}
-  {{- fail "gateway.autoscaling.minReplicas must not exceed maxReplicas" }}
+  {{- $errors = append $errors "gateway.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- if $errors }}
+  {{- fail (printf "%d problem(s) with the values:\n- %s" (len $errors) (join "\n- " $errors)) }}
 {{- end }}
 {{- end }}

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     default_model: str = "tiny"
     public_url: str | None = None
 
+    # The CLI: the API it talks to (default http://MOSS_HOST:MOSS_PORT); it sends MOSS_API_KEY.
+    url: str | None = None
+
     # State
     database_url: str | None = None  # default: SQLite under MOSS_HOME
     redis_url: str | None = None  # default for `mossctl up`: an embedded Valkey
@@ -55,6 +58,10 @@ class Settings(BaseSettings):
     # Model lifecycle
     mlflow_uri: str | None = None  # the MLflow tracking server (registry) URL
     kfp_host: str | None = None  # a Kubeflow Pipelines endpoint; unset: pipelines run locally
+    # The image pipeline components run in on a cluster (read when a pipeline is compiled).
+    pipeline_image: str = "ghcr.io/moss-audio/platform:0.1.0"
+    # Per alias, the metric limits a version must meet (JSON); unset: the registry's defaults.
+    promotion_thresholds: str | None = None
     # `mossctl up` with no model trains the tiny variant first: at most this many steps/minutes.
     bootstrap_steps: int = 2000
     bootstrap_minutes: float = 9.9

@@ -1,35 +1,35 @@
-"""Registry and pipeline operations for the API: list models, move aliases through the gate,
-roll back, trigger pipeline runs. Thin over pipelines.registry / pipelines.runner."""
+"""Model lifecycle operations for the API and the CLI: list models, move aliases through the
+promotion gate, roll back, and queue pipeline runs for the pipeline worker.
+
+Torch-free and pipeline-free: the registry client is core.registry, and a pipeline run is a
+message on the `pipelines` queue (pipelines.worker runs it, locally with kfp.local or on
+Kubeflow when MOSS_KFP_HOST is set).
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 from .errors import ApiError
+from .queue import PIPELINE_NAMES, PipelineEnqueue, pipeline_log
 from .settings import Settings
 
 
 def registry(settings: Settings):
-    from pipelines.registry import Registry
+    from .registry import Registry
 
-    uri = settings.mlflow_uri or os.environ.get("MOSS_MLFLOW_URI")
-    if not uri:
+    if not settings.mlflow_uri:
         raise ApiError(503, "registry_unavailable", "no MLflow server configured (MOSS_MLFLOW_URI)")
-    return Registry(uri)
+    return Registry(settings.mlflow_uri)
 
 
 def list_models(settings: Settings) -> list[dict[str, Any]]:
     """Registered models (versions, aliases, metrics, what each was trained for), then the
     local checkpoint directories; `default` marks what a job without `model` gets."""
-    from .models import LOCAL_TRAINED_FOR, available_models, parse_ref
+    from .modelref import LOCAL_TRAINED_FOR, available_models, parse
 
-    default, _ = parse_ref(settings.default_model)
+    default = parse(settings.default_model).name
     models = registry(settings).models() if settings.mlflow_uri else []
     for entry in models:
         entry["source"] = "registry"
@@ -48,7 +48,7 @@ def promote(
 ) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
-    from pipelines.registry import ALIASES, PromotionRefused
+    from .registry import ALIASES, PromotionRefused
 
     if alias not in ALIASES:
         raise ApiError(422, "invalid_alias", f"alias must be one of {', '.join(ALIASES)}")
@@ -71,38 +71,14 @@ def rollback(settings: Settings, name: str, alias: str, actor: str) -> str:
         raise ApiError(404, "not_found", f"no model {name}") from exc
 
 
-def start_pipeline(settings: Settings, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Submit to Kubeflow when MOSS_KFP_HOST is set, else run with kfp.local in the background."""
-    from pipelines.kfp_pipelines import PIPELINE_NAMES
-
+def start_pipeline(settings: Settings, enqueue: PipelineEnqueue, name: str, params: dict) -> dict:
+    """Queue a run of `name` for the pipeline worker; the run id names its log and outputs."""
     if name not in PIPELINE_NAMES:
         raise ApiError(404, "not_found", f"no pipeline {name!r} ({', '.join(PIPELINE_NAMES)})")
-    if settings.kfp_host:
-        from pipelines.runner import submit
-
-        return {"run_id": submit(name, params, settings.kfp_host), "mode": "kubeflow"}
     run_id = uuid.uuid4().hex[:12]
-    logs = settings.home.resolve() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"pipeline-{name}-{run_id}.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "services.cli",
-        "pipeline",
-        "run",
-        name,
-        "--local",
-        "--params",
-        json.dumps(params),
-    ]
-    with log.open("ab") as out:
-        subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parents[1],
-            start_new_session=True,
-        )
-    return {"run_id": run_id, "mode": "local", "log": str(log)}
+    try:
+        enqueue(run_id, name, params)
+    except Exception as exc:
+        raise ApiError(503, "queue_unavailable", "the pipeline queue cannot be reached") from exc
+    mode = "kubeflow" if settings.kfp_host else "local"
+    return {"run_id": run_id, "mode": mode, "log": str(pipeline_log(settings, name, run_id))}

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from model import AudioEmbeddings
+from model.batching import left_pad
 from model.generation import generate
-from model.tokens import ENDOFTEXT_ID, STOP_TOKEN_IDS
+from model.tokens import STOP_TOKEN_IDS
 
 _DONE = object()
 
@@ -163,13 +164,7 @@ class BatchingEngine:
 
     def _run(self, batch: list[RequestHandle]) -> None:
         device = self.model.lm_head.weight.device
-        width = max(len(h.request.prompt_ids) for h in batch)
-        input_ids = torch.full((len(batch), width), ENDOFTEXT_ID, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, handle in enumerate(batch):
-            ids = handle.request.prompt_ids
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = left_pad([h.request.prompt_ids for h in batch])
         audio = [h.request.audio for h in batch if h.request.audio is not None]
         packed = None
         if audio:

@@ -1,9 +1,9 @@
-"""Alembic environment: the URL comes from the caller (services.jobstore.migrate)."""
+"""Alembic environment: the URL comes from the caller (services.core.jobstore.migrate)."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from services.jobstore.models import Base
+from services.core.jobstore.models import Base
 
 url = context.config.get_main_option("sqlalchemy.url")
 engine = context.config.attributes.get("connection") or create_engine(url)

@@ -20,12 +20,9 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.orm import sessionmaker
 
+from ..jobstate import ACTIVE, COMPLETES_TO, WAITING_FOR, Stage, Status
 from .models import ApiKey, Job, utcnow
 
-ACTIVE = ("queued", "running")
-# A stage can be claimed when the job waits in the stage before it.
-WAITING_FOR = {"encode": "queued", "generate": "encoded"}
-NEXT_STAGE = {"encode": "encoded", "generate": "done"}
 KEY_PREFIX = "moss_"
 
 
@@ -94,8 +91,8 @@ class JobStore:
         now = utcnow()
         job = Job(
             id=fields.pop("id", None) or str(uuid.uuid4()),
-            status="queued",
-            stage="queued",
+            status=Status.QUEUED,
+            stage=Stage.QUEUED,
             progress=0.0,
             timings={},
             attempts=0,
@@ -160,9 +157,9 @@ class JobStore:
         timings[stage] = {"started_at": utcnow().isoformat()}
         return self._update(
             job_id,
-            Job.stage == WAITING_FOR[stage],
+            Job.stage == WAITING_FOR[Stage(stage)],
             Job.status.in_(ACTIVE),
-            status="running",
+            status=Status.RUNNING,
             stage=stage,
             heartbeat_at=utcnow(),
             timings=timings,
@@ -181,13 +178,13 @@ class JobStore:
             started = datetime.fromisoformat(entry["started_at"])
             entry["seconds"] = round((utcnow() - started).total_seconds(), 4)
         timings[stage] = entry
-        if stage == "generate":
-            values.update(status="succeeded", progress=1.0, finished_at=utcnow())
+        if COMPLETES_TO[Stage(stage)] is Stage.DONE:
+            values.update(status=Status.SUCCEEDED, progress=1.0, finished_at=utcnow())
         return self._update(
             job_id,
             Job.stage == stage,
-            Job.status == "running",
-            stage=NEXT_STAGE[stage],
+            Job.status == Status.RUNNING,
+            stage=COMPLETES_TO[Stage(stage)],
             timings=timings,
             heartbeat_at=utcnow(),
             **values,
@@ -198,8 +195,8 @@ class JobStore:
         return self._update(
             job_id,
             Job.stage == stage,
-            Job.status == "running",
-            stage=WAITING_FOR[stage],
+            Job.status == Status.RUNNING,
+            stage=WAITING_FOR[Stage(stage)],
             heartbeat_at=None,
         )
 
@@ -207,10 +204,10 @@ class JobStore:
         """Send a job from its generate stage back to the encoder (its features are stale)."""
         return self._update(
             job_id,
-            Job.stage == "generate",
-            Job.status == "running",
-            stage=WAITING_FOR["encode"],
-            status="queued",
+            Job.stage == Stage.GENERATE,
+            Job.status == Status.RUNNING,
+            stage=WAITING_FOR[Stage.ENCODE],
+            status=Status.QUEUED,
             features_key=None,
             heartbeat_at=None,
         )
@@ -219,13 +216,13 @@ class JobStore:
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if progress is not None:
             values["progress"] = max(0.0, min(1.0, progress))
-        return self._update(job_id, Job.status == "running", **values)
+        return self._update(job_id, Job.status == Status.RUNNING, **values)
 
     def fail(self, job_id: str, code: str, message: str) -> bool:
         return self._update(
             job_id,
             Job.status.in_(ACTIVE),
-            status="failed",
+            status=Status.FAILED,
             error={"code": code, "message": message},
             finished_at=utcnow(),
         )
@@ -236,14 +233,14 @@ class JobStore:
             job_id,
             Job.status.in_(ACTIVE),
             cancel_requested=True,
-            status="cancelled",
+            status=Status.CANCELLED,
             finished_at=utcnow(),
         )
 
     def is_cancelled(self, job_id: str) -> bool:
         with self.sessions() as session:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
-            return status in (None, "cancelled")
+            return status in (None, Status.CANCELLED)
 
     def release_stale(self, older_than_s: float) -> list[tuple[str, str]]:
         """Give back the stages of running jobs whose worker stopped reporting (it died).
@@ -255,7 +252,9 @@ class JobStore:
         with self.sessions() as session:
             stale = session.execute(
                 select(Job.id, Job.stage).where(
-                    Job.status == "running", Job.stage.in_(WAITING_FOR), Job.heartbeat_at < cutoff
+                    Job.status == Status.RUNNING,
+                    Job.stage.in_(WAITING_FOR),
+                    Job.heartbeat_at < cutoff,
                 )
             ).all()
         released = []
@@ -263,9 +262,9 @@ class JobStore:
             if self._update(
                 job_id,
                 Job.stage == stage,
-                Job.status == "running",
+                Job.status == Status.RUNNING,
                 Job.heartbeat_at < cutoff,
-                stage=WAITING_FOR[stage],
+                stage=WAITING_FOR[Stage(stage)],
                 heartbeat_at=None,
             ):
                 released.append((job_id, stage))

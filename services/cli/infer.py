@@ -1,14 +1,4 @@
-"""`mossctl`: the platform's command line.
-
-    mossctl infer clip.mp3 --model /models/MOSS-Audio-4B-Instruct --prompt "Transcribe the audio."
-    mossctl infer clip.wav --preset tiny          # random weights: a smoke run, no download
-    mossctl demo                                  # generate a clip and run the tiny model on it
-    mossctl up                                    # the whole platform locally; Ctrl-C stops it
-    mossctl submit clip.wav --task transcribe     # a job through the API, with a progress bar
-    mossctl jobs list | get ID | cancel ID;  mossctl keys create TENANT | list | revoke ID
-
-Errors print one line saying what to fix and exit with a non-zero code.
-"""
+"""`mossctl infer | demo`: run a checkpoint on a file in this process (no platform needed)."""
 
 from __future__ import annotations
 
@@ -23,21 +13,14 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="MOSS-Audio platform: run it locally, submit jobs, manage keys, run local inference.",
-)
-err = Console(stderr=True, soft_wrap=True)
+from model.sampling import MAX_NEW_TOKENS, MAX_TEMPERATURE
+
+from .common import err, fail
+
+app = typer.Typer()
 DEFAULT_PROMPT = "Describe the audio."
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _load(model_dir: Path | None, preset: str | None, dtype: str, device: str, progress: Progress):
@@ -72,8 +55,10 @@ def infer(
     prompt: Annotated[
         str, typer.Option("--prompt", "-p", help="The instruction.")
     ] = DEFAULT_PROMPT,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=8192)] = 256,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS)] = 256,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help="0 = greedy.")
+    ] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
     max_segment_seconds: Annotated[
@@ -93,17 +78,17 @@ def infer(
     from model import AudioDecodeError, load_audio
 
     if (model is None) == (preset is None):
-        _fail("give exactly one of --model DIR or --preset NAME")
+        fail("give exactly one of --model DIR or --preset NAME")
     if model is not None and not (model / "config.json").is_file():
-        _fail(f"{model} is not a checkpoint directory (no config.json)")
+        fail(f"{model} is not a checkpoint directory (no config.json)")
     if dtype not in {"auto", "float32", "bfloat16", "float16"}:
-        _fail(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+        fail(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     try:
         waveform = load_audio(audio)
     except FileNotFoundError:
-        _fail(f"no such audio file: {audio}")
+        fail(f"no such audio file: {audio}")
     except AudioDecodeError as exc:
-        _fail(f"{audio}: {exc.message} [{exc.code}]")
+        fail(f"{audio}: {exc.message} [{exc.code}]")
 
     from model import preset_config
     from model.inference import run_inference
@@ -112,7 +97,7 @@ def infer(
         try:
             preset_config(preset)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
     columns = (
         SpinnerColumn(),
@@ -191,19 +176,3 @@ def _write_demo_clip(path: Path) -> None:
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(pcm.tobytes())
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-from .cli_lifecycle import register as register_lifecycle  # noqa: E402 - join the same app
-from .cli_platform import register  # noqa: E402
-from .cli_serve import register as register_serve  # noqa: E402
-
-register(app)
-register_lifecycle(app)
-register_serve(app)
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

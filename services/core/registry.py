@@ -22,9 +22,19 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from .evaluate import HIGHER_IS_BETTER
-
 ALIASES = ("candidate", "staging", "production")
+# Which direction is better for each evaluation metric the gate compares (pipelines.evaluate
+# computes them; the gate only needs their direction).
+HIGHER_IS_BETTER = {
+    "event_qa_accuracy": True,
+    "count_accuracy": True,
+    "caption_keyword_recall": True,
+    "timestamp_error_median_s": False,
+    "aas_ms": False,
+    "caption_wer": False,
+    "caption_cer": False,
+}
+
 SIZES = ("tiny", "small", "4b", "8b")
 FLAVORS = ("instruct", "thinking")
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -49,7 +59,7 @@ def model_name(size: str, flavor: str) -> str:
 
 
 def code_version() -> str:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
@@ -348,5 +358,8 @@ def _stamp() -> str:
 
 
 def load_thresholds() -> dict[str, dict[str, float]]:
-    raw = os.environ.get("MOSS_PROMOTION_THRESHOLDS")
+    """MOSS_PROMOTION_THRESHOLDS, read when a promotion is decided (not cached)."""
+    from .settings import Settings
+
+    raw = Settings().promotion_thresholds
     return json.loads(raw) if raw else DEFAULT_THRESHOLDS

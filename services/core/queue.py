@@ -1,4 +1,5 @@
-"""The Celery app on Redis/Valkey (`MOSS_REDIS_URL`): two queues, `encode` and `generate`.
+"""The Celery app on Redis/Valkey (`MOSS_REDIS_URL`): the job queues `encode` and `generate`,
+and `pipelines`, where the gateway leaves pipeline runs for the pipeline worker.
 
 Tasks are acknowledged late and rejected when their worker dies, so Redis delivers them again;
 the job store's stage claims make every redelivery harmless. The visibility timeout is above
@@ -7,12 +8,21 @@ the task time limit, so a slow task is not delivered twice while it still runs (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 from celery import Celery
 
+from .jobstate import TASK_STAGES
 from .settings import Settings
 
-QUEUES = ("encode", "generate")
+QUEUES = tuple(str(stage) for stage in TASK_STAGES)  # the job path: readiness needs both
 TASK_NAMES = {"encode": "moss.encode", "generate": "moss.generate"}
+PIPELINE_QUEUE = "pipelines"
+PIPELINE_TASK = "moss.pipeline"
+PIPELINE_NAMES = ("pretrain", "sft", "evaluate")  # pipelines.kfp_pipelines defines each
+PipelineEnqueue = Callable[[str, str, dict[str, Any]], None]  # (run id, pipeline, params)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -22,7 +32,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
-        task_routes={name: {"queue": queue} for queue, name in TASK_NAMES.items()},
+        task_routes={
+            **{name: {"queue": queue} for queue, name in TASK_NAMES.items()},
+            PIPELINE_TASK: {"queue": PIPELINE_QUEUE},
+        },
         task_default_queue="encode",
         task_time_limit=settings.task_time_limit_s,
         broker_transport_options={"visibility_timeout": settings.task_time_limit_s + 60},
@@ -42,6 +55,20 @@ def enqueuer(app: Celery):
     return enqueue
 
 
+def pipeline_enqueuer(app: Celery) -> PipelineEnqueue:
+    """enqueue(run_id, name, params): a pipeline run for the pipeline worker."""
+
+    def enqueue(run_id: str, name: str, params: dict[str, Any]) -> None:
+        app.send_task(PIPELINE_TASK, args=[run_id, name, params], queue=PIPELINE_QUEUE)
+
+    return enqueue
+
+
+def pipeline_log(settings: Settings, name: str, run_id: str) -> Path:
+    """Where the pipeline worker writes a run's output (MOSS_HOME/logs on its machine)."""
+    return settings.home.resolve() / "logs" / f"pipeline-{name}-{run_id}.log"
+
+
 def queues_with_workers(app: Celery, timeout: float = 1.0) -> set[str]:
     """The queues at least one live worker consumes."""
     replies = app.control.inspect(timeout=timeout).active_queues() or {}
@@ -50,9 +77,11 @@ def queues_with_workers(app: Celery, timeout: float = 1.0) -> set[str]:
 
 def worker_argv(queue: str, name: str, concurrency: int) -> list[str]:
     """The Celery command line of one worker: the encoder runs solo (one model call at a time,
-    on the process main thread), the generator runs threads that share one batching engine."""
-    pool = ["-P", "solo"] if queue == "encode" else ["-P", "threads", "-c", str(concurrency)]
+    on the process main thread), the generator runs threads that share one batching engine, the
+    pipeline worker runs one pipeline at a time (each in its own process)."""
+    pool = ["-P", "threads", "-c", str(concurrency)] if queue == "generate" else ["-P", "solo"]
+    app = "pipelines.worker" if queue == PIPELINE_QUEUE else "services.worker"
     return [
-        *("-m", "celery", "-A", "services.worker", "worker", "-Q", queue, *pool),
+        *("-m", "celery", "-A", app, "worker", "-Q", queue, *pool),
         *("-n", name, "--without-gossip", "--without-mingle", "-l", "INFO"),
     ]

@@ -1,14 +1,41 @@
-"""A small API client for the CLI (and for scripts): one method per route, errors raised."""
+"""What every command group shares: the consoles, the one-line errors, and the API client.
+
+Errors print one line saying what to fix and exit non-zero (2: the input, 1: the server or
+the environment). The client has one method per route and raises ClientError with the API's
+machine-readable code.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import typer
+from rich.console import Console
 
-from .settings import Settings
+from ..core.settings import Settings, get_settings
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def client() -> Client:
+    settings = get_settings()
+    return Client(default_url(settings), default_key(settings))
+
+
+def guard(call, *args, **kwargs):
+    """Run an API call; a ClientError becomes the one-line error and exit code."""
+    try:
+        return call(*args, **kwargs)
+    except ClientError as exc:
+        fail(exc.message + (f" [{exc.code}]" if exc.status else ""), 1 if exc.status >= 500 else 2)
 
 
 class ClientError(Exception):
@@ -18,7 +45,7 @@ class ClientError(Exception):
 
 
 def default_url(settings: Settings) -> str:
-    return os.environ.get("MOSS_URL") or f"http://{settings.host}:{settings.port}"
+    return settings.url or f"http://{settings.host}:{settings.port}"
 
 
 def default_key(settings: Settings) -> str | None:

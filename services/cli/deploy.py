@@ -10,9 +10,15 @@ rollback` + render again) work as they do for any model; what runs is always in 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
+
+from ..core.settings import get_settings
+from .common import fail, out
+
+app = typer.Typer(help="Deployment helpers for the Helm chart.", no_args_is_help=True)
 
 FETCHABLE = ("s3://", "gs://", "https://", "http://", "hf://", "pvc://", "oci://")
 ROLES = ("encoder", "generator")
@@ -49,7 +55,7 @@ def render_values(
     canary: int | None = None,
 ) -> str:
     """The values file with both predictors pointed at `model@alias` (and the canary share)."""
-    from pipelines.registry import CHECKPOINT_ARTIFACT, Registry
+    from services.core.registry import CHECKPOINT_ARTIFACT, Registry
 
     try:
         values: dict[str, Any] = yaml.safe_load(Path(values_file).read_text()) or {}
@@ -73,3 +79,34 @@ def render_values(
     if canary is not None:
         kserve["canaryTrafficPercent"] = canary
     return yaml.safe_dump(values, sort_keys=False)
+
+
+@app.command("render")
+def deploy_render(
+    values: Annotated[Path, typer.Option(help="Helm values file to start from.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write the values.")],
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    alias: Annotated[str, typer.Option(help="The alias to deploy.")] = "production",
+    artifacts_destination: Annotated[
+        str | None,
+        typer.Option(
+            help="The MLflow server's --artifacts-destination (s3://bucket/prefix), to turn "
+            "mlflow-artifacts:/ sources into a storageUri KServe can fetch."
+        ),
+    ] = None,
+    canary: Annotated[
+        int | None, typer.Option(help="canaryTrafficPercent for the new revision (Serverless).")
+    ] = None,
+) -> None:
+    """Write VALUES with the storageUri of MODEL@ALIAS for both InferenceServices."""
+    settings = get_settings()
+    if not settings.mlflow_uri:
+        fail("set MOSS_MLFLOW_URI to the MLflow server that holds the registry")
+    try:
+        rendered = render_values(
+            values, settings.mlflow_uri, model, alias, artifacts_destination, canary
+        )
+    except DeployError as exc:
+        fail(str(exc), 1)
+    out_file.write_text(rendered)
+    out.print(f"wrote {out_file}")

@@ -1,0 +1,5 @@
+"""`python -m services.cli`: the same as `mossctl`."""
+
+from . import main
+
+main()

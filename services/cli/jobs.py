@@ -1,0 +1,133 @@
+"""`mossctl submit` and `mossctl jobs get | list | cancel`: jobs through any deployment's API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..core.jobstate import FINAL
+from .common import client, err, fail, guard, out
+
+app = typer.Typer()
+jobs_app = typer.Typer(help="Read, list and cancel jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Audio file to upload.")],
+    task: Annotated[
+        str, typer.Option(help="transcribe, transcribe_timestamps, caption, ask, chat")
+    ] = "caption",
+    prompt: Annotated[str | None, typer.Option(help="Question or instruction (ask/chat).")] = None,
+    model: Annotated[str | None, typer.Option(help="`name` or `name@alias`.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option()] = None,
+    temperature: Annotated[float, typer.Option()] = 0.0,
+    sampling: Annotated[
+        str, typer.Option(help="greedy, or model: the checkpoint's own sampling defaults.")
+    ] = "greedy",
+    wait: Annotated[bool, typer.Option(help="Wait for the result, with a progress bar.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Upload audio as a job; wait and print the result (or --no-wait to print the id)."""
+    if not file.is_file():
+        fail(f"no such file: {file}")
+    api = client()
+    job = guard(
+        api.submit,
+        file,
+        task,
+        prompt=prompt,
+        model=model,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        sampling=sampling,
+    )
+    if not wait:
+        out.print(job["id"])
+        return
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as progress:
+        bar = progress.add_task(f"job {job['id'][:8]} queued", total=1.0)
+        while job["status"] not in FINAL:
+            job = guard(api.job, job["id"], wait=0.5)  # long poll: no busy waiting
+            progress.update(
+                bar,
+                completed=job["progress"],
+                description=f"job {job['id'][:8]} {job['status']} ({job['stage']})",
+            )
+    _print_job(job, as_json)
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _print_job(job: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(job, indent=2, ensure_ascii=False) + "\n")
+        return
+    if job["status"] == "failed":
+        fail(f"job {job['id']} failed: {job['error']['message']} [{job['error']['code']}]", 1)
+    if job["status"] == "cancelled":
+        err.print(f"job {job['id']} was cancelled")
+        return
+    result = job.get("result") or {}
+    if result.get("thinking"):
+        err.print(f"[dim]thinking: {result['thinking']}[/]", highlight=False)
+    for segment in result.get("segments") or []:
+        out.print(
+            f"[{segment['start']:8.2f} - {segment['end']:8.2f}] {segment['text']}", highlight=False
+        )
+    if not result.get("segments"):
+        sys.stdout.write((result.get("text") or "") + "\n")
+
+
+@jobs_app.command("get")
+def jobs_get(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one job (its result when it has one)."""
+    job = guard(client().job, job_id)
+    if as_json or job["status"] not in FINAL:
+        sys.stdout.write(json.dumps(job, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_job(job, False)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Your jobs, newest first."""
+    page = guard(client().jobs, status, limit, offset)
+    table = Table("id", "status", "stage", "progress", "task", "model", "created")
+    for job in page["jobs"]:
+        table.add_row(
+            job["id"],
+            job["status"],
+            job["stage"],
+            f"{job['progress']:.0%}",
+            job["task"],
+            job["model"],
+            job["created_at"][:19],
+        )
+    out.print(table)
+    err.print(f"{len(page['jobs'])} of {page['total']} (offset {offset})")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    job = guard(client().cancel, job_id)
+    out.print(f"{job['id']} {job['status']}")

@@ -1,0 +1,69 @@
+"""The job state machine, in one place: statuses, stages, the allowed moves, what runs next.
+
+A job has a `status` (what a client sees) and a `stage` (where in the pipeline it is):
+
+    status  queued ──▶ running ──▶ succeeded
+               │          │  └───▶ failed      (also from queued: a bad upload, a gate)
+               └──────────┴──────▶ cancelled
+
+    stage   queued ─encode─▶ encoded ─generate─▶ done
+            (a stage is claimed from the stage before it; stale features send generate back to
+            queued, and a dead worker's claim is released back to the stage before it)
+
+The job store guards every move in SQL with these tables, so a redelivered task cannot move a
+finished job and two workers cannot claim one stage. Workers finish a stage through `advance`,
+the one function that decides which task is enqueued next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"  # accepted, waiting for the encoder
+    ENCODE = "encode"  # the encoder holds it
+    ENCODED = "encoded"  # features stored, waiting for a generator
+    GENERATE = "generate"  # a generator holds it
+    DONE = "done"
+
+
+ACTIVE = (Status.QUEUED, Status.RUNNING)
+FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+# The stages a worker claims (each is also the name of its queue and task), the stage a job
+# waits in before each, and the stage it reaches when the work is done.
+TASK_STAGES = (Stage.ENCODE, Stage.GENERATE)
+WAITING_FOR = {Stage.ENCODE: Stage.QUEUED, Stage.GENERATE: Stage.ENCODED}
+COMPLETES_TO = {Stage.ENCODE: Stage.ENCODED, Stage.GENERATE: Stage.DONE}
+NEXT_TASK: dict[Stage, Stage | None] = {Stage.ENCODE: Stage.GENERATE, Stage.GENERATE: None}
+FIRST_TASK = Stage.ENCODE
+
+Enqueue = Callable[[str, str], None]  # (stage, job_id): a message that carries only the id
+
+
+class _Completes(Protocol):
+    def complete_stage(self, job_id: str, stage: str, **values: Any) -> bool: ...
+
+
+def advance(store: _Completes, enqueue: Enqueue, job_id: str, stage: str, **values: Any) -> bool:
+    """Finish `stage` of a job and enqueue the stage after it.
+
+    False when the job was no longer in that stage (cancelled, failed, or finished by a
+    duplicate delivery): nothing is enqueued then.
+    """
+    if not store.complete_stage(job_id, stage, **values):
+        return False
+    following = NEXT_TASK[Stage(stage)]
+    if following is not None:
+        enqueue(following, job_id)
+    return True

@@ -1,0 +1,71 @@
+"""What the routes depend on: the job context, the caller's key, and the app's collaborators.
+
+Routes get these through FastAPI dependencies, so a router is a list of thin functions and
+`create_app` only wires. Every route but /healthz and /readyz authenticates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..core.errors import ApiError
+from ..core.jobstore import Principal
+from ..core.queue import PipelineEnqueue
+from ..core.settings import Settings
+from ..jobs.context import Context
+from .metrics import Metrics
+
+
+@dataclass
+class Gateway:
+    """The app's collaborators (app.state.gateway)."""
+
+    context: Context
+    live_queues: Callable[[], set[str]]  # queues with at least one live worker
+    enqueue_pipeline: PipelineEnqueue
+    metrics: Metrics
+
+    @property
+    def settings(self) -> Settings:
+        return self.context.settings
+
+
+def gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def context(request: Request) -> Context:
+    return request.app.state.gateway.context
+
+
+def principal(scope: str) -> Callable[[Request], Principal]:
+    """A dependency: the caller's key, which must carry `scope` (or `admin`)."""
+
+    def dependency(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "unauthorized", "send `Authorization: Bearer <api key>`")
+        found = context(request).store.authenticate(key.strip())
+        if found is None:
+            raise ApiError(401, "unauthorized", "the API key is unknown or revoked")
+        if not found.can(scope):
+            raise ApiError(403, "forbidden", f"the API key lacks the {scope!r} scope")
+        return found
+
+    return dependency
+
+
+def actor(who: Principal) -> str:
+    """How a decision records who made it (tenant and key prefix, never the key)."""
+    return f"{who.tenant}:{who.key_id[:8]}"
+
+
+Ctx = Annotated[Context, Depends(context)]
+App = Annotated[Gateway, Depends(gateway)]
+Jobs = Annotated[Principal, Depends(principal("jobs"))]
+Admin = Annotated[Principal, Depends(principal("admin"))]

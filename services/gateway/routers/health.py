@@ -1,0 +1,57 @@
+"""Liveness, readiness (no authentication: probes call them) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi import APIRouter, Response
+
+from ...core.queue import QUEUES
+from ..deps import Admin, App
+from ..errors import ERRORS
+from ..metrics import CONTENT_TYPE
+from ..schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness: the process answers. No authentication."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+def readyz(app: App, response: Response) -> Health:
+    """Readiness: Redis, the database, the object store and a worker for every queue.
+    No authentication (probes call it)."""
+    checks = {
+        "database": _check(app.context.store.ping),
+        "storage": _check(app.context.storage.ping),
+    }
+    try:
+        queues = app.live_queues()
+        checks["redis"] = "ok"
+        for queue in QUEUES:
+            checks[f"workers.{queue}"] = "ok" if queue in queues else "no worker"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    response.status_code = 200 if ready else 503
+    return Health(status="ok" if ready else "unavailable", checks=checks)
+
+
+@router.get("/metrics", response_class=Response, responses=ERRORS)
+def prometheus_metrics(app: App, _who: Admin) -> Response:
+    """Prometheus metrics (admin keys only): HTTP traffic and jobs by status."""
+    return Response(app.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _check(probe: Callable[[], None]) -> str:
+    started = time.monotonic()
+    try:
+        probe()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok" if time.monotonic() - started < 5 else "slow"

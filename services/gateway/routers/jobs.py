@@ -1,0 +1,123 @@
+"""Jobs: submit audio, read (with long polling), list and cancel the caller's own jobs.
+
+A tenant only ever sees its own jobs: another tenant's job is 404, not 403, so ids leak nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from model.sampling import SAMPLING_MODES
+from model.tasks import TASKS
+
+from ...core.errors import ApiError
+from ...core.jobstate import ACTIVE, Status
+from ...core.jobstore import Job, JobStore, Principal
+from ...jobs.submit import submit_job
+from ..deps import Ctx, Jobs
+from ..errors import ERRORS
+from ..schemas import ErrorBody, JobList, JobOut
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+STATUSES = tuple(str(s) for s in Status)
+LONG_POLL_STEP_S = 0.02  # a primary-key read: far cheaper than a client's HTTP round trip
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={**ERRORS, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
+)
+def create_job(
+    ctx: Ctx,
+    who: Jobs,
+    response: Response,
+    file: Annotated[UploadFile, File(description="The audio (wav, flac, ogg, mp3, m4a...).")],
+    task: Annotated[str, Form(description=f"One of {', '.join(TASKS)}.")],
+    prompt: Annotated[str | None, Form(max_length=8000)] = None,
+    model: Annotated[str | None, Form(description="`name` or `name@alias`.")] = None,
+    max_new_tokens: Annotated[int | None, Form()] = None,
+    temperature: Annotated[float, Form()] = 0.0,
+    sampling: Annotated[
+        str,
+        Form(
+            description=f"One of {', '.join(SAMPLING_MODES)}. `greedy` (default; `temperature` "
+            "applies) or `model`: the checkpoint's own generation_config.json (the release: "
+            "sampling, temperature 1.0, top_p 1.0, top_k 50)."
+        ),
+    ] = "greedy",
+) -> JobOut:
+    """Submit audio. Answers 202 with the job; poll `Location` for the result."""
+    size = file.size if file.size is not None else _size(file)
+    job = submit_job(
+        ctx, who, file.file, size, task, prompt, model, max_new_tokens, temperature, sampling
+    )
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+async def get_job(
+    ctx: Ctx,
+    job_id: str,
+    who: Jobs,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description="Long poll: answer as soon as the job ends, or after "
+            "this many seconds, whichever comes first.",
+        ),
+    ] = 0,
+) -> JobOut:
+    deadline = time.monotonic() + wait
+    job = await run_in_threadpool(_own, ctx.store, job_id, who)
+    while job.status in ACTIVE and time.monotonic() < deadline:
+        await asyncio.sleep(LONG_POLL_STEP_S)
+        job = await run_in_threadpool(_own, ctx.store, job_id, who)
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobList, responses=ERRORS)
+def list_jobs(
+    ctx: Ctx,
+    who: Jobs,
+    status: Annotated[str | None, Query(description=" | ".join(STATUSES))] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    """The caller's jobs, newest first."""
+    if status is not None and status not in STATUSES:
+        raise ApiError(422, "invalid_status", f"status must be one of {', '.join(STATUSES)}")
+    rows, total = ctx.store.list_jobs(who.tenant, status, limit, offset)
+    return JobList(jobs=[JobOut.of(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses={**ERRORS, 409: {"model": ErrorBody}})
+def cancel_job(ctx: Ctx, job_id: str, who: Jobs) -> JobOut:
+    """Cancel a queued or running job; a running one stops at its next decoding step."""
+    job = _own(ctx.store, job_id, who)
+    if job.status not in ACTIVE or not ctx.store.request_cancel(job_id):
+        raise ApiError(409, "job_finished", f"the job has already ended ({job.status})")
+    return JobOut.of(ctx.store.get_job(job_id))
+
+
+def _own(store: JobStore, job_id: str, who: Principal) -> Job:
+    job = store.get_job(job_id, tenant=who.tenant)
+    if job is None:
+        raise ApiError(404, "not_found", "no such job")
+    return job
+
+
+def _size(upload: UploadFile) -> int:
+    upload.file.seek(0, 2)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    return size

@@ -1,0 +1,23 @@
+"""What every job function is handed: settings, the stores, the queue, and (workers) a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..core.jobstate import Enqueue
+from ..core.jobstore import JobStore
+from ..core.settings import Settings
+from ..core.storage import Storage
+
+if TYPE_CHECKING:  # the gateway runs no model: it never imports the backends
+    from ..inference import Backend
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    enqueue: Enqueue
+    backend: Backend | None = None  # workers only

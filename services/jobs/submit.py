@@ -1,0 +1,101 @@
+"""Accepting a job: validate, store the audio, record the job (durable from here), enqueue.
+
+The gateway runs this, so it stays torch-free: audio is probed in a child process
+(model.audio_sandbox), the model reference is checked without loading anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from typing import BinaryIO
+
+from model.audio import AudioDecodeError
+from model.audio_sandbox import probe_audio_isolated
+from model.sampling import SamplingError, check_sampling
+from model.tasks import TASKS
+
+from ..core.errors import ApiError, audio_error
+from ..core.jobstate import FIRST_TASK
+from ..core.jobstore import Job, Principal
+from ..core.modelref import ModelNotFound
+from ..core.modelref import check as check_model
+from .context import Context
+
+log = logging.getLogger("moss.jobs")
+
+
+def submit_job(
+    ctx: Context,
+    principal: Principal,
+    upload: BinaryIO,
+    size: int,
+    task: str,
+    prompt: str | None,
+    model: str | None,
+    max_new_tokens: int | None,
+    temperature: float,
+    sampling: str = "greedy",
+) -> Job:
+    """Validate, store the audio, record the job (durable from here), enqueue the encoder."""
+    settings = ctx.settings
+    if task not in TASKS:
+        raise ApiError(422, "invalid_task", f"task must be one of {', '.join(TASKS)}")
+    if task in ("ask", "chat") and not (prompt or "").strip():
+        raise ApiError(422, "prompt_required", f"task {task!r} needs a prompt")
+    try:
+        check_sampling(max_new_tokens, temperature, sampling)
+    except SamplingError as exc:
+        raise ApiError(422, exc.code, exc.message) from exc
+    try:
+        model_ref = check_model(model, settings)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_model", str(exc)) from exc
+    except ModelNotFound as exc:
+        raise ApiError(422, "unknown_model", str(exc)) from exc
+    if size > settings.max_upload_bytes:
+        raise ApiError(413, "upload_too_large", f"the upload exceeds {settings.max_upload_mb} MB")
+    if size == 0:
+        raise ApiError(415, "empty_audio", "the uploaded file is empty")
+
+    upload.seek(0)
+    data = upload.read()
+    try:  # the header, the demuxed duration and a decoded prefix; the worker decodes the rest
+        info = probe_audio_isolated(
+            data, max_seconds=settings.max_audio_seconds, limits=settings.decode_limits
+        )
+    except AudioDecodeError as exc:
+        raise audio_error(exc.code, exc.message) from exc
+    seconds = info.seconds
+    if seconds < 0.1:
+        raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
+
+    job_id = str(uuid.uuid4())
+    audio_key = f"audio/{principal.tenant}/{job_id}"
+    upload.seek(0)
+    ctx.storage.put_file(audio_key, upload, size)
+    try:
+        job = ctx.store.create_job(
+            id=job_id,
+            tenant=principal.tenant,
+            task=task,
+            prompt=prompt,
+            model=model_ref,
+            params={
+                "max_new_tokens": max_new_tokens or settings.max_new_tokens,
+                "temperature": temperature,
+                "sampling": sampling,
+            },
+            audio_key=audio_key,
+            audio_sha256=hashlib.sha256(data).hexdigest(),
+            audio_seconds=round(seconds, 3),
+        )
+    except BaseException:
+        ctx.storage.delete(audio_key)  # nothing left behind
+        raise
+    try:
+        ctx.enqueue(FIRST_TASK, job.id)
+    except Exception:
+        log.warning("could not enqueue job %s now; the sweeper will", job.id, exc_info=True)
+    return job
