@@ -139,3 +139,28 @@ def test_job_accepted_while_workers_are_down_completes_later(api, stack) -> None
     stack.start_worker("generate")
     done = wait(api, job["id"], timeout=120)
     assert done["status"] == "succeeded", done
+
+
+def test_a_pipeline_run_goes_through_the_queue_to_the_pipeline_worker(api, stack) -> None:
+    """The gateway only leaves a message; the pipeline worker runs it and logs what happened."""
+    from pathlib import Path
+
+    if not stack.workers.get("pipelines"):  # an earlier test stopped every worker
+        stack.start_worker("pipelines")
+    response = api.post("/v1/pipelines/evaluate/runs", json={"params": {"no_such_param": 1}})
+    assert response.status_code == 202, response.text
+    run = response.json()
+    assert run["mode"] == "local" and run["run_id"] in run["log"]
+    log = Path(run["log"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.is_file() and "has no parameter no_such_param" in log.read_text(errors="replace"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(
+            f"the pipeline worker did not run it: {log} holds "
+            f"{log.read_text()[-500:] if log.is_file() else 'nothing'}"
+        )
+    unknown = api.post("/v1/pipelines/nope/runs", json={"params": {}})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
