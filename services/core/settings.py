@@ -34,7 +34,6 @@ class Settings(BaseSettings):
     decode_memory_mb: int = 2048
     decode_timeout_s: float = 120.0
     default_model: str = "tiny"
-    public_url: str | None = None
 
     # The CLI: the API it talks to (default http://MOSS_HOST:MOSS_PORT); it sends MOSS_API_KEY.
     url: str | None = None
