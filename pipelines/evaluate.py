@@ -20,8 +20,8 @@ from typing import Any
 
 import jiwer
 
+from model.answer import assemble_answer
 from model.batching import left_pad
-from model.thinking import split_thinking
 from model.timestamps import parse_timestamps
 
 from .data import EVENT_TYPES
@@ -55,7 +55,7 @@ def predict(
             max_new_tokens=max_new_tokens,
         )[:, width:]
         for example, row in zip(group, new, strict=True):
-            text = split_thinking(processor.decode(row.tolist())).answer
+            text = assemble_answer([processor.decode(row.tolist())], [0.0]).text
             out.append(Prediction(example, text))
     return out
 

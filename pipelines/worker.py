@@ -1,6 +1,6 @@
 """The pipeline worker: runs the pipeline runs the gateway queued (`pipelines` queue).
 
-    celery -A pipelines.worker worker -Q pipelines -P solo
+    celery -A pipelines.worker worker -Q pipelines -P threads -c 1
 
 With MOSS_KFP_HOST set a run is submitted to Kubeflow; otherwise it runs here with kfp.local,
 in a child process (`python -m pipelines.runner`) whose output goes to the run's log
@@ -58,8 +58,8 @@ def run_pipeline(settings: Settings, run_id: str, name: str, params: dict[str, A
     return code
 
 
-@app.task(name=PIPELINE_TASK, acks_late=False, time_limit=7 * 24 * 3600)
+@app.task(name=PIPELINE_TASK, acks_late=False)
 def run(run_id: str, name: str, params: dict[str, Any]) -> int:
-    # Acknowledged on receipt: a run that dies with its worker is not started twice. Training
-    # can outlast MOSS_TASK_TIME_LIMIT_S (meant for job stages), hence its own limit.
+    # Acknowledged on receipt: a run that dies with its worker is not started twice (training is
+    # not idempotent). The threads pool applies no Celery time limit: a run takes what it takes.
     return run_pipeline(settings, run_id, name, params)

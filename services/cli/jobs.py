@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..core.jobstate import FINAL
+from ..core.jobstate import FINAL, Status
 from .common import client, err, fail, guard, out
 
 app = typer.Typer()
@@ -69,7 +69,7 @@ def submit(
                 description=f"job {job['id'][:8]} {job['status']} ({job['stage']})",
             )
     _print_job(job, as_json)
-    if job["status"] != "succeeded":
+    if job["status"] != Status.SUCCEEDED:
         raise typer.Exit(1)
 
 
@@ -77,9 +77,9 @@ def _print_job(job: dict, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(job, indent=2, ensure_ascii=False) + "\n")
         return
-    if job["status"] == "failed":
+    if job["status"] == Status.FAILED:
         fail(f"job {job['id']} failed: {job['error']['message']} [{job['error']['code']}]", 1)
-    if job["status"] == "cancelled":
+    if job["status"] == Status.CANCELLED:
         err.print(f"job {job['id']} was cancelled")
         return
     result = job.get("result") or {}

@@ -35,6 +35,7 @@ SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "compose-s
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|ACCESS_KEY|TOKEN", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"://(?P<user>[^:/@\s]+):(?P<password>[^@\s]+)@")
 QUEUES = ("encode", "generate")
+PIPELINE_QUEUE = "pipelines"  # the pipeline worker's queue (runs of POST /v1/pipelines/...)
 
 
 # --- interpolation --------------------------------------------------------------------------------
@@ -327,6 +328,7 @@ def test_commands_exist_in_the_installed_clis(monkeypatch):
         if health and Path(health[0]).name in ("mossctl", "mlflow"):
             parse_cli(health)
     expected = {"migrate", "gateway", "worker-encode", "worker-generate", "bootstrap-model"}
+    expected |= {"worker-pipelines"}
     expected |= {"encoder-predictor", "generator-predictor", "mlflow"}
     assert expected <= set(checked), sorted(checked)
     assert checked["migrate"][0][:2] == ["mossctl", "migrate"]
@@ -344,11 +346,30 @@ def test_commands_exist_in_the_installed_clis(monkeypatch):
 
 def test_workers_serve_the_queue_their_health_check_pings():
     workers = {n: s for n, s in services().items() if command_of(s)[:2] == ["mossctl", "worker"]}
-    assert {command_of(s)[2] for s in workers.values()} == set(QUEUES)
+    assert {command_of(s)[2] for s in workers.values()} == {*QUEUES, PIPELINE_QUEUE}
     for name, service in workers.items():
         queue = command_of(service)[2]
         assert environment(service).get("MOSS_QUEUE") == queue, name
         assert healthcheck_of(service, name) == ["mossctl", "worker-ping", queue], name
+
+
+def test_pipeline_worker_runs_the_pipelines_queue():
+    raw = raw_compose()["services"]["worker-pipelines"]
+    service = services()["worker-pipelines"]
+    assert command_of(service) == ["mossctl", "worker", "pipelines"]
+    env = environment(service)
+    assert env["MOSS_QUEUE"] == PIPELINE_QUEUE, "the image's HEALTHCHECK pings $MOSS_QUEUE"
+    assert healthcheck_of(service, "worker-pipelines") == ["mossctl", "worker-ping", "pipelines"]
+    assert not is_one_shot(service), "a long-running service"
+    # The job workers' image and environment: the broker, the registry, the object store and a
+    # MOSS_HOME of its own for run logs and kfp.local outputs; no admin key.
+    encode = services()["worker-encode"]
+    assert service["build"] == encode["build"] and service["image"] == encode["image"]
+    assert depends_on(service) == depends_on(encode)
+    for key in ("MOSS_REDIS_URL", "MOSS_MLFLOW_URI", "MOSS_S3_ENDPOINT", "MOSS_S3_SECRET_KEY"):
+        assert env[key] == environment(encode)[key], key
+    assert env["MOSS_HOME"] and "MOSS_API_KEY" not in env
+    assert environment(raw)["MOSS_DATABASE_URL"] == raw_compose()["x-moss-env"]["MOSS_DATABASE_URL"]
 
 
 def test_app_settings_are_known_to_the_platform():
@@ -372,7 +393,7 @@ def test_app_services_share_the_platform_environment():
         for key, value in raw["x-model-env"].items():
             if not (name.endswith("predictor") and key == "MOSS_DEVICE"):
                 assert env.get(key) == value, f"{name}: {key} differs from x-model-env"
-    for name in ("migrate", "gateway", "worker-encode", "worker-generate"):
+    for name in ("migrate", "gateway", "worker-encode", "worker-generate", "worker-pipelines"):
         env = environment(raw["services"][name])
         assert env["MOSS_INFERENCE_BACKEND"] == "${MOSS_INFERENCE_BACKEND:-local}", name
         assert env["MOSS_DATABASE_URL"] == raw["x-moss-env"]["MOSS_DATABASE_URL"], name

@@ -31,6 +31,9 @@ KUBE_VERSION = "1.33.0"
 RELEASE = "moss"
 NAMESPACE = "audio"
 QUEUES = ("encode", "generate")
+PIPELINE_WORKER = "pipeline-worker"  # the `pipelines` queue's worker (pipelineWorker values)
+# What the release's own pods must reach, per backing service (when it runs in the cluster).
+APP_CLIENTS = ("gateway", "worker-encode", "worker-generate", PIPELINE_WORKER, "migrate")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 # Custom resources with no schema here: their shape is checked by hand below.
 UNSCHEMATIZED = {
@@ -59,7 +62,7 @@ EVERYTHING_ON: dict[str, Any] = {
     "app": {"extraEnv": {"MOSS_MAX_UPLOAD_MB": 200, "MOSS_SWEEP_AFTER_S": "60"}},
     "inference": {"backend": "kserve", "kserve": {"protocol": "grpc"}},
     "gateway": {
-        "extraEnv": {"MOSS_PUBLIC_URL": "https://moss.example.com"},
+        "extraEnv": {"MOSS_MAX_AUDIO_SECONDS": "1800"},
         "ingress": {
             "enabled": True,
             "className": "nginx",
@@ -85,6 +88,13 @@ EVERYTHING_ON: dict[str, Any] = {
         "extraFrom": {"mlflow": [{"namespaceSelector": {"matchLabels": {"name": "kubeflow"}}}]},
     },
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "pipelineWorker": {
+        "kfpHost": "http://ml-pipeline.kubeflow:8888",
+        "pipelineImage": "ghcr.io/moss-audio/platform:0.1.0-cuda",
+        "podAnnotations": {"example.com/role": "pipelines"},
+        "extraEnv": {"HF_HUB_OFFLINE": 1},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    },
     "modelImport": {
         "enabled": True,
         "revision": "v1.0",
@@ -165,6 +175,29 @@ LOCAL_BACKEND_MINIMAL: dict[str, Any] = {
         },
         "generate": {"imageVariant": "cuda", "device": "cuda", "replicas": 2},
     },
+    # Without Kubeflow, training runs in the pipeline worker: on a GPU node here.
+    "pipelineWorker": {
+        "imageVariant": "cuda",
+        "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": 1}},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "nvidia.com/gpu.present",
+                                    "operator": "In",
+                                    "values": ["true"],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+    },
 }
 
 STANDARD_MODE_ONE_PREDICTOR: dict[str, Any] = {
@@ -228,6 +261,24 @@ def _render(combo: str) -> tuple[dict[str, str], tuple[dict, ...]]:
 
 def render_docs(combo: str) -> list[dict]:
     return copy.deepcopy(list(_render(combo)[1]))
+
+
+def render_values(values: dict) -> list[dict]:
+    """The manifests for values outside COMBINATIONS (NOTES.txt left out)."""
+    out = _loaded_chart().render(
+        copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE, is_install=True
+    )
+    return [
+        doc
+        for path, text in out.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def component_of(doc: dict) -> str | None:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
 def merged_values(combo: str) -> dict:
@@ -472,6 +523,10 @@ def test_values_schema_rejects_bad_values(chart):
         {"workers": {"encode": {"device": "tpu"}}},
         {"app": {"extraEnv": {"NOT_MOSS": "x"}}},
         {"s3": {"external": {"endpoint": "https://s3.example.com"}}},
+        {"pipelineWorker": {"kfpHost": "ml-pipeline.kubeflow:8888"}},  # no scheme
+        {"pipelineWorker": {"imageVariant": "rocm"}},
+        {"pipelineWorker": {"keda": {"enabled": True}}},  # no KEDA for the pipeline worker
+        {"pipelineWorker": {"extraEnv": {"BAD-NAME": "x"}}},
         {"unknownTopLevelKey": True},
     ]
     for values in bad_values:
@@ -629,9 +684,11 @@ def test_images_follow_the_platform_tags(combo):
             if not image.startswith(repo + ":"):
                 continue  # a third-party image (PostgreSQL, Valkey, MinIO)
             variant = "cuda" if owner["kind"] == "InferenceService" else None
-            if owner["metadata"]["labels"]["app.kubernetes.io/component"].startswith("worker-"):
-                queue = owner["metadata"]["labels"]["app.kubernetes.io/component"][7:]
-                variant = values["workers"][queue]["imageVariant"]
+            component = owner["metadata"]["labels"]["app.kubernetes.io/component"]
+            if component.startswith("worker-"):
+                variant = values["workers"][component[7:]]["imageVariant"]
+            if component == PIPELINE_WORKER:
+                variant = values["pipelineWorker"]["imageVariant"]
             assert image == f"{repo}:{app_version}-{variant or 'cpu'}", image
         if pod_spec(owner).get("imagePullSecrets") or values["imagePullSecrets"]:
             assert pod_spec(owner)["imagePullSecrets"] == values["imagePullSecrets"]
@@ -755,6 +812,62 @@ def test_network_policies_select_pods(combo):
             assert target in allowed_ports, f"{service['metadata']['name']}:{target} is unreachable"
 
 
+def admits(policies: list[dict], target: dict, client: dict, port: int) -> bool:
+    """Whether some policy selecting the target pod lets a pod of the same namespace with the
+    client's labels in on the port (a peer with only a podSelector, or no `from` at all)."""
+    for policy in policies:
+        if not selector_matches(policy["spec"]["podSelector"], target):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports is not None and port not in {p["port"] for p in ports}:
+                continue
+            peers = rule.get("from")
+            if peers is None or any(
+                "podSelector" in peer
+                and "namespaceSelector" not in peer
+                and selector_matches(peer["podSelector"], client)
+                for peer in peers
+            ):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("combo", ALL)
+def test_network_policies_let_the_platform_reach_what_it_needs(combo):
+    """The gateway, the job workers and the pipeline worker reach every in-cluster backing
+    service (Redis, PostgreSQL, MinIO, MLflow) on its ports, the migration job PostgreSQL; the
+    job workers reach the predictors, the pipeline worker does not (its runs load the model)."""
+    docs = render_docs(combo)
+    values = merged_values(combo)
+    policies = of_kind(docs, "NetworkPolicy")
+    if not values["networkPolicy"]["enabled"]:
+        return
+    owners = {component_of(o): o for o in pod_owners(docs)}
+    clients = {c: pod_labels(owners[c]) for c in APP_CLIENTS}
+    for backend in ("redis", "postgresql", "minio", "mlflow"):
+        if not values[backend]["enabled"]:
+            assert backend not in owners
+            continue
+        target = pod_labels(owners[backend])
+        ports = {
+            p["containerPort"] for c in containers(owners[backend]) for p in c.get("ports", [])
+        }
+        assert ports, backend
+        needs = [c for c in clients if c != "migrate" or backend == "postgresql"]
+        for client in needs:
+            for port in ports:
+                assert admits(policies, target, clients[client], port), (
+                    f"{client} cannot reach {backend}:{port}"
+                )
+    port = 8081 if values["inference"]["kserve"]["protocol"] == "grpc" else 8080
+    for isvc in of_kind(docs, "InferenceService"):
+        target = pod_labels(isvc)
+        for queue in QUEUES:
+            assert admits(policies, target, clients[f"worker-{queue}"], port), queue
+        assert not admits(policies, target, clients[PIPELINE_WORKER], port)
+
+
 @pytest.mark.parametrize("combo", ALL)
 def test_pod_disruption_budgets_select_workloads(combo):
     docs = render_docs(combo)
@@ -772,6 +885,8 @@ def test_pod_disruption_budgets_select_workloads(combo):
         assert len(matched) == 1, pdb["metadata"]["name"]
     covered = {pdb["metadata"]["labels"]["app.kubernetes.io/component"] for pdb in pdbs}
     assert {"gateway", "worker-encode", "worker-generate"} <= covered
+    # One replica running one pipeline: a budget would only block node drains.
+    assert PIPELINE_WORKER not in covered
 
 
 # --------------------------------------------------------------------------------------------
@@ -854,6 +969,81 @@ def test_workers_one_deployment_per_queue(combo):
 
 
 @pytest.mark.parametrize("combo", ALL)
+def test_pipeline_worker(combo):
+    docs = render_docs(combo)
+    values = merged_values(combo)
+    p = values["pipelineWorker"]
+    deployment = one(docs, "Deployment", PIPELINE_WORKER)
+    assert deployment["spec"]["replicas"] == p["replicas"]
+    scaled = {so["spec"]["scaleTargetRef"]["name"] for so in of_kind(docs, "ScaledObject")}
+    assert deployment["metadata"]["name"] not in scaled, "no KEDA for the pipeline worker"
+    spec = pod_spec(deployment)
+    (container,) = containers(deployment)
+    assert command_line(container) == ["mossctl", "worker", "pipelines"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == ["mossctl", "worker-ping", "pipelines"]
+    assert container["resources"] == p["resources"]
+    assert spec.get("nodeSelector", {}) == p["nodeSelector"]
+    assert spec.get("tolerations", []) == p["tolerations"]
+    assert spec.get("affinity", {}) == p["affinity"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/config" in annotations
+    assert p["podAnnotations"].items() <= annotations.items()
+    env = env_of(container)
+    assert "MOSS_API_KEY" not in env, "the pipeline worker does not need the admin key"
+    for name in ("MOSS_REDIS_URL", "MOSS_S3_ACCESS_KEY", "MOSS_S3_SECRET_KEY"):
+        assert "secretKeyRef" in env[name]["valueFrom"], name
+    for name, value in p["extraEnv"].items():
+        assert env[name]["value"] == str(value), name
+    for key, setting in (("kfpHost", "MOSS_KFP_HOST"), ("pipelineImage", "MOSS_PIPELINE_IMAGE")):
+        if p[key]:
+            assert env[setting]["value"] == p[key]
+        else:
+            assert setting not in env, f"{setting} without pipelineWorker.{key}"
+    # Run logs and kfp.local outputs go under MOSS_HOME: it must be on a writable emptyDir.
+    configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in of_kind(docs, "ConfigMap")}
+    (source,) = container["envFrom"]
+    home = configmaps[source["configMapRef"]["name"]]["MOSS_HOME"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    writable = [
+        m["mountPath"]
+        for m in container["volumeMounts"]
+        if "emptyDir" in volumes[m["name"]] and not m.get("readOnly")
+    ]
+    assert any(home == w or home.startswith(w.rstrip("/") + "/") for w in writable), home
+
+
+def test_pipeline_worker_kfp_host_is_set_on_the_pipeline_worker_only():
+    host = "http://ml-pipeline.kubeflow:8888"
+    docs = render_values({"pipelineWorker": {"kfpHost": host}})
+    seen = []
+    for owner in pod_owners(docs):
+        for container in containers(owner):
+            env = env_of(container)
+            assert "MOSS_PIPELINE_IMAGE" not in env, "not set: the setting's default applies"
+            if component_of(owner) == PIPELINE_WORKER:
+                assert env["MOSS_KFP_HOST"]["value"] == host
+                seen.append(container["name"])
+            else:
+                assert "MOSS_KFP_HOST" not in env, f"{owner['metadata']['name']} gets MOSS_KFP_HOST"
+    assert seen == ["worker"]
+    for cm in of_kind(docs, "ConfigMap"):
+        assert "MOSS_KFP_HOST" not in (cm.get("data") or {}), "it is the pipeline worker's alone"
+
+
+def test_pipeline_worker_disabled_renders_no_pipeline_worker():
+    docs = render_values({"pipelineWorker": {"enabled": False}})
+    assert not [d for d in docs if component_of(d) == PIPELINE_WORKER]
+    assert not [line for line in mossctl_invocations(docs) if "pipelines" in line]
+    for queue in QUEUES:  # the job workers do not depend on it
+        one(docs, "Deployment", f"worker-{queue}")
+    # The NetworkPolicies still select pods without it.
+    labels = [pod_labels(o) for o in pod_owners(docs)]
+    for policy in of_kind(docs, "NetworkPolicy"):
+        assert any(selector_matches(policy["spec"]["podSelector"], lab) for lab in labels)
+
+
+@pytest.mark.parametrize("combo", ALL)
 def test_app_environment_is_complete_and_known_to_settings(combo):
     from services.core.settings import Settings
 
@@ -872,7 +1062,7 @@ def test_app_environment_is_complete_and_known_to_settings(combo):
         "MOSS_DEFAULT_MODEL",
         "MOSS_HOME",
     }
-    components = ["gateway", "worker-encode", "worker-generate", "migrate"]
+    components = ["gateway", "worker-encode", "worker-generate", PIPELINE_WORKER, "migrate"]
     for component in components:
         kind = "Job" if component == "migrate" else "Deployment"
         (container,) = containers(one(docs, kind, component))

@@ -510,3 +510,21 @@ def test_constraints_pin_every_dependency_of_the_project():
         assert requirement.specifier.contains(Version(pins[name]), prereleases=True), (
             f"constraints.txt pins {name}=={pins[name]}, pyproject wants {requirement}"
         )
+
+
+def test_constraints_pin_every_extra_the_images_install():
+    """The images install `.[all]`: every extra's requirements are pinned like the base ones."""
+    pins = constraint_pins()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    assert set(Requirement(extras["all"][0]).extras) == {"serve", "pipelines", "kserve"}
+    for extra in ("core", "serve", "pipelines", "kserve"):
+        for spec in extras[extra]:
+            requirement = Requirement(spec)
+            name = canonicalize_name(requirement.name)
+            if name == "moss-audio-platform":
+                continue
+            assert name in pins, f"{requirement.name} ([{extra}]) is not in constraints.txt"
+            assert requirement.specifier.contains(Version(pins[name]), prereleases=True), (
+                f"constraints.txt pins {name}=={pins[name]}, [{extra}] wants {requirement}"
+            )
