@@ -166,6 +166,7 @@ class MossAudioModel(MossAudioPreTrainedModel):
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
         label_vocab: torch.LongTensor | None = None,
+        attention_mask_4d: torch.Tensor | None = None,
         **_: object,
     ) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, S) over cached + new tokens (S = cached + T).
@@ -178,7 +179,8 @@ class MossAudioModel(MossAudioPreTrainedModel):
         the last n positions only (generation needs just the last one). `label_vocab` (V',)
         restricts the training softmax to a shortlist of token ids that holds every target (a
         small model on narrow data: the head then costs V'/vocab of the full one); `logits` is
-        then (N, V') over the shortlist.
+        then (N, V') over the shortlist. `attention_mask_4d` (B, 1, T, S) with `position_ids`
+        serves rows that each keep their own length (continuous batching, model/slots.py).
         """
         past = cache.length if cache is not None else 0
         if attention_mask is None:
@@ -214,6 +216,7 @@ class MossAudioModel(MossAudioPreTrainedModel):
             cache=cache,
             deepstack=deepstack,
             deepstack_mask=audio_input_mask,
+            mask=attention_mask_4d,
         )
         if labels is not None:
             # Score only the positions that have a target: the vocabulary head is the largest

@@ -186,8 +186,12 @@ class Qwen3Decoder(nn.Module):
         cache: KVCache | None = None,
         deepstack: list[torch.Tensor] | None = None,
         deepstack_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """inputs_embeds: (B, T, hidden); attention_mask: (B, S) over cached + new tokens.
+
+        `mask` (B, 1, T, S) bool, with `position_ids`, replaces the left-padding rule for rows
+        that each keep their own length (the continuous-batching slots, model/slots.py).
 
         `deepstack[k]` (num_audio_tokens, hidden) is added at the positions where
         `deepstack_mask` (B, T) is True, to the output of decoder layer k.
@@ -197,7 +201,8 @@ class Qwen3Decoder(nn.Module):
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask, t)
         rope = self.rotary_emb(position_ids, inputs_embeds.dtype)
-        mask = attention_mask_4d(attention_mask, t)
+        if mask is None:
+            mask = attention_mask_4d(attention_mask, t)
         h = inputs_embeds
         for index, layer in enumerate(self.layers):
             h = layer(h, rope, mask, cache)

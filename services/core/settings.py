@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # seconds, run in parallel; caption, ask and chat always see the whole clip.
     max_segment_seconds: float = 120.0
     generator_max_batch: int = 8
+    # The engine's KV cache: a budget in MB split into slots of this many tokens (prompt and
+    # answer); a request longer than a slot runs alone.
+    kv_cache_mb: int = 1024
+    engine_slot_tokens: int = 4096
     generator_concurrency: int = 8
     task_time_limit_s: int = 1800
     task_max_retries: int = 5

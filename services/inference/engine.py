@@ -1,10 +1,17 @@
-"""The generation engine: a request interface (submit, stream tokens, cancel) over one model.
+"""The generation engine: continuous batching over one model (submit, stream, cancel).
 
-Worker threads submit requests and wait on their handles; one engine thread owns the model and
-runs what is pending as a batch (left-padded prompts, packed audio embeddings), so concurrent
-jobs share forward passes. Batching here is static: requests that arrive while a batch runs
-wait for the next one. The interface is what a continuous-batching engine would offer, so one
-can replace this class without touching the worker.
+Worker threads (and the KServe generator) submit requests and wait on their handles; one engine
+thread owns the model. Requests join and leave the running batch between decode steps: a new
+request is prefilled into a free slot of a slot KV cache (model/slots.py) while the others wait
+one step at most (one prefill per step while rows decode), a finished or cancelled request frees
+its slot at once, and no row computes padding. Each row keeps its own positions, length and
+sampling settings (its own seeded generator), so a request's tokens are those it would get
+alone, whatever shares the batch.
+
+Memory: the slots come from a budget in bytes (MOSS_KV_CACHE_MB): slots = budget // (bytes per
+token x slot_tokens), capped by max_batch; `engine.memory` reports it. A request that does not
+fit one slot (prompt + max_new_tokens > slot_tokens) runs alone, with its own cache, between
+steps.
 """
 
 from __future__ import annotations
@@ -12,16 +19,19 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
 
 from model import AudioEmbeddings
-from model.batching import left_pad
-from model.generation import generate
+from model.generation import SamplingParams, generate, next_tokens
+from model.slots import SlotKVCache, decode_step, prefill
 from model.tokens import STOP_TOKEN_IDS
 
 _DONE = object()
+DEFAULT_SLOT_TOKENS = 4096
+DEFAULT_KV_BUDGET_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -34,14 +44,15 @@ class GenerationRequest:
     top_k: int = 0  # 0: no top-k filter
     seed: int | None = None
 
-    def batch_key(self) -> tuple:
-        """Requests that can share a batch: the same sampling rule."""
+    def sampling(self) -> SamplingParams:
         sampled = self.temperature > 0
-        return (
-            self.temperature,
-            self.top_p,
-            self.top_k if sampled else 0,
-            self.seed if sampled else None,
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=sampled,
+            temperature=self.temperature if sampled else 1.0,
+            top_k=self.top_k if sampled else 0,
+            top_p=self.top_p if sampled else 1.0,
+            seed=self.seed,
         )
 
 
@@ -98,16 +109,47 @@ class RequestHandle:
         self._done.set()
 
 
+@dataclass
+class _Row:
+    """A running request in slot `index` of the cache (index == position in `rows`)."""
+
+    handle: RequestHandle
+    params: SamplingParams
+    generator: torch.Generator | None
+    last: int = 0  # the token chosen last, fed to the next decode step
+
+
 class BatchingEngine:
-    def __init__(self, model: torch.nn.Module, max_batch: int = 8, gather_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_batch: int = 8,
+        gather_s: float = 0.005,
+        kv_budget_bytes: int | None = None,
+        slot_tokens: int | None = None,
+    ) -> None:
         self.model = model
-        self.max_batch = max_batch
         self.gather_s = gather_s
+        context = int(model.config.language_config.max_position_embeddings)
+        self.slot_tokens = min(context, slot_tokens or DEFAULT_SLOT_TOKENS)
+        budget = kv_budget_bytes or DEFAULT_KV_BUDGET_BYTES
+        per_slot = SlotKVCache.bytes_per_token(model) * self.slot_tokens
+        self.slots = max(1, min(max_batch, budget // per_slot))
+        self.max_batch = self.slots
+        self.memory = {
+            "kv_budget_bytes": budget,
+            "kv_cache_bytes": self.slots * per_slot,
+            "slots": self.slots,
+            "slot_tokens": self.slot_tokens,
+        }
+        self._cache: SlotKVCache | None = None  # allocated by the engine thread on first use
+        self._rows: list[_Row] = []
         self._pending: queue.Queue[RequestHandle | None] = queue.Queue()
         self._ids = itertools.count()
-        self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self._closed = False
-        self.batches_run = 0
+        self.batches_run = 0  # busy periods: from the first request of an idle engine to idle
+        self.steps_run = 0  # decode steps
+        self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
@@ -124,91 +166,140 @@ class BatchingEngine:
 
     # --- engine thread -------------------------------------------------------------------
 
-    def _gather(self) -> list[RequestHandle] | None:
-        first = self._pending.get()
-        if first is None:
-            return None
-        batch = [first]
-        deferred: list[RequestHandle] = []
-        while len(batch) < self.max_batch:
-            try:
-                item = self._pending.get(timeout=self.gather_s)
-            except queue.Empty:
-                break
-            if item is None:
-                self._pending.put(None)
-                break
-            if item.request.batch_key() == first.request.batch_key():
-                batch.append(item)
-            else:
-                deferred.append(item)
-        for item in deferred:
-            self._pending.put(item)
-        return batch
-
     def _loop(self) -> None:
-        while (batch := self._gather()) is not None:
-            live = [h for h in batch if not h.cancelled]
-            for handle in batch:
-                if handle.cancelled:
-                    handle._finish()
-            if not live:
-                continue
-            try:
-                self._run(live)
-            except BaseException as exc:
-                for handle in live:
-                    if not handle.done:
-                        handle._finish(exc)
-            self.batches_run += 1
+        while True:
+            if not self._rows:  # idle: wait for work, then gather what arrives with it
+                first = self._pending.get()
+                if first is None:
+                    return
+                self.batches_run += 1
+                self._admit(first)
+                deadline = time.monotonic() + self.gather_s
+                while len(self._rows) < self.slots and (left := deadline - time.monotonic()) > 0:
+                    try:
+                        item = self._pending.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._pending.put(None)
+                        break
+                    self._admit(item)
+            elif len(self._rows) < self.slots:  # one prefill per step while rows decode
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    item = False
+                if item is None:
+                    self._fail_all(RuntimeError("the engine is closed"))
+                    return
+                if item:
+                    self._admit(item)
+            if self._rows:
+                self._guarded(self._step)
 
-    def _run(self, batch: list[RequestHandle]) -> None:
+    def _guarded(self, work, *args) -> None:
+        try:
+            work(*args)
+        except BaseException as exc:
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for row in self._rows:
+            if not row.handle.done:
+                row.handle._finish(exc)
+        self._rows.clear()
+        if self._cache is not None:
+            self._cache.running = 0
+
+    def _admit(self, handle: RequestHandle) -> None:
+        request = handle.request
+        if handle.cancelled:
+            handle._finish()
+            return
+        params = request.sampling()
+        generator = None
         device = self.model.lm_head.weight.device
-        input_ids, attention_mask = left_pad([h.request.prompt_ids for h in batch])
-        audio = [h.request.audio for h in batch if h.request.audio is not None]
-        packed = None
-        if audio:
-            packed = AudioEmbeddings(
-                embeds=torch.cat([a.embeds for a in audio]).to(device),
-                deepstack=[
-                    torch.cat(layer).to(device)
-                    for layer in zip(*(a.deepstack for a in audio), strict=True)
-                ],
+        if params.do_sample and params.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+        if len(request.prompt_ids) + request.max_new_tokens > self.slot_tokens:
+            self._run_alone(handle, params)
+            return
+        if self._cache is None:
+            self._cache = SlotKVCache.for_model(self.model, self.slots, self.slot_tokens)
+        row = _Row(handle, params, generator)
+        slot = len(self._rows)
+        try:
+            logits = prefill(self.model, self._cache, slot, request.prompt_ids, request.audio)
+        except BaseException as exc:
+            handle._finish(exc)
+            return
+        self._rows.append(row)
+        self._cache.running = len(self._rows)
+        self._choose([row], logits[None])
+
+    def _step(self) -> None:
+        for index in range(len(self._rows) - 1, -1, -1):  # cancellation frees the slot now
+            if self._rows[index].handle.cancelled:
+                self._leave(index)
+        if not self._rows:
+            return
+        tokens = torch.tensor([row.last for row in self._rows])
+        logits = decode_step(self.model, self._cache, tokens)
+        self.steps_run += 1
+        self._choose(list(self._rows), logits)
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token with its own settings; rows that are done leave."""
+        chosen = logits.argmax(dim=-1).tolist()
+        for i, row in enumerate(rows):
+            if row.params.do_sample:
+                chosen[i] = int(next_tokens(logits[i : i + 1], row.params, row.generator)[0])
+        for row, token in zip(rows, chosen, strict=True):
+            row.last = token
+            row.handle._emit(token)
+        for row in rows:
+            ended = (
+                row.last in STOP_TOKEN_IDS or len(row.handle.tokens) >= row.params.max_new_tokens
             )
-        budgets = torch.tensor([h.request.max_new_tokens for h in batch])
-        done = torch.zeros(len(batch), dtype=torch.bool)
-        step = 0
+            if ended or row.handle.cancelled:
+                self._leave(next(i for i, r in enumerate(self._rows) if r is row))
+
+    def _leave(self, index: int) -> None:
+        """Finish row `index` and keep the running slots dense (the last one moves in)."""
+        row = self._rows[index]
+        last = len(self._rows) - 1
+        if index != last:
+            self._cache.move(last, index)
+            self._rows[index] = self._rows[last]
+        self._rows.pop()
+        self._cache.running = len(self._rows)
+        row.handle._finish()
+
+    def _run_alone(self, handle: RequestHandle, params: SamplingParams) -> None:
+        """A request longer than a slot: its own cache, to the end, between two steps."""
+        request = handle.request
 
         def on_tokens(tokens: torch.Tensor) -> None:
-            nonlocal step
-            step += 1
-            for row, handle in enumerate(batch):
-                if not done[row]:
-                    token = int(tokens[row])
+            if len(handle.tokens) < params.max_new_tokens and not handle.cancelled:
+                token = int(tokens[0])
+                if not (handle.tokens and handle.tokens[-1] in STOP_TOKEN_IDS):
                     handle._emit(token)
-                    if token in STOP_TOKEN_IDS:  # the row ended; the batch may go on
-                        done[row] = True
 
-        def stop_rows() -> torch.Tensor:
-            for row, handle in enumerate(batch):
-                if handle.cancelled or step >= budgets[row]:
-                    done[row] = True
-            return done.clone()
-
-        first = batch[0].request
-        generate(
-            self.model,
-            input_ids,
-            attention_mask,
-            audio_embeddings=packed,
-            max_new_tokens=int(budgets.max()),
-            do_sample=first.temperature > 0,
-            temperature=first.temperature if first.temperature > 0 else 1.0,
-            top_p=first.top_p,
-            top_k=first.top_k,
-            seed=first.seed,
-            streamer=on_tokens,
-            should_stop=stop_rows,
-        )
-        for handle in batch:
-            handle._finish()
+        try:
+            generate(
+                self.model,
+                torch.tensor([request.prompt_ids]),
+                audio_embeddings=request.audio,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=params.do_sample,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=params.seed,
+                streamer=on_tokens,
+                should_stop=lambda: handle.cancelled,
+            )
+        except BaseException as exc:
+            handle._finish(exc)
+            return
+        handle._finish()

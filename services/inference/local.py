@@ -99,8 +99,12 @@ def check_context(config, prompt_tokens: int, audio_tokens: int, max_new_tokens:
 class Engines:
     """One BatchingEngine per loaded model, so concurrent jobs share forward passes."""
 
-    def __init__(self, max_batch: int = 8) -> None:
+    def __init__(
+        self, max_batch: int = 8, kv_cache_mb: int = 1024, slot_tokens: int = 4096
+    ) -> None:
         self.max_batch = max_batch
+        self.kv_budget_bytes = kv_cache_mb * 1024 * 1024
+        self.slot_tokens = slot_tokens
         self._engines: dict[int, BatchingEngine] = {}
         self._lock = threading.Lock()
 
@@ -108,7 +112,12 @@ class Engines:
         with self._lock:
             key = id(loaded.model)
             if key not in self._engines:
-                self._engines[key] = BatchingEngine(loaded.model, self.max_batch)
+                self._engines[key] = BatchingEngine(
+                    loaded.model,
+                    self.max_batch,
+                    kv_budget_bytes=self.kv_budget_bytes,
+                    slot_tokens=self.slot_tokens,
+                )
             return self._engines[key]
 
     def close(self) -> None:
@@ -150,7 +159,9 @@ class LocalBackend:
     def __init__(self, settings, models: ModelCache | None = None) -> None:
         self.settings = settings
         self.models = models or ModelCache(settings.device)
-        self.engines = Engines(settings.generator_max_batch)
+        self.engines = Engines(
+            settings.generator_max_batch, settings.kv_cache_mb, settings.engine_slot_tokens
+        )
 
     def lookup(self, ref: str, registry_version: str | None = None) -> Served:
         spec = resolve(ref, self.settings, registry_version=registry_version)

@@ -42,7 +42,9 @@ class GeneratorModel(Model):
         self.ref = ref
         self.settings = settings
         self.loaded = None
-        self.engines = Engines(settings.generator_max_batch)
+        self.engines = Engines(
+            settings.generator_max_batch, settings.kv_cache_mb, settings.engine_slot_tokens
+        )
 
     def load(self) -> bool:
         self.loaded = load_model(self.ref, self.settings)
