@@ -1,0 +1,29 @@
+"""Benchmarks' `--quick` modes: they run, print their table, and the outputs they compare agree.
+Speed is never asserted here (benchmarks print figures; machines are shared and noisy)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_engine_benchmark_quick_mode() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "engine.py"), "--quick", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=True,
+    )
+    rows = [line.split() for line in done.stdout.splitlines() if re.match(r"^\s+\d+\s", line)]
+    assert [int(r[0]) for r in rows] == [1, 4], done.stdout
+    for row in rows:
+        assert all(float(x) > 0 for x in row[1:7]), row  # every figure printed
+        assert row[7] == "True", f"the engine's tokens differ from sequential generation: {row}"
+        agreed, total = row[8].split("/")
+        assert agreed == total, f"transformers' greedy tokens differ: {row}"
