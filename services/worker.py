@@ -3,9 +3,9 @@
     celery -A services.worker worker -Q encode -P solo            # the encoder
     celery -A services.worker worker -Q generate -P threads -c 8  # the generator
 
-The generator's threads each hold a job; with the local backend they feed one BatchingEngine per
-model, so concurrent jobs share forward passes (models load once per process and stay); with the
-kserve backend they call the predictors (MOSS_INFERENCE_BACKEND).
+The generator's threads each hold a job; with the local backend they feed one continuous-batching
+engine per model, so concurrent jobs share forward passes (models load once per process and
+stay); with the kserve backend they call the predictors (MOSS_INFERENCE_BACKEND).
 """
 
 from __future__ import annotations
