@@ -75,22 +75,38 @@ class SlotKVCache:
             self.values[layer][target, :, :n] = self.values[layer][source, :, :n]
         self.lengths[target] = n
 
+    def read_prefix(self, slot: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of the first `n` positions of `slot`, per layer ((H_kv, n, hd) keys, values)."""
+        return [
+            (k[slot, :, :n].clone(), v[slot, :, :n].clone())
+            for k, v in zip(self.keys, self.values, strict=True)
+        ]
+
+    def write_prefix(self, slot: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Put a prefix read by `read_prefix` at the start of `slot`; returns its length."""
+        n = prefix[0][0].shape[1]
+        for layer, (k, v) in enumerate(prefix):
+            self.keys[layer][slot, :, :n] = k
+            self.values[layer][slot, :, :n] = v
+        self.lengths[slot] = n
+        return n
+
 
 class _PrefillView:
-    """One slot, written from position 0: what KVCache offers a batch-1 forward pass."""
+    """One slot, written from position `start` (0, or after a reused prefix)."""
 
-    def __init__(self, cache: SlotKVCache, slot: int) -> None:
-        self.cache, self.slot, self.length = cache, slot, 0
+    def __init__(self, cache: SlotKVCache, slot: int, start: int = 0) -> None:
+        self.cache, self.slot, self.start, self.length = cache, slot, start, start
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = k.shape[2]
+        end = self.start + k.shape[2]
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[self.slot, :, :end] = k[0]
-        values[self.slot, :, :end] = v[0]
+        keys[self.slot, :, self.start : end] = k[0]
+        values[self.slot, :, self.start : end] = v[0]
         return keys[self.slot : self.slot + 1, :, :end], values[self.slot : self.slot + 1, :, :end]
 
     def advance(self, num_tokens: int) -> None:
-        self.cache.lengths[self.slot] = num_tokens
+        self.cache.lengths[self.slot] = self.start + num_tokens
 
 
 class _DecodeView:
@@ -121,17 +137,21 @@ def prefill(
     slot: int,
     input_ids: list[int],
     audio: object | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Run one prompt (with its audio embeddings) into `slot`; the last position's logits."""
-    if len(input_ids) >= cache.slot_tokens:
-        raise ValueError(f"a prompt of {len(input_ids)} tokens does not fit a slot")
+    """Run one prompt (with its audio embeddings) into `slot`; the last position's logits.
+
+    With `start`, the slot already holds the first `start` tokens' keys and values (a reused
+    prefix, `write_prefix`) and `input_ids` are the tokens after them."""
+    if start + len(input_ids) >= cache.slot_tokens:
+        raise ValueError(f"a prompt of {start + len(input_ids)} tokens does not fit a slot")
     device = model.lm_head.weight.device
     ids = torch.tensor([input_ids], dtype=torch.long, device=device)
     out = model(
         ids,
-        torch.ones_like(ids),
+        torch.ones(1, start + len(input_ids), dtype=torch.long, device=device),
         audio_embeddings=audio,
-        cache=_PrefillView(cache, slot),
+        cache=_PrefillView(cache, slot, start),
         logits_to_keep=1,
     )
     return out.logits[0, -1]  # (vocab,)

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # answer); a request longer than a slot runs alone.
     kv_cache_mb: int = 1024
     engine_slot_tokens: int = 4096
+    # Keys/values of audio prefixes kept for further questions about the same audio (0: off).
+    prefix_cache_mb: int = 256
     generator_concurrency: int = 8
     task_time_limit_s: int = 1800
     task_max_retries: int = 5

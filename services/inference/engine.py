@@ -8,6 +8,11 @@ its slot at once, and no row computes padding. Each row keeps its own positions,
 sampling settings (its own seeded generator), so a request's tokens are those it would get
 alone, whatever shares the batch.
 
+Prefix reuse: questions about the same audio share their prompt up to the end of the audio
+span (system prompt, audio, time markers). The keys and values of that prefix are kept in a
+bounded LRU cache (MOSS_PREFIX_CACHE_MB), keyed by a digest of the prefix tokens and the audio
+embeddings themselves, so a second question prefills only its own instruction.
+
 Memory: the slots come from a budget in bytes (MOSS_KV_CACHE_MB): slots = budget // (bytes per
 token x slot_tokens), capped by max_batch; `engine.memory` reports it. A request that does not
 fit one slot (prompt + max_new_tokens > slot_tokens) runs alone, with its own cache, between
@@ -16,10 +21,12 @@ steps.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -27,11 +34,13 @@ import torch
 from model import AudioEmbeddings
 from model.generation import SamplingParams, generate, next_tokens
 from model.slots import SlotKVCache, decode_step, prefill
-from model.tokens import STOP_TOKEN_IDS
+from model.tokens import AUDIO_EOS_ID, STOP_TOKEN_IDS
 
 _DONE = object()
 DEFAULT_SLOT_TOKENS = 4096
 DEFAULT_KV_BUDGET_BYTES = 1 << 30
+DEFAULT_PREFIX_CACHE_BYTES = 256 << 20
+MIN_PREFIX_TOKENS = 16  # shorter shared prefixes are cheaper to prefill than to copy
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,53 @@ class RequestHandle:
         self._done.set()
 
 
+class PrefixCache:
+    """Prefix keys/values by digest, least recently used dropped beyond `capacity` bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[list, int]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> list | None:
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return item[0]
+
+    def put(self, key: str, prefix: list) -> None:
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in prefix)
+        if size > self.capacity or key in self._items:
+            return
+        while self.bytes + size > self.capacity:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped
+        self._items[key] = (prefix, size)
+        self.bytes += size
+
+
+def prefix_key(request: GenerationRequest, length: int) -> str:
+    """A digest of the prefix tokens and the audio embeddings (DeepStack included)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(torch.tensor(request.prompt_ids[:length]).numpy().tobytes())
+    for tensor in (request.audio.embeds, *request.audio.deepstack):
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def shared_prefix_length(request: GenerationRequest) -> int:
+    """Tokens up to and including the last <|audio_eos|> (0: no audio, or nothing after it)."""
+    if request.audio is None or AUDIO_EOS_ID not in request.prompt_ids:
+        return 0
+    length = len(request.prompt_ids) - request.prompt_ids[::-1].index(AUDIO_EOS_ID)
+    return length if MIN_PREFIX_TOKENS <= length < len(request.prompt_ids) else 0
+
+
 @dataclass
 class _Row:
     """A running request in slot `index` of the cache (index == position in `rows`)."""
@@ -127,6 +183,7 @@ class BatchingEngine:
         gather_s: float = 0.005,
         kv_budget_bytes: int | None = None,
         slot_tokens: int | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         self.model = model
         self.gather_s = gather_s
@@ -141,7 +198,9 @@ class BatchingEngine:
             "kv_cache_bytes": self.slots * per_slot,
             "slots": self.slots,
             "slot_tokens": self.slot_tokens,
+            "prefix_cache_bytes": prefix_cache_bytes,
         }
+        self.prefixes = PrefixCache(prefix_cache_bytes)
         self._cache: SlotKVCache | None = None  # allocated by the engine thread on first use
         self._rows: list[_Row] = []
         self._pending: queue.Queue[RequestHandle | None] = queue.Queue()
@@ -229,13 +288,27 @@ class BatchingEngine:
         row = _Row(handle, params, generator)
         slot = len(self._rows)
         try:
-            logits = prefill(self.model, self._cache, slot, request.prompt_ids, request.audio)
+            logits = self._prefill(slot, request)
         except BaseException as exc:
             handle._finish(exc)
             return
         self._rows.append(row)
         self._cache.running = len(self._rows)
         self._choose([row], logits[None])
+
+    def _prefill(self, slot: int, request: GenerationRequest) -> torch.Tensor:
+        """The prompt into `slot`, reusing a cached audio prefix when there is one."""
+        length = shared_prefix_length(request) if self.prefixes.capacity else 0
+        if not length:
+            return prefill(self.model, self._cache, slot, request.prompt_ids, request.audio)
+        key = prefix_key(request, length)
+        cached = self.prefixes.get(key)
+        if cached is not None:
+            start = self._cache.write_prefix(slot, cached)
+            return prefill(self.model, self._cache, slot, request.prompt_ids[start:], None, start)
+        logits = prefill(self.model, self._cache, slot, request.prompt_ids, request.audio)
+        self.prefixes.put(key, self._cache.read_prefix(slot, length))
+        return logits
 
     def _step(self) -> None:
         for index in range(len(self._rows) - 1, -1, -1):  # cancellation frees the slot now

@@ -100,11 +100,16 @@ class Engines:
     """One BatchingEngine per loaded model, so concurrent jobs share forward passes."""
 
     def __init__(
-        self, max_batch: int = 8, kv_cache_mb: int = 1024, slot_tokens: int = 4096
+        self,
+        max_batch: int = 8,
+        kv_cache_mb: int = 1024,
+        slot_tokens: int = 4096,
+        prefix_cache_mb: int = 256,
     ) -> None:
         self.max_batch = max_batch
         self.kv_budget_bytes = kv_cache_mb * 1024 * 1024
         self.slot_tokens = slot_tokens
+        self.prefix_cache_bytes = prefix_cache_mb * 1024 * 1024
         self._engines: dict[int, BatchingEngine] = {}
         self._lock = threading.Lock()
 
@@ -117,6 +122,7 @@ class Engines:
                     self.max_batch,
                     kv_budget_bytes=self.kv_budget_bytes,
                     slot_tokens=self.slot_tokens,
+                    prefix_cache_bytes=self.prefix_cache_bytes,
                 )
             return self._engines[key]
 
@@ -160,7 +166,10 @@ class LocalBackend:
         self.settings = settings
         self.models = models or ModelCache(settings.device)
         self.engines = Engines(
-            settings.generator_max_batch, settings.kv_cache_mb, settings.engine_slot_tokens
+            settings.generator_max_batch,
+            settings.kv_cache_mb,
+            settings.engine_slot_tokens,
+            settings.prefix_cache_mb,
         )
 
     def lookup(self, ref: str, registry_version: str | None = None) -> Served:

@@ -43,7 +43,10 @@ class GeneratorModel(Model):
         self.settings = settings
         self.loaded = None
         self.engines = Engines(
-            settings.generator_max_batch, settings.kv_cache_mb, settings.engine_slot_tokens
+            settings.generator_max_batch,
+            settings.kv_cache_mb,
+            settings.engine_slot_tokens,
+            settings.prefix_cache_mb,
         )
 
     def load(self) -> bool:

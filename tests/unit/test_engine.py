@@ -108,6 +108,7 @@ def test_the_kv_budget_sets_the_slots_and_is_reported(tiny_model) -> None:
         "kv_cache_bytes": 3 * 512 * per_token,
         "slots": 3,
         "slot_tokens": 512,
+        "prefix_cache_bytes": 256 << 20,
     }
     engine.close()
 
@@ -128,3 +129,36 @@ def test_a_failing_request_fails_alone(processor, tiny_model) -> None:
         bad.result(30)
     assert engine.submit(good).result(30) == alone(tiny_model, good)
     engine.close()
+
+
+def test_questions_about_the_same_audio_reuse_its_prefix(processor, tiny_model) -> None:
+    """The system prompt + audio span is prefilled once; every answer still equals alone."""
+    clip = noise(2.5, seed=11)
+    questions = ["What is it?", "How long is it?", "Is there speech?", "Describe it."]
+    requests = []
+    for question in questions:
+        inputs = processor(text=question, audios=[clip])
+        with torch.no_grad():
+            audio = tiny_model.project_audio(
+                tiny_model.encode_audio(inputs["audio_data"], inputs["audio_data_seqlens"])
+            )
+        requests.append(GenerationRequest(inputs["input_ids"][0].tolist(), audio, 12))
+    expected = [alone(tiny_model, r) for r in requests]
+    engine = BatchingEngine(tiny_model, max_batch=2)
+    assert [engine.submit(r).result(60) for r in requests] == expected
+    assert (engine.prefixes.misses, engine.prefixes.hits) == (1, 3)
+    assert 0 < engine.prefixes.bytes <= engine.memory["prefix_cache_bytes"]
+    engine.close()
+    off = BatchingEngine(tiny_model, prefix_cache_bytes=0)
+    assert [off.submit(r).result(60) for r in requests] == expected
+    assert off.prefixes.hits == 0
+    off.close()
+
+
+def test_the_prefix_cache_stays_within_its_budget() -> None:
+    from services.inference.engine import PrefixCache
+
+    cache = PrefixCache(capacity=3 * 400)
+    for i in range(5):
+        cache.put(str(i), [(torch.zeros(1, 10, 5), torch.zeros(1, 10, 5))])  # 400 bytes
+    assert cache.bytes == 1200 and cache.get("0") is None and cache.get("4") is not None
