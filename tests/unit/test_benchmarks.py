@@ -27,6 +27,6 @@ def test_engine_benchmark_quick_mode() -> None:
         assert row[7] == "True", f"the engine's tokens differ from sequential generation: {row}"
         agreed, total = row[8].split("/")
         assert agreed == total, f"transformers' greedy tokens differ: {row}"
-    repeated = re.search(r"\((\d+) prefix hits\); outputs equal: (\w+)", done.stdout)
+    repeated = re.search(r"(\d+) prefix hits\); outputs equal: (\w+)", done.stdout)
     assert repeated, done.stdout
     assert int(repeated[1]) > 0 and repeated[2] == "True"
