@@ -226,6 +226,7 @@ class BatchingEngine:
     # --- engine thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
+        closing = False
         while True:
             if not self._rows:  # idle: wait for work, then gather what arrives with it
                 first = self._pending.get()
@@ -243,18 +244,19 @@ class BatchingEngine:
                         self._pending.put(None)
                         break
                     self._admit(item)
-            elif len(self._rows) < self.slots:  # one prefill per step while rows decode
+            elif len(self._rows) < self.slots and not closing:  # one prefill per step
                 try:
                     item = self._pending.get_nowait()
                 except queue.Empty:
                     item = False
                 if item is None:
-                    self._fail_all(RuntimeError("the engine is closed"))
-                    return
-                if item:
+                    closing = True  # finish what runs, admit nothing more
+                elif item:
                     self._admit(item)
             if self._rows:
                 self._guarded(self._step)
+            elif closing:
+                return
 
     def _guarded(self, work, *args) -> None:
         try:
