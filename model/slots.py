@@ -36,6 +36,17 @@ class SlotKVCache:
         self.slots = slots
         self.slot_tokens = slot_tokens
         self.running = 0  # slots 0..running-1 hold live sequences
+        self._clean = [False] * slots
+
+    def claim(self, slot: int) -> None:
+        """Zero a slot the first time it is used. A decode step reads every row up to the longest
+        one and masks the rest; masked keys must still be finite (uninitialised memory can hold
+        NaN, and NaN survives a masked softmax). Zeroing once per slot keeps pages untouched
+        until a slot is needed."""
+        if not self._clean[slot]:
+            for tensor in (*self.keys, *self.values):
+                tensor[slot].zero_()
+            self._clean[slot] = True
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, slots: int, slot_tokens: int) -> SlotKVCache:
@@ -85,6 +96,7 @@ class SlotKVCache:
     def write_prefix(self, slot: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Put a prefix read by `read_prefix` at the start of `slot`; returns its length."""
         n = prefix[0][0].shape[1]
+        self.claim(slot)
         for layer, (k, v) in enumerate(prefix):
             self.keys[layer][slot, :, :n] = k
             self.values[layer][slot, :, :n] = v
@@ -96,6 +108,7 @@ class _PrefillView:
     """One slot, written from position `start` (0, or after a reused prefix)."""
 
     def __init__(self, cache: SlotKVCache, slot: int, start: int = 0) -> None:
+        cache.claim(slot)
         self.cache, self.slot, self.start, self.length = cache, slot, start, start
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):

@@ -162,3 +162,25 @@ def test_the_prefix_cache_stays_within_its_budget() -> None:
     for i in range(5):
         cache.put(str(i), [(torch.zeros(1, 10, 5), torch.zeros(1, 10, 5))])  # 400 bytes
     assert cache.bytes == 1200 and cache.get("0") is None and cache.get("4") is not None
+
+
+def test_rows_of_different_lengths_ignore_whatever_memory_held(processor, tiny_model) -> None:
+    """Fresh slot memory is uninitialised (it can hold NaN); a shorter row must not see it."""
+    from model.slots import SlotKVCache, decode_step, prefill
+
+    requests = make_requests(processor, tiny_model, 2, seed=13)
+    cache = SlotKVCache.for_model(tiny_model, 2, 512)
+    for tensor in (*cache.keys, *cache.values):
+        tensor.fill_(float("nan"))
+    last = [
+        int(prefill(tiny_model, cache, i, r.prompt_ids, r.audio).argmax())
+        for i, r in enumerate(requests)
+    ]
+    got = [[t] for t in last]
+    for _ in range(5):
+        last = decode_step(tiny_model, cache, torch.tensor(last)).argmax(-1).tolist()
+        for row, token in zip(got, last, strict=True):
+            row.append(token)
+    for request, tokens in zip(requests, got, strict=True):
+        reference = alone(tiny_model, GenerationRequest(request.prompt_ids, request.audio, 6))
+        assert tokens[: len(reference)] == reference
