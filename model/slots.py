@@ -35,7 +35,6 @@ class SlotKVCache:
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.slots = slots
         self.slot_tokens = slot_tokens
-        self.running = 0  # slots 0..running-1 hold live sequences
         self._clean = [False] * slots
 
     def claim(self, slot: int) -> None:

@@ -192,7 +192,6 @@ class BatchingEngine:
         budget = kv_budget_bytes or DEFAULT_KV_BUDGET_BYTES
         per_slot = SlotKVCache.bytes_per_token(model) * self.slot_tokens
         self.slots = max(1, min(max_batch, budget // per_slot))
-        self.max_batch = self.slots
         self.memory = {
             "kv_budget_bytes": budget,
             "kv_cache_bytes": self.slots * per_slot,
@@ -269,8 +268,6 @@ class BatchingEngine:
             if not row.handle.done:
                 row.handle._finish(exc)
         self._rows.clear()
-        if self._cache is not None:
-            self._cache.running = 0
 
     def _admit(self, handle: RequestHandle) -> None:
         request = handle.request
@@ -295,7 +292,6 @@ class BatchingEngine:
             handle._finish(exc)
             return
         self._rows.append(row)
-        self._cache.running = len(self._rows)
         self._choose([row], logits[None])
 
     def _prefill(self, slot: int, request: GenerationRequest) -> torch.Tensor:
@@ -347,7 +343,6 @@ class BatchingEngine:
             self._cache.move(last, index)
             self._rows[index] = self._rows[last]
         self._rows.pop()
-        self._cache.running = len(self._rows)
         row.handle._finish()
 
     def _run_alone(self, handle: RequestHandle, params: SamplingParams) -> None:
