@@ -146,14 +146,16 @@ def test_unaccepted_codecs_are_refused_before_decoding() -> None:
 PLANAR_CRASH = (
     sys.executable,
     "-c",
-    "import io, json, sys, av\n"
-    "request = json.loads(sys.stdin.buffer.readline())\n"
-    "data = sys.stdin.buffer.read(request['size'])\n"
-    "container = av.open(io.BytesIO(data), format='wav')\n"
-    "resampler = av.AudioResampler(format='fltp', rate=16000)\n"
-    "for frame in container.decode(audio=0):\n"
-    "    for out in resampler.resample(frame):\n"
-    "        out.to_ndarray()\n",
+    "import io, av\n"
+    "from model.audio_sandbox import run_zygote\n"
+    "def crash(request, data, limits):\n"
+    "    container = av.open(io.BytesIO(data), format='wav')\n"
+    "    resampler = av.AudioResampler(format='fltp', rate=16000)\n"
+    "    for frame in container.decode(audio=0):\n"
+    "        for out in resampler.resample(frame):\n"
+    "            out.to_ndarray()\n"
+    "    return {'ok': True, 'samples': 0}, b''\n"
+    "run_zygote(crash)\n",
 )
 
 
@@ -182,10 +184,10 @@ def test_the_child_gets_no_secrets(monkeypatch) -> None:
     show_env = (
         sys.executable,
         "-c",
-        "import json, os, sys\n"
-        "sys.stdin.buffer.readline()\n"
-        "header = {'ok': True, 'samples': 0, 'env': sorted(os.environ)}\n"
-        "sys.stdout.write(json.dumps(header) + '\\n')\n",
+        "import os\n"
+        "from model.audio_sandbox import run_zygote\n"
+        "run_zygote(lambda request, data, limits: "
+        "({'ok': True, 'samples': 0, 'env': sorted(os.environ)}, b''))\n",
     )
     header, _ = _run(show_env, "load", b"x", None, DecodeLimits())
     assert "MOSS_API_KEY" not in header["env"]
@@ -200,3 +202,56 @@ def test_decoder_failures_map_to_clear_http_errors() -> None:
     for code in ("decoder_crashed", "decode_limit_exceeded", "decode_timeout", "audio_too_long"):
         error = audio_error(code, "m")
         assert (error.status, error.code, error.message) == (422, code, "m")
+
+
+# --- the zygote: one fresh child per request, forked ------------------------------------------
+
+REMEMBERS = (
+    sys.executable,
+    "-c",
+    "import os, time\n"
+    "from model.audio_sandbox import run_zygote\n"
+    "seen = []\n"
+    "def serve(request, data, limits):\n"
+    "    if data == b'hang':\n"
+    "        time.sleep(60)\n"
+    "    seen.append(data.decode())\n"
+    "    return {'ok': True, 'samples': 0, 'pid': os.getpid(), 'seen': seen}, b''\n"
+    "run_zygote(serve)\n",
+)
+
+
+def test_every_request_gets_a_fresh_child_that_remembers_nothing() -> None:
+    first, _ = _run(REMEMBERS, "load", b"one", None, DecodeLimits())
+    second, _ = _run(REMEMBERS, "load", b"two", None, DecodeLimits())
+    assert first["pid"] != second["pid"]
+    assert second["seen"] == ["two"]  # nothing of the first upload reached the second child
+
+
+def test_a_hung_child_is_killed_at_the_wall_clock_limit_and_the_next_request_is_served() -> None:
+    with pytest.raises(AudioDecodeError) as info:
+        _run(REMEMBERS, "load", b"hang", None, DecodeLimits(timeout_s=0.5))
+    assert info.value.code == "decode_timeout"
+    header, _ = _run(REMEMBERS, "load", b"after", None, DecodeLimits())
+    assert header["seen"] == ["after"]
+
+
+def test_a_dead_zygote_is_started_again() -> None:
+    from model.audio_sandbox import _zygotes
+
+    _run(REMEMBERS, "load", b"x", None, DecodeLimits())
+    zygote = _zygotes.get(REMEMBERS)
+    zygote.process.kill()
+    zygote.process.wait()
+    header, _ = _run(REMEMBERS, "load", b"y", None, DecodeLimits())
+    assert header["seen"] == ["y"]
+
+
+def test_concurrent_requests_each_get_their_own_samples() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clips = [multichannel_wav(channels, "PCM_16") for channels in (1, 2, 3, 4, 5, 6, 7, 8)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(load_audio_isolated, clips))
+    for clip, samples in zip(clips, got, strict=True):
+        np.testing.assert_array_equal(samples, load_audio(clip))
