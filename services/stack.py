@@ -34,6 +34,7 @@ ADMIN_TENANT = "admin"
 # One worker per job queue, and the pipeline worker (runs the pipeline runs the API queues).
 STACK_QUEUES = (*QUEUES, PIPELINE_QUEUE)
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -246,7 +247,7 @@ class LocalStack:
 
     def _spawn_worker(self, queue: str, index: int) -> subprocess.Popen:
         name = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
-        argv = worker_argv(queue, name, self.settings.generator_concurrency)
+        argv = worker_argv(queue, name, self.settings)
         return self._spawn(f"worker-{queue}", [sys.executable, *argv], pid_name=f"{queue}-{index}")
 
     def _restart_worker(self, queue: str, index: int) -> subprocess.Popen:

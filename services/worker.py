@@ -1,10 +1,11 @@
 """Celery workers: thin tasks over services.jobs, one process per queue.
 
-    celery -A services.worker worker -Q encode -P solo            # the encoder
+    celery -A services.worker worker -Q encode -P threads -c 4    # the encoder
     celery -A services.worker worker -Q generate -P threads -c 8  # the generator
 
-The generator's threads each hold a job; with the local backend they feed one continuous-batching
-engine per model, so concurrent jobs share forward passes (models load once per process and
+The threads each hold a job; with the local backend the encoder's feed one encode batcher per
+model (the clips waiting together are one encoder pass) and the generator's one
+continuous-batching engine per model, so concurrent jobs share forward passes (models load once per process and
 stay); with the kserve backend they call the predictors (MOSS_INFERENCE_BACKEND).
 """
 

@@ -11,9 +11,7 @@ import typer
 
 from .common import err, fail, out
 
-app = typer.Typer(
-    help="Kubeflow pipelines: compile, run locally, submit.", no_args_is_help=True
-)
+app = typer.Typer(help="Kubeflow pipelines: compile, run locally, submit.", no_args_is_help=True)
 
 
 def _params(pairs: list[str] | None, raw: str | None) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def worker(
     if not settings.redis_url:
         fail("set MOSS_REDIS_URL (redis://host:6379/0) to run a worker")
     name = f"{queue}@{socket.gethostname()}"
-    argv = worker_argv(queue, name, settings.generator_concurrency)
+    argv = worker_argv(queue, name, settings)
     os.execv(sys.executable, [sys.executable, *argv])  # Celery gets the signals directly
 
 

@@ -75,19 +75,19 @@ def queues_with_workers(app: Celery, timeout: float = 1.0) -> set[str]:
     return {queue["name"] for queues in replies.values() for queue in queues}
 
 
-def worker_argv(queue: str, name: str, concurrency: int) -> list[str]:
-    """The Celery command line of one worker: the encoder runs solo (one model call at a time,
-    on the process main thread), the generator runs threads that share one batching engine, the
-    pipeline worker one thread: one pipeline at a time (each in its own process), and its main
-    thread stays free to answer `worker-ping` while a run lasts (a busy solo worker does not,
-    and its liveness probe would restart it mid-run)."""
-    pool = {
-        "encode": ["-P", "solo"],
-        "generate": ["-P", "threads", "-c", str(concurrency)],
-        PIPELINE_QUEUE: ["-P", "threads", "-c", "1"],
+def worker_argv(queue: str, name: str, settings: Settings) -> list[str]:
+    """The Celery command line of one worker: the encoder and the generator run threads (the
+    encoder's jobs share encoder passes, the generator's one batching engine), the pipeline
+    worker one thread: one pipeline at a time (each in its own process), and its main thread
+    stays free to answer `worker-ping` while a run lasts (a busy solo worker does not, and its
+    liveness probe would restart it mid-run)."""
+    threads = {
+        "encode": settings.encoder_concurrency,
+        "generate": settings.generator_concurrency,
+        PIPELINE_QUEUE: 1,
     }[queue]
     app = "pipelines.worker" if queue == PIPELINE_QUEUE else "services.worker"
     return [
-        *("-m", "celery", "-A", app, "worker", "-Q", queue, *pool),
+        *("-m", "celery", "-A", app, "worker", "-Q", queue, "-P", "threads", "-c", str(threads)),
         *("-n", name, "--without-gossip", "--without-mingle", "-l", "INFO"),
     ]

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     # Keys/values of audio prefixes kept for further questions about the same audio (0: off).
     prefix_cache_mb: int = 256
     generator_concurrency: int = 8
+    # Jobs one encoder process holds at once (Celery threads); their clips, waiting together, are
+    # encoded in one pass of at most this many seconds of audio.
+    encoder_concurrency: int = 4
+    encoder_batch_seconds: float = 120.0
+    # Intra-op threads of torch in this process (unset: torch's default, every core). Set it to
+    # the cores a worker may use; `mossctl up` splits the machine's cores between its workers.
+    torch_threads: int | None = None
     task_time_limit_s: int = 1800
     task_max_retries: int = 5
     sweep_after_s: int = 120  # a running job whose heartbeat is older than this is re-enqueued

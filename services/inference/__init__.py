@@ -4,8 +4,8 @@
 - `kserve`: the worker calls the encoder and generator predictors (services/predictor) over the
   Open Inference Protocol with `tritonclient`, HTTP or gRPC; the GPUs live with the predictors.
 
-`services.jobs` talks only to `Backend`; both backends run the same functions on the model
-(`encode_waveforms`, `submit_generation` in `services.inference.local`), so a job gives the same
+`services.jobs` talks only to `Backend`; both backends run the same code on the model
+(`encoding.EncodeBatcher`, `local.submit_generation`), so a job gives the same
 tokens either way for the same weights and greedy settings.
 """
 

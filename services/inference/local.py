@@ -1,48 +1,32 @@
-"""The local backend, and the two functions every backend runs on the model.
+"""The local backend, and the generation side every backend runs on the model.
 
-`encode_waveforms` and `submit_generation` are also what the KServe predictors call, so the
-worker's torch path and the predictors share one implementation (and one BatchingEngine).
+`submit_generation` (like `encoding.EncodeBatcher`) is also what the KServe predictors call, so
+the worker's torch path and the predictors share one implementation (and one BatchingEngine).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 
 from model import EncoderOutput
-from model.batching import pad_mels
-from model.features import log_mel_spectrogram
 from model.processor import default_prompt
 
 from ..core.modelref import model_version, resolve
 from . import CONTEXT_EXCEEDED, ContextExceeded, Served, StaleFeatures, ran_out
+from .encoding import EncodeBatcher
 from .engine import BatchingEngine, GenerationRequest, RequestHandle
-from .models import LoadedModel, ModelCache
+from .models import LoadedModel, ModelCache, set_torch_threads
+
+T = TypeVar("T")
 
 # Audio tokens per second in a prompt: 12.5 from the encoder, plus at most 2 time-marker digit
 # tokens per second (a 4-digit second every 2 s), for the "how long fits" hint.
 _PROMPT_TOKENS_PER_SECOND = 14.5
-
-
-def encode_waveforms(model: torch.nn.Module, waveforms: list[np.ndarray]) -> list[EncoderOutput]:
-    """Segments (16 kHz mono) -> one EncoderOutput per segment, on the CPU, in one batch."""
-    batch, lengths = pad_mels([log_mel_spectrogram(w) for w in waveforms])
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = model.encode_audio(batch.to(device), lengths.to(device))
-    counts = out.token_lengths.tolist()
-    features = out.features.split(counts)
-    taps = [tap.split(counts) for tap in out.taps]
-    return [
-        EncoderOutput(
-            features=features[i].contiguous().cpu(),
-            taps=[t[i].contiguous().cpu() for t in taps],
-            token_lengths=torch.tensor([n]),
-        )
-        for i, n in enumerate(counts)
-    ]
 
 
 def submit_generation(
@@ -96,41 +80,45 @@ def check_context(config, prompt_tokens: int, audio_tokens: int, max_new_tokens:
     )
 
 
-class Engines:
-    """One BatchingEngine per loaded model, so concurrent jobs share forward passes."""
+class PerModel(Generic[T]):
+    """One long-lived helper per loaded model (a BatchingEngine, an EncodeBatcher), made on
+    first use, so that concurrent jobs on one model share its forward passes."""
 
-    def __init__(
-        self,
-        max_batch: int = 8,
-        kv_cache_mb: int = 1024,
-        slot_tokens: int = 4096,
-        prefix_cache_mb: int = 256,
-    ) -> None:
-        self.max_batch = max_batch
-        self.kv_budget_bytes = kv_cache_mb * 1024 * 1024
-        self.slot_tokens = slot_tokens
-        self.prefix_cache_bytes = prefix_cache_mb * 1024 * 1024
-        self._engines: dict[int, BatchingEngine] = {}
+    def __init__(self, make: Callable[[torch.nn.Module], T]) -> None:
+        self.make = make
+        self._made: dict[int, T] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, loaded: LoadedModel) -> BatchingEngine:
+    def __call__(self, loaded: LoadedModel) -> T:
         with self._lock:
             key = id(loaded.model)
-            if key not in self._engines:
-                self._engines[key] = BatchingEngine(
-                    loaded.model,
-                    self.max_batch,
-                    kv_budget_bytes=self.kv_budget_bytes,
-                    slot_tokens=self.slot_tokens,
-                    prefix_cache_bytes=self.prefix_cache_bytes,
-                )
-            return self._engines[key]
+            if key not in self._made:
+                self._made[key] = self.make(loaded.model)
+            return self._made[key]
 
     def close(self) -> None:
         with self._lock:
-            for engine in self._engines.values():
-                engine.close()
-            self._engines.clear()
+            for helper in self._made.values():
+                helper.close()
+            self._made.clear()
+
+
+def engines(settings) -> PerModel[BatchingEngine]:
+    """The generation engines, sized by MOSS_GENERATOR_MAX_BATCH, MOSS_KV_CACHE_MB, ..."""
+    return PerModel(
+        lambda model: BatchingEngine(
+            model,
+            settings.generator_max_batch,
+            kv_budget_bytes=settings.kv_cache_mb * 1024 * 1024,
+            slot_tokens=settings.engine_slot_tokens,
+            prefix_cache_bytes=settings.prefix_cache_mb * 1024 * 1024,
+        )
+    )
+
+
+def encoders(settings) -> PerModel[EncodeBatcher]:
+    """The encode batchers, up to MOSS_ENCODER_BATCH_SECONDS of audio per pass."""
+    return PerModel(lambda model: EncodeBatcher(model, settings.encoder_batch_seconds))
 
 
 class LocalGeneration:
@@ -164,13 +152,10 @@ class LocalBackend:
 
     def __init__(self, settings, models: ModelCache | None = None) -> None:
         self.settings = settings
+        set_torch_threads(settings.torch_threads)
         self.models = models or ModelCache(settings.device)
-        self.engines = Engines(
-            settings.generator_max_batch,
-            settings.kv_cache_mb,
-            settings.engine_slot_tokens,
-            settings.prefix_cache_mb,
-        )
+        self.engines = engines(settings)
+        self.encoders = encoders(settings)
 
     def lookup(self, ref: str, registry_version: str | None = None) -> Served:
         spec = resolve(ref, self.settings, registry_version=registry_version)
@@ -180,7 +165,7 @@ class LocalBackend:
         self, served: Served, waveforms: list[np.ndarray]
     ) -> tuple[str, list[EncoderOutput]]:
         loaded = self.models.get(served.handle)
-        return loaded.version, encode_waveforms(loaded.model, waveforms)
+        return loaded.version, self.encoders(loaded).encode(waveforms)
 
     def generate(
         self,
@@ -201,3 +186,4 @@ class LocalBackend:
 
     def close(self) -> None:
         self.engines.close()
+        self.encoders.close()

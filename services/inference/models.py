@@ -13,6 +13,16 @@ from pathlib import Path
 from ..core.modelref import ModelSpec, model_version
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """MOSS_TORCH_THREADS: torch's intra-op threads in this process (None: its default). Two
+    workers on one machine that each take every core oversubscribe it, and OpenMP's spinning
+    threads then slow both (docs/benchmarks.md, "Thread counts")."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class LoadedModel:
     spec: ModelSpec

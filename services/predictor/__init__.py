@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..core.modelref import model_version, resolve
 from ..core.settings import Settings
-from ..inference.models import LoadedModel, ModelCache
+from ..inference.models import LoadedModel, ModelCache, set_torch_threads
 
 
 def load_model(ref: str, settings: Settings, encoder_only: bool = False) -> LoadedModel:
@@ -25,6 +25,7 @@ def load_model(ref: str, settings: Settings, encoder_only: bool = False) -> Load
     The encoder predictor keeps only the audio encoder (0.64B parameters of the 4B/8B models'
     5.2B/9.1B), so it fits a small GPU next to nothing else.
     """
+    set_torch_threads(settings.torch_threads)
     try:
         spec = resolve(ref, settings, allow_paths=True)
     except ValueError as exc:

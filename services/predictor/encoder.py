@@ -12,7 +12,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput
 
 from ..core.settings import Settings
-from ..inference.local import encode_waveforms
+from ..inference.encoding import EncodeBatcher
 from . import load_model
 
 
@@ -49,8 +49,15 @@ class EncoderModel(Model):
 
     def load(self) -> bool:
         self.loaded = load_model(self.ref, self.settings, encoder_only=True)
+        # Concurrent requests (the executor's threads) are gathered into one encoder pass.
+        self.batcher = EncodeBatcher(self.loaded.model, self.settings.encoder_batch_seconds)
         self.ready = True
         return self.ready
+
+    def stop(self) -> None:
+        if self.loaded is not None:
+            self.batcher.close()
+        super().stop()
 
     def get_input_types(self) -> list[dict]:
         return [{"name": "waveform", "datatype": "FP32", "shape": [-1]}]
@@ -70,7 +77,7 @@ class EncoderModel(Model):
                 f"audio; got {waveform.size} samples"
             )
         loop = asyncio.get_running_loop()
-        (out,) = await loop.run_in_executor(None, encode_waveforms, self.loaded.model, [waveform])
+        (out,) = await loop.run_in_executor(None, self.batcher.encode, [waveform])
         return InferResponse(
             response_id=payload.id or str(uuid.uuid4()),
             model_name=self.name,

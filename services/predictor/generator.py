@@ -18,7 +18,8 @@ from model.sampling import SamplingError, check_sampling
 
 from ..core.settings import Settings
 from ..inference import MISMATCH, ContextExceeded
-from ..inference.local import Engines, encode_waveforms, submit_generation
+from ..inference.encoding import encode_waveforms
+from ..inference.local import engines, submit_generation
 from . import load_model
 from .encoder import feature_dims, input_array, tensor
 
@@ -42,12 +43,7 @@ class GeneratorModel(Model):
         self.ref = ref
         self.settings = settings
         self.loaded = None
-        self.engines = Engines(
-            settings.generator_max_batch,
-            settings.kv_cache_mb,
-            settings.engine_slot_tokens,
-            settings.prefix_cache_mb,
-        )
+        self.engines = engines(settings)
 
     def load(self) -> bool:
         self.loaded = load_model(self.ref, self.settings)
