@@ -30,3 +30,24 @@ def test_engine_benchmark_quick_mode() -> None:
     repeated = re.search(r"(\d+) prefix hits\); outputs equal: (\w+)", done.stdout)
     assert repeated, done.stdout
     assert int(repeated[1]) > 0 and repeated[2] == "True"
+
+
+def test_encoder_benchmark_quick_mode() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--quick", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=True,
+    )
+    batched = [
+        line.split(" | ") for line in done.stdout.splitlines() if re.match(r"^\s+\d+ \|", line)
+    ]
+    assert [int(r[0]) for r in batched] == [1, 4], done.stdout
+    assert all(r[4].strip() == "True" for r in batched), f"batched outputs differ: {done.stdout}"
+    lengths = [
+        line.split(" | ") for line in done.stdout.splitlines() if re.match(r"^\d+ s \|", line)
+    ]
+    assert [r[0] for r in lengths] == ["10 s", "60 s"], done.stdout
+    assert [int(r[4]) for r in lengths] == [125, 750]  # 12.5 tokens per second of audio
