@@ -5,8 +5,9 @@
 
 The threads each hold a job; with the local backend the encoder's feed one encode batcher per
 model (the clips waiting together are one encoder pass) and the generator's one
-continuous-batching engine per model, so concurrent jobs share forward passes (models load once per process and
-stay); with the kserve backend they call the predictors (MOSS_INFERENCE_BACKEND).
+continuous-batching engine per model, so concurrent jobs share forward passes (models load
+once per process and stay); with the kserve backend they call the predictors
+(MOSS_INFERENCE_BACKEND).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from celery.exceptions import Retry
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
+from .core.events import notifier_for
 from .core.jobstore import JobStore
 from .core.queue import enqueuer, make_celery
 from .core.settings import get_settings
@@ -37,7 +39,9 @@ TRANSIENT = (OperationalError, S3Error, ConnectionError, TimeoutError)
 def context() -> Context:
     return Context(
         settings=settings,
-        store=JobStore.connect(settings.resolved_database_url),
+        store=JobStore.connect(
+            settings.resolved_database_url, notify=notifier_for(settings.redis_url)
+        ),
         storage=make_storage(settings),
         enqueue=enqueuer(app),
         backend=make_backend(settings),

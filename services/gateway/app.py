@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ..core.events import notifier_for
 from ..core.jobstore import JobStore
 from ..core.queue import (
     QUEUES,
@@ -31,6 +32,7 @@ from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
 from .routers import health, jobs, keys, models, pipelines
+from .watch import JobWatch
 
 
 def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], PipelineEnqueue]:
@@ -38,7 +40,9 @@ def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], 
     celery = make_celery(settings)
     ctx = Context(
         settings=settings,
-        store=JobStore.connect(settings.resolved_database_url),
+        store=JobStore.connect(
+            settings.resolved_database_url, notify=notifier_for(settings.redis_url)
+        ),
         storage=make_storage(settings),
         enqueue=enqueuer(celery),
     )
@@ -62,6 +66,7 @@ def create_app(
         live_queues=worker_queues or (lambda: set(QUEUES)),
         enqueue_pipeline=enqueue_pipeline,
         metrics=Metrics(context.store),
+        watch=JobWatch(settings.redis_url),
     )
 
     @asynccontextmanager
@@ -74,6 +79,7 @@ def create_app(
             thread.start()
         yield
         stop.set()
+        await state.watch.close()
 
     app = FastAPI(
         title="MOSS-Audio platform",

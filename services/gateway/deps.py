@@ -18,6 +18,7 @@ from ..core.queue import PipelineEnqueue
 from ..core.settings import Settings
 from ..jobs.context import Context
 from .metrics import Metrics
+from .watch import JobWatch
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Gateway:
     live_queues: Callable[[], set[str]]  # queues with at least one live worker
     enqueue_pipeline: PipelineEnqueue
     metrics: Metrics
+    watch: JobWatch  # waits for job changes (the long poll)
 
     @property
     def settings(self) -> Settings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.orm import sessionmaker
 
+from ..events import NOTICE_FIELDS
 from ..jobstate import ACTIVE, COMPLETES_TO, WAITING_FOR, Stage, Status
 from .models import ApiKey, Job, utcnow
 
@@ -70,16 +72,21 @@ class Principal:
 
 
 class JobStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, notify: Callable[[str], None] | None = None) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.notify = notify
 
     @classmethod
-    def connect(cls, url: str, run_migrations: bool = True) -> JobStore:
+    def connect(
+        cls, url: str, run_migrations: bool = True, notify: Callable[[str], None] | None = None
+    ) -> JobStore:
+        """`notify(job_id)` is called after each committed change of a job's status, stage,
+        progress or result (services.core.events: the long poll waits on those notices)."""
         engine = make_engine(url)
         if run_migrations:
             migrate(engine)
-        return cls(engine)
+        return cls(engine, notify)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -142,7 +149,10 @@ class JobStore:
             result = session.execute(
                 update(Job).where(Job.id == job_id, *conditions).values(**values)
             )
-            return result.rowcount == 1
+            changed = result.rowcount == 1
+        if changed and self.notify is not None and NOTICE_FIELDS.intersection(values):
+            self.notify(job_id)
+        return changed
 
     def claim_stage(self, job_id: str, stage: str) -> bool:
         """Take `stage` ("encode" or "generate") of a job: True for exactly one caller.

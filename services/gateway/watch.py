@@ -1,0 +1,68 @@
+"""Waiting for a job to change, for the long poll: on Redis pub/sub notices when the gateway
+has Redis (services.core.events), by reading the store every LONG_POLL_STEP_S when it has not.
+
+A waiter subscribes before it reads the job, so a change between the read and the wait is never
+missed; it also reads the store every FALLBACK_S whatever it hears, so a lost notice costs at
+most that much latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..core.events import channel
+
+log = logging.getLogger("moss.gateway")
+LONG_POLL_STEP_S = 0.02  # without Redis: a primary-key read every 20 ms
+FALLBACK_S = 1.0  # with Redis: a read at least this often (a notice may be lost)
+
+Changed = Callable[[float], Awaitable[None]]  # wait up to so many seconds for a change
+
+
+async def _sleep_step(timeout: float) -> None:
+    await asyncio.sleep(min(timeout, LONG_POLL_STEP_S))
+
+
+class JobWatch:
+    def __init__(self, redis_url: str | None) -> None:
+        self.client = Redis.from_url(redis_url) if redis_url else None
+
+    @asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[Changed]:
+        """`async with watch(id) as changed: ... await changed(seconds)` returns on a notice for
+        the job, after FALLBACK_S, or after `seconds`, whichever comes first."""
+        if self.client is None:
+            yield _sleep_step
+            return
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(channel(job_id))
+            await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        except (RedisError, OSError) as exc:
+            log.debug("long poll of %s without notices: %s", job_id, exc)
+            await pubsub.aclose()
+            yield _sleep_step
+            return
+
+        async def changed(timeout: float) -> None:
+            try:
+                await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(timeout, FALLBACK_S)
+                )
+            except (RedisError, OSError):
+                await _sleep_step(timeout)
+
+        try:
+            yield changed
+        finally:
+            await pubsub.aclose()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
