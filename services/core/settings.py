@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     sweep_after_s: int = 120  # a running job whose heartbeat is older than this is re-enqueued
     heartbeat_s: float = 5.0
     device: str = "cpu"
+    # The weights' dtype in workers and predictors. auto: bfloat16 on CUDA (as the release
+    # runs), float32 elsewhere: a CPU without bf16 units prefills ~4x slower in bfloat16 and
+    # float32 matches the reference exactly (docs/benchmarks.md, "Decoder dtype on a CPU").
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_new_tokens: int = 512
 
     # Inference: in the worker (`local`) or on KServe predictors (`kserve`, Open Inference

@@ -153,7 +153,7 @@ class LocalBackend:
     def __init__(self, settings, models: ModelCache | None = None) -> None:
         self.settings = settings
         set_torch_threads(settings.torch_threads)
-        self.models = models or ModelCache(settings.device)
+        self.models = models or ModelCache(settings.device, dtype=settings.dtype)
         self.engines = engines(settings)
         self.encoders = encoders(settings)
 

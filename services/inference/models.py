@@ -13,6 +13,15 @@ from pathlib import Path
 from ..core.modelref import ModelSpec, model_version
 
 
+def torch_dtype(dtype: str, device: str):
+    """MOSS_DTYPE as a torch dtype; `auto` is bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
 def set_torch_threads(threads: int | None) -> None:
     """MOSS_TORCH_THREADS: torch's intra-op threads in this process (None: its default). Two
     workers on one machine that each take every core oversubscribe it, and OpenMP's spinning
@@ -39,8 +48,9 @@ class ModelCache:
     (a job still running on it keeps its own reference).
     """
 
-    def __init__(self, device: str = "cpu", capacity: int = 2) -> None:
+    def __init__(self, device: str = "cpu", capacity: int = 2, dtype: str = "auto") -> None:
         self.device = device
+        self.dtype = dtype
         self.capacity = capacity
         self._loaded: dict[Path, LoadedModel] = {}
         self._lock = threading.Lock()
@@ -55,7 +65,9 @@ class ModelCache:
                     self._loaded.pop(next(iter(self._loaded)))
                 from model import MossAudioModel, MossAudioProcessor
 
-                model = MossAudioModel.from_pretrained(spec.path).to(self.device).eval()
+                dtype = torch_dtype(self.dtype, self.device)
+                model = MossAudioModel.from_pretrained(spec.path, dtype=dtype)
+                model = model.to(self.device).eval()
                 processor = MossAudioProcessor.from_pretrained(spec.path)
                 self._loaded[key] = LoadedModel(spec, model_version(spec.path), model, processor)
             return self._loaded[key]

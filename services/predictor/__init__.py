@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..core.modelref import model_version, resolve
 from ..core.settings import Settings
-from ..inference.models import LoadedModel, ModelCache, set_torch_threads
+from ..inference.models import LoadedModel, ModelCache, set_torch_threads, torch_dtype
 
 
 def load_model(ref: str, settings: Settings, encoder_only: bool = False) -> LoadedModel:
@@ -31,10 +31,12 @@ def load_model(ref: str, settings: Settings, encoder_only: bool = False) -> Load
     except ValueError as exc:
         raise LookupError(str(exc)) from exc
     if not encoder_only:
-        return ModelCache(settings.device, capacity=1).get(spec)
+        return ModelCache(settings.device, capacity=1, dtype=settings.dtype).get(spec)
     from model import MossAudioModel, MossAudioProcessor
 
-    model = MossAudioModel.from_pretrained(spec.path)
+    model = MossAudioModel.from_pretrained(
+        spec.path, dtype=torch_dtype(settings.dtype, settings.device)
+    )
     for part in ("language_model", "lm_head", "audio_adapter", "deepstack_audio_merger_list"):
         setattr(model, part, None)  # freed before the move: only the encoder reaches the GPU
     model = model.to(settings.device).eval()

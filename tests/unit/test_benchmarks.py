@@ -51,3 +51,22 @@ def test_encoder_benchmark_quick_mode() -> None:
     ]
     assert [r[0] for r in lengths] == ["10 s", "60 s"], done.stdout
     assert [int(r[4]) for r in lengths] == [125, 750]  # 12.5 tokens per second of audio
+
+
+def test_gpu_benchmark_quick_mode_runs_on_the_cpu() -> None:
+    """The GPU script's code path (build on the device, bandwidth, batch-1, engine levels),
+    on the tiny preset and the CPU: what a lent GPU will run at full size."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=True,
+    )
+    assert re.search(r"read bandwidth \d+ GB/s", done.stdout), done.stdout
+    assert re.search(r"= \d\.\d\d of the measured read bandwidth", done.stdout), done.stdout
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if re.match(r"^\s+\d+ \|", line)]
+    assert [int(r[0]) for r in rows] == [1, 4], done.stdout
+    for row in rows:
+        assert row[5] == f"{int(row[0])}/{int(row[0])}", f"engine tokens differ: {row}"
