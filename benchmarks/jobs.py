@@ -68,6 +68,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--jobs-per-client", type=int, default=2)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="every worker's MOSS_TORCH_THREADS (default: the stack splits the cores)",
+    )
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -107,6 +113,7 @@ def main() -> None:
         max_new_tokens=args.new_tokens,
         generator_concurrency=max(clients),
         generator_max_batch=max(clients),
+        torch_threads=args.torch_threads,
     )
     stack = LocalStack(settings)
     stack.start()
@@ -146,9 +153,13 @@ def main() -> None:
         stack.stop()
 
     inproc, through = statistics.median(baseline), statistics.median(platform)
+    from services.stack import torch_threads
+
+    workers = {q: torch_threads(q, settings) for q in ("encode", "generate")}
     print(
         f"preset {args.preset}, {args.clip_seconds:.0f} s clips, {args.new_tokens} new tokens, "
-        f"CPU, torch threads {torch.get_num_threads()}; medians of {args.repeats}"
+        f"CPU, torch threads in-process {torch.get_num_threads()}, in the workers {workers}; "
+        f"medians of {args.repeats}"
     )
     print(
         f"one job, in-process: {inproc * 1000:.0f} ms; through the platform: "

@@ -248,7 +248,13 @@ class LocalStack:
     def _spawn_worker(self, queue: str, index: int) -> subprocess.Popen:
         name = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
         argv = worker_argv(queue, name, self.settings)
-        return self._spawn(f"worker-{queue}", [sys.executable, *argv], pid_name=f"{queue}-{index}")
+        threads = {"MOSS_TORCH_THREADS": str(torch_threads(queue, self.settings))}
+        return self._spawn(
+            f"worker-{queue}",
+            [sys.executable, *argv],
+            extra_env=threads,
+            pid_name=f"{queue}-{index}",
+        )
 
     def _restart_worker(self, queue: str, index: int) -> subprocess.Popen:
         self.workers[queue][index] = self._spawn_worker(queue, index)
@@ -360,6 +366,16 @@ class LocalStack:
         run.mkdir(parents=True, exist_ok=True)
         (run / f"{pid_name or name}.pid").write_text(f"{process.pid}\n")
         return process
+
+
+def torch_threads(queue: str, settings: Settings, cores: int | None = None) -> int:
+    """Torch threads of one local worker: MOSS_TORCH_THREADS when set; otherwise the encoder
+    and the generator, which share this machine, split its cores (docs/benchmarks.md, "Thread
+    counts"). The pipeline worker runs its pipelines in processes of their own."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    cores = cores or len(os.sched_getaffinity(0))
+    return {"encode": max(1, cores // 2)}.get(queue, cores)
 
 
 def _stop(process: subprocess.Popen, kill: bool = False, timeout: float = 15.0) -> None:

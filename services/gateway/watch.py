@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..core.events import channel
+from ..core.events import channel, fields_of
 
 log = logging.getLogger("moss.gateway")
 LONG_POLL_STEP_S = 0.02  # without Redis: a primary-key read every 20 ms
@@ -34,9 +35,12 @@ class JobWatch:
         self.client = Redis.from_url(redis_url) if redis_url else None
 
     @asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[Changed]:
-        """`async with watch(id) as changed: ... await changed(seconds)` returns on a notice for
-        the job, after FALLBACK_S, or after `seconds`, whichever comes first."""
+    async def watch(
+        self, job_id: str, fields: frozenset[str] = frozenset({"status"})
+    ) -> AsyncIterator[Changed]:
+        """`async with watch(id) as changed: ... await changed(seconds)` returns on a notice of
+        a change to one of `fields`, after FALLBACK_S, or after `seconds`, whichever comes
+        first (progress notices do not wake a long poll)."""
         if self.client is None:
             yield _sleep_step
             return
@@ -51,10 +55,12 @@ class JobWatch:
             return
 
         async def changed(timeout: float) -> None:
+            deadline = time.monotonic() + min(timeout, FALLBACK_S)
             try:
-                await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=min(timeout, FALLBACK_S)
-                )
+                while (left := deadline - time.monotonic()) > 0:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                    if message and fields & fields_of(message["data"]):
+                        return
             except (RedisError, OSError):
                 await _sleep_step(timeout)
 

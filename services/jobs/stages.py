@@ -25,7 +25,10 @@ from .context import Context
 from .features import cache_plan, features_key, load_features, metadata, pack_features
 
 log = logging.getLogger("moss.jobs")
-PROGRESS_EVERY_S = 0.25
+# How often a generating job reports progress and checks for cancellation: each is a job-store
+# round trip (and a notice), so 4 a second per job cost the CPU of a small machine ~1/4 core
+# with 32 jobs running.
+PROGRESS_EVERY_S = 1.0
 
 
 def encode_job(ctx: Context, job_id: str) -> bool:

@@ -41,6 +41,8 @@ def test_a_waiting_client_hears_of_the_end_at_once_and_reads_little(tmp_path, re
     def finish_later() -> None:
         time.sleep(1.3)
         assert ctx.store.claim_stage(job.id, Stage.ENCODE)
+        for step in range(10):  # progress notices: they must not wake the long poll
+            ctx.store.heartbeat(job.id, progress=step / 10)
         ctx.finished_at = time.monotonic()
         ctx.store.fail(job.id, "encode_failed", "on purpose")
 
@@ -53,6 +55,6 @@ def test_a_waiting_client_hears_of_the_end_at_once_and_reads_little(tmp_path, re
         answered_at = time.monotonic()
     assert answer.json()["status"] == "failed"
     assert answered_at - ctx.finished_at < 0.5  # the notice, not the 1 s fallback read
-    # 1.3 s of waiting at a read every 20 ms would be ~65 reads; notices (claim, fail) and the
-    # 1 s fallback make a handful.
+    # 1.3 s of waiting at a read every 20 ms would be ~65 reads; the status notices (claim,
+    # fail) and the 1 s fallback make a handful, and the 10 progress notices none.
     assert CountingStore.reads <= 8, CountingStore.reads

@@ -72,17 +72,22 @@ class Principal:
 
 
 class JobStore:
-    def __init__(self, engine: Engine, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, notify: Callable[[str, frozenset[str]], None] | None = None
+    ) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.notify = notify
 
     @classmethod
     def connect(
-        cls, url: str, run_migrations: bool = True, notify: Callable[[str], None] | None = None
+        cls,
+        url: str,
+        run_migrations: bool = True,
+        notify: Callable[[str, frozenset[str]], None] | None = None,
     ) -> JobStore:
-        """`notify(job_id)` is called after each committed change of a job's status, stage,
-        progress or result (services.core.events: the long poll waits on those notices)."""
+        """`notify(job_id, fields)` is called after each committed change of a job's status,
+        stage, progress or result (services.core.events: the long poll waits on notices)."""
         engine = make_engine(url)
         if run_migrations:
             migrate(engine)
@@ -150,8 +155,8 @@ class JobStore:
                 update(Job).where(Job.id == job_id, *conditions).values(**values)
             )
             changed = result.rowcount == 1
-        if changed and self.notify is not None and NOTICE_FIELDS.intersection(values):
-            self.notify(job_id)
+        if changed and self.notify is not None and (fields := NOTICE_FIELDS.intersection(values)):
+            self.notify(job_id, fields)
         return changed
 
     def claim_stage(self, job_id: str, stage: str) -> bool:
