@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     inference_backend: Literal["local", "kserve"] = "local"
     kserve_encoder_url: str | None = None
     kserve_generator_url: str | None = None
-    kserve_protocol: Literal["http", "grpc"] = "http"
+    kserve_protocol: Literal["http", "grpc"] = "grpc"  # measured: docs/benchmarks.md
 
     @field_validator("max_upload_mb", "max_audio_seconds")
     @classmethod

@@ -40,12 +40,13 @@ def submit_generation(
     """Project one segment's features, build its prompt (with time markers), queue it.
 
     `temperature` None: sample as the checkpoint's generation_config.json says."""
-    device = next(loaded.model.parameters()).device
+    weight = loaded.model.lm_head.weight  # features may come in another dtype (FP32 on the wire)
+    device, dtype = weight.device, weight.dtype
     with torch.inference_mode():
         audio = loaded.model.project_audio(
             EncoderOutput(
-                features=encoded.features.to(device),
-                taps=[t.to(device) for t in encoded.taps],
+                features=encoded.features.to(device, dtype),
+                taps=[t.to(device, dtype) for t in encoded.taps],
                 token_lengths=encoded.token_lengths,
             )
         )

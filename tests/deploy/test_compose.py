@@ -424,8 +424,9 @@ def test_predictors_only_in_the_gpu_profile_with_a_gpu():
     assert roles == {"encoder", "generator"}
     # The workers reach them where the predictors listen.
     env = environment(services()["worker-generate"])
-    assert env["MOSS_KSERVE_ENCODER_URL"] == "encoder-predictor:8080"
-    assert env["MOSS_KSERVE_GENERATOR_URL"] == "generator-predictor:8080"
+    assert env["MOSS_KSERVE_ENCODER_URL"] == "encoder-predictor:8081"  # gRPC, the default
+    assert env["MOSS_KSERVE_GENERATOR_URL"] == "generator-predictor:8081"
+    assert env["MOSS_KSERVE_PROTOCOL"] == "grpc"
     for name, service in services().items():
         if name not in predictors and "gpu" in (service.get("profiles") or []):
             pytest.fail(f"{name} is in the gpu profile but is no predictor")

@@ -129,6 +129,31 @@ def test_generator_takes_a_waveform_instead_of_features(predictors) -> None:
     assert 1 <= outputs["token_ids"]["shape"][0] <= 5 and response.json()["model_version"]
 
 
+def test_rest_answers_in_the_binary_extension_when_asked_and_json_otherwise(predictors) -> None:
+    """The REST hop's cost was the encoder answering JSON (every float as text) to clients that
+    asked for binary outputs."""
+    import tritonclient.http as triton
+
+    wave = (0.1 * np.random.default_rng(0).standard_normal(32_000)).astype(np.float32)
+    item = triton.InferInput("waveform", [wave.size], "FP32")
+    item.set_data_from_numpy(wave, binary_data=True)
+    client = triton.InferenceServerClient(f"127.0.0.1:{predictors['encoder']['http']}")
+    binary = client.infer(
+        MODEL,
+        [item],
+        outputs=[triton.InferRequestedOutput(n, binary_data=True) for n in ("features", "taps")],
+    )
+    assert all("data" not in o for o in binary.get_response()["outputs"])  # all in the body
+    as_json = client.infer(
+        MODEL,
+        [item],
+        outputs=[triton.InferRequestedOutput(n, binary_data=False) for n in ("features", "taps")],
+    )
+    assert all("data" in o for o in as_json.get_response()["outputs"])
+    np.testing.assert_array_equal(binary.as_numpy("features"), as_json.as_numpy("features"))
+    assert binary.as_numpy("taps").shape[1:] == binary.as_numpy("features").shape
+
+
 def test_predictor_with_no_checkpoint_exits_with_one_line(tmp_path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "services.cli", "predictor", "encoder", "--model", str(tmp_path)],
