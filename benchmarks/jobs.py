@@ -60,6 +60,36 @@ def run_job(client: httpx.Client, data: bytes, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
+def in_process_rate(settings: Settings, clip_seconds: float, new_tokens: int, count: int) -> float:
+    """Jobs/s with `count` concurrent jobs run in this process on the workers' own code (the
+    encode batcher and the batching engine, torch threads as the generator worker has them),
+    with no gateway, queue or store: the ceiling the platform's figure is measured against."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model import load_audio
+    from services.inference.local import LocalBackend
+
+    backend = LocalBackend(settings)
+    served = backend.lookup(settings.default_model)
+
+    def job(seed: int) -> str:
+        audio = load_audio(wav_bytes(clip_seconds, seed))
+        version, (encoded,) = backend.encode(served, [audio])
+        instruction = TASK_PROMPTS["caption"]
+        generation = backend.generate(served, encoded, instruction, new_tokens, 0.0, version)
+        generation.wait(600)
+        return generation.text()
+
+    job(0)  # warm up
+    jobs = 2 * count
+    with ThreadPoolExecutor(count) as pool:
+        start = time.perf_counter()
+        list(pool.map(job, range(50_000, 50_000 + jobs)))
+        elapsed = time.perf_counter() - start
+    backend.close()
+    return jobs / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
@@ -74,7 +104,11 @@ def main() -> None:
         default=None,
         help="every worker's MOSS_TORCH_THREADS (default: the stack splits the cores)",
     )
+    parser.add_argument("--quick", action="store_true", help="tiny preset, 1 and 2 clients")
     args = parser.parse_args()
+    if args.quick:
+        args.preset, args.clients, args.repeats, args.jobs_per_client = "tiny", "1,2", 1, 1
+        args.new_tokens = 4
     clients = [int(c) for c in args.clients.split(",")]
 
     home = Path(tempfile.mkdtemp(prefix="moss-bench-"))
@@ -172,10 +206,20 @@ def main() -> None:
         f"{on_thread * 1000:.0f} ms (x{on_thread / inproc:.2f}); the platform vs that: "
         f"{1000 * (through - on_thread):.0f} ms (x{through / on_thread:.2f})"
     )
+    threads = torch_threads("generate", settings)
+    torch.set_num_threads(threads)
+    ceiling = {
+        count: in_process_rate(settings, args.clip_seconds, args.new_tokens, count)
+        for count in clients
+    }
+    first = clients[0]
     for count, (rate, latency) in throughput.items():
         print(
-            f"{count:3d} concurrent clients: {rate:.2f} jobs/s, median latency "
-            f"{latency * 1000:.0f} ms ({count * args.jobs_per_client} jobs)"
+            f"{count:3d} concurrent clients: {rate:.2f} jobs/s (x{rate / throughput[first][0]:.2f} "
+            f"of {first}), median latency {latency * 1000:.0f} ms "
+            f"({count * args.jobs_per_client} jobs); in-process with {count} concurrent jobs, "
+            f"no platform: {ceiling[count]:.2f} jobs/s (x{ceiling[count] / ceiling[first]:.2f}); "
+            f"the platform reaches {rate / ceiling[count]:.2f} of it"
         )
 
 

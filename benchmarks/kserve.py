@@ -41,12 +41,15 @@ def one(backend, waveform: np.ndarray, new_tokens: int) -> tuple[float, float, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="tiny preset, one run")
     args = parser.parse_args()
+    if args.quick:
+        args.preset, args.seconds, args.new_tokens, args.repeats = "tiny", 2.0, 4, 1
 
     root = Path(tempfile.mkdtemp(prefix="moss-bench-kserve-"))
     checkpoint = root / NAME
@@ -63,6 +66,7 @@ def main() -> None:
         backends = {
             "local": LocalBackend(Settings(**base)),
             "kserve-http": KServeBackend(Settings(**base, inference_backend="kserve",
+                kserve_protocol="http",
                 kserve_encoder_url=f"127.0.0.1:{e_http}",
                 kserve_generator_url=f"127.0.0.1:{g_http}")),
             "kserve-grpc": KServeBackend(Settings(**base, inference_backend="kserve",

@@ -70,3 +70,32 @@ def test_gpu_benchmark_quick_mode_runs_on_the_cpu() -> None:
     assert [int(r[0]) for r in rows] == [1, 4], done.stdout
     for row in rows:
         assert row[5] == f"{int(row[0])}/{int(row[0])}", f"engine tokens differ: {row}"
+
+
+def run_quick(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_jobs_benchmark_quick_mode_runs_the_real_stack() -> None:
+    out = run_quick("jobs.py")
+    assert re.search(r"one job, in-process: \d+ ms; through the platform: \d+ ms", out), out
+    rows = re.findall(
+        r"^\s*(\d+) concurrent clients: ([\d.]+) jobs/s .* no platform: ([\d.]+)", out, re.M
+    )
+    assert [int(r[0]) for r in rows] == [1, 2], out
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out
+
+
+def test_kserve_benchmark_quick_mode_gives_the_same_text_on_every_path() -> None:
+    out = run_quick("kserve.py")
+    paths = re.findall(r"^\s+(local|kserve-http|kserve-grpc)\s+encode", out, re.M)
+    assert paths == ["local", "kserve-http", "kserve-grpc"], out
+    assert "same greedy text on all three paths: True" in out, out
