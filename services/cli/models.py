@@ -85,7 +85,7 @@ def registry_uri(settings) -> str | None:
 @app.command("list")
 def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Registered models, versions, aliases and metrics."""
-    models = guard(client()._call, "GET", "/v1/models")
+    models = guard(client()._call, "GET", "/v1/registry/models")
     if as_json:
         out.print_json(data=models)
         return
@@ -121,7 +121,7 @@ def models_promote(
     decision = guard(
         client()._call,
         "POST",
-        f"/v1/models/{name}/aliases/{to}",
+        f"/v1/registry/models/{name}/aliases/{to}",
         json={"version": version, "force": force},
     )
     out.print(f"{name}@{to} -> v{version}: {decision['reason']}")
@@ -133,5 +133,7 @@ def models_rollback(
     alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
 ) -> None:
     """Move an alias back to the version that held it before."""
-    moved = guard(client()._call, "POST", f"/v1/models/{name}/rollback", json={"alias": alias})
+    moved = guard(
+        client()._call, "POST", f"/v1/registry/models/{name}/rollback", json={"alias": alias}
+    )
     out.print(f"{name}@{alias} -> v{moved['version']}")

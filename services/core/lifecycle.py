@@ -43,6 +43,29 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     return models
 
 
+def model_ids(settings: Settings) -> list[dict[str, Any]]:
+    """The ids a request can name, in the OpenAI list shape: each model as `name`, then as
+    `name@alias` for each of its aliases; the default model first."""
+    from .modelref import resolve
+
+    out: list[dict[str, Any]] = []
+    entries = sorted(list_models(settings), key=lambda entry: not entry["default"])
+    for entry in entries:
+        if entry["source"] == "registry":
+            stamps = [v["created_at"] for v in entry["versions"] if v.get("created_at")]
+            created = min(stamps) // 1000 if stamps else 0
+        else:
+            try:
+                created = int(resolve(entry["name"], settings).path.stat().st_mtime)
+            except (OSError, ValueError, LookupError):
+                created = 0
+        owner = entry["source"]
+        out.append({"id": entry["name"], "created": created, "owned_by": owner})
+        for alias in sorted(entry["aliases"]):
+            out.append({"id": f"{entry['name']}@{alias}", "created": created, "owned_by": owner})
+    return out
+
+
 def promote(
     settings: Settings, name: str, alias: str, version: str, actor: str, force: bool = False
 ) -> dict[str, Any]:

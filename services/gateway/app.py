@@ -31,7 +31,7 @@ from . import errors
 from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
-from .routers import health, jobs, keys, models, pipelines
+from .routers import health, jobs, keys, models, pipelines, registry
 from .watch import JobWatch
 
 
@@ -92,6 +92,6 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     errors.install(app)
-    for router in (health, jobs, keys, models, pipelines):
+    for router in (health, jobs, keys, models, registry, pipelines):
         app.include_router(router.router)
     return app

@@ -186,6 +186,20 @@ class Decision(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
 
 
+class OpenAIModel(BaseModel):
+    """One model id in the OpenAI list shape (what `client.models.list()` reads)."""
+
+    id: str = Field(description="What a request names as `model`: `name` or `name@alias`.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix seconds: when the model (or its checkpoint) appeared.")
+    owned_by: str = Field(description="`registry` or `local` (a checkpoint directory).")
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
 class ModelEntry(BaseModel):
     """A registered model (versions with lineage and metrics) or a local checkpoint."""
 

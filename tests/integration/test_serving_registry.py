@@ -1,5 +1,5 @@
 """Serving follows the registry: a running worker picks up an alias move; promote and rollback
-over the API; /v1/models lists versions and aliases."""
+over the API; /v1/registry/models lists versions and aliases."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_workers_follow_alias_moves(tmp_path, redis_url) -> None:
         stack.wait_ready()
         headers = {"Authorization": f"Bearer {stack.api_key}"}
         with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as client:
-            move = f"/v1/models/{BOOTSTRAP_MODEL}/aliases/production"
+            move = f"/v1/registry/models/{BOOTSTRAP_MODEL}/aliases/production"
             assert client.post(move, json={"version": first}).status_code == 200
             job = run_job(client, 300.0)
             assert job["params"]["model_version"] == first
@@ -74,12 +74,15 @@ def test_workers_follow_alias_moves(tmp_path, redis_url) -> None:
             time.sleep(5.5)  # workers cache alias lookups for 5 s
             assert run_job(client, 310.0)["params"]["model_version"] == second
 
-            models = {m["name"]: m for m in client.get("/v1/models").json()}
+            models = {m["name"]: m for m in client.get("/v1/registry/models").json()}
             entry = models[BOOTSTRAP_MODEL]
             assert entry["aliases"]["production"] == second
             assert [v["version"] for v in entry["versions"]] == [first, second]
+            # The OpenAI-shaped list names the model and each of its aliases.
+            ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+            assert {BOOTSTRAP_MODEL, f"{BOOTSTRAP_MODEL}@production"} <= set(ids)
 
-            back = client.post(f"/v1/models/{BOOTSTRAP_MODEL}/rollback", json={})
+            back = client.post(f"/v1/registry/models/{BOOTSTRAP_MODEL}/rollback", json={})
             assert back.status_code == 200 and back.json()["version"] == first
             time.sleep(5.5)
             assert run_job(client, 320.0)["params"]["model_version"] == first

@@ -164,3 +164,10 @@ def test_a_pipeline_run_goes_through_the_queue_to_the_pipeline_worker(api, stack
         )
     unknown = api.post("/v1/pipelines/nope/runs", json={"params": {}})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_the_official_openai_client_lists_the_models_of_the_running_stack(stack) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.api_key)
+    assert "tiny" in [m.id for m in client.models.list()]

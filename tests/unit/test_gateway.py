@@ -211,3 +211,30 @@ def test_metrics_need_an_admin_key_and_count_jobs_and_requests(env) -> None:
     assert 'moss_jobs{status="queued"}' in text
     assert 'moss_http_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
     assert 'route="/v1/jobs/{job_id}"' in text and job_id not in text  # templates, not ids
+
+
+def test_the_official_openai_client_lists_and_retrieves_models(env) -> None:
+    import openai
+
+    client, _, keys = env
+    official = openai.OpenAI(
+        base_url="http://testserver/v1", api_key=keys["alice"], http_client=client
+    )
+    models = official.models.list()
+    assert models.data[0].id == "tiny"  # the default model first
+    assert all(m.object == "model" and m.owned_by in ("local", "registry") for m in models)
+    assert official.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        official.models.retrieve("no-such-model")
+    anonymous = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="moss_wrong", http_client=client
+    )
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
+
+
+def test_the_registry_view_has_its_own_path(env) -> None:
+    client, _, keys = env
+    entries = client.get("/v1/registry/models", headers=auth(keys["alice"])).json()
+    assert entries[0]["name"] == "tiny" and entries[0]["source"] == "local"
+    assert entries[0]["default"] is True

@@ -1,35 +1,33 @@
-"""Models: the registry's versions and the local checkpoints; aliases through the gate."""
+"""Models in the OpenAI shape (`GET /v1/models`, `GET /v1/models/{id}`), so the official client
+lists what it can send as `model`: every model name, and `name@alias` for each alias it has.
+
+The registry's own view (versions, lineage, metrics, aliases) is `/v1/registry/models`.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
 from ...core import lifecycle
-from ..deps import Admin, App, Jobs, actor
+from ...core.errors import ApiError
+from ..deps import App, Jobs
 from ..errors import ERRORS
-from ..schemas import AliasMove, Decision, ErrorBody, ModelEntry, Rollback, RollbackOut
+from ..schemas import OpenAIModel, OpenAIModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=list[ModelEntry], responses=ERRORS)
-def list_models(app: App, _: Jobs) -> list[dict]:
-    """Registered models with their versions, aliases and evaluation metrics."""
-    return lifecycle.list_models(app.settings)
+@router.get("", response_model=OpenAIModelList, responses=ERRORS)
+async def list_models(app: App, _: Jobs) -> OpenAIModelList:
+    """The model ids a job (or an OpenAI-compatible request) can name, the default first."""
+    ids = await run_in_threadpool(lifecycle.model_ids, app.settings)
+    return OpenAIModelList(data=[OpenAIModel(**entry) for entry in ids])
 
 
-@router.post(
-    "/{name}/aliases/{alias}",
-    response_model=Decision,
-    responses={**ERRORS, 409: {"model": ErrorBody}},
-)
-def move_alias(app: App, name: str, alias: str, body: AliasMove, who: Admin) -> dict:
-    """Point `alias` at a version if it passes the promotion gate (409 when refused)."""
-    return lifecycle.promote(app.settings, name, alias, body.version, actor(who), body.force)
-
-
-@router.post("/{name}/rollback", response_model=RollbackOut, responses=ERRORS)
-def rollback(app: App, name: str, body: Rollback, who: Admin) -> RollbackOut:
-    """Move an alias (default `production`) back to its previous version."""
-    version = lifecycle.rollback(app.settings, name, body.alias, actor(who))
-    return RollbackOut(name=name, alias=body.alias, version=version)
+@router.get("/{model_id}", response_model=OpenAIModel, responses=ERRORS)
+async def get_model(app: App, model_id: str, _: Jobs) -> OpenAIModel:
+    for entry in await run_in_threadpool(lifecycle.model_ids, app.settings):
+        if entry["id"] == model_id:
+            return OpenAIModel(**entry)
+    raise ApiError(404, "model_not_found", f"no model {model_id!r}; GET /v1/models lists them")
