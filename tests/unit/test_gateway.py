@@ -159,6 +159,18 @@ def test_missing_file_field(env) -> None:
     assert "file" in response.json()["error"]["message"]
 
 
+def test_unknown_form_fields_are_refused_and_leave_nothing(env) -> None:
+    client, ctx, keys = env
+    before = objects(ctx)
+    response = post(client, keys["alice"], language="en", max_new_token="5")
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unknown_field"
+    assert "language" in error["message"] and "max_new_token" in error["message"]
+    assert objects(ctx) == before
+    assert post(client, keys["alice"], max_new_tokens="5").status_code == 202  # known: fine
+
+
 def test_keys_are_admin_only_and_revocable(env) -> None:
     client, _, keys = env
     assert (

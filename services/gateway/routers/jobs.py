@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from model.sampling import SAMPLING_MODES
@@ -24,6 +24,21 @@ from ..schemas import ErrorBody, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 STATUSES = tuple(str(s) for s in Status)
+JOB_FIELDS = ("file", "task", "prompt", "model", "max_new_tokens", "temperature", "sampling")
+
+
+async def only_job_fields(request: Request) -> None:
+    """Unknown form fields are refused, not ignored: a misspelt `max_new_token`, or a field
+    this route does not have (`language`), would otherwise change nothing without a word.
+    (Starlette keeps the parsed form, so the route's own parameters do not parse it again.)"""
+    unknown = sorted(set((await request.form()).keys()) - set(JOB_FIELDS))
+    if unknown:
+        raise ApiError(
+            422,
+            "unknown_field",
+            f"unknown form field(s): {', '.join(unknown)}; this route takes "
+            f"{', '.join(JOB_FIELDS)}",
+        )
 
 
 @router.post(
@@ -31,6 +46,7 @@ STATUSES = tuple(str(s) for s in Status)
     status_code=202,
     response_model=JobOut,
     responses={**ERRORS, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
+    dependencies=[Depends(only_job_fields)],
 )
 def create_job(
     ctx: Ctx,
