@@ -8,6 +8,7 @@ the task time limit, so a slow task is not delivered twice while it still runs (
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def task_id(stage: str, job_id: str) -> str:
+    """The Celery task id of a stage: the job id first, so that every line a worker logs about
+    the task (received, succeeded, retry, the traceback of a failure) names the job."""
+    return f"{job_id}.{stage}.{secrets.token_hex(4)}"
+
+
 def enqueuer(app: Celery):
     """enqueue(stage, job_id): a message that carries only the job id."""
 
     def enqueue(stage: str, job_id: str) -> None:
-        app.send_task(TASK_NAMES[stage], args=[job_id], queue=stage)
+        app.send_task(TASK_NAMES[stage], args=[job_id], queue=stage, task_id=task_id(stage, job_id))
 
     return enqueue
 

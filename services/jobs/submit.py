@@ -7,6 +7,7 @@ The gateway runs this, so it stays torch-free: audio is probed in a child proces
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from typing import BinaryIO
@@ -18,7 +19,7 @@ from model.tasks import TASKS
 
 from ..core.errors import ApiError, audio_error
 from ..core.jobstate import FIRST_TASK
-from ..core.jobstore import Job, Principal
+from ..core.jobstore import IdempotencyConflict, Job, Principal
 from ..core.modelref import ModelNotFound
 from ..core.modelref import check as check_model
 from .context import Context
@@ -37,8 +38,32 @@ def submit_job(
     max_new_tokens: int | None,
     temperature: float,
     sampling: str = "greedy",
+    idempotency_key: str | None = None,
 ) -> Job:
     """Validate, store the audio, record the job (durable from here), enqueue the encoder."""
+    job, _ = accept_job(
+        ctx, principal, upload, size, task, prompt, model, max_new_tokens, temperature,
+        sampling, idempotency_key,
+    )  # fmt: skip
+    return job
+
+
+def accept_job(
+    ctx: Context,
+    principal: Principal,
+    upload: BinaryIO,
+    size: int,
+    task: str,
+    prompt: str | None,
+    model: str | None,
+    max_new_tokens: int | None,
+    temperature: float,
+    sampling: str = "greedy",
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """`submit_job`, and whether the job is an earlier request's (True: the same
+    `Idempotency-Key` and the same request within 24 h; a different request with that key is
+    409 `idempotency_key_reused`)."""
     settings = ctx.settings
     if task not in TASKS:
         raise ApiError(422, "invalid_task", f"task must be one of {', '.join(TASKS)}")
@@ -61,6 +86,19 @@ def submit_job(
 
     upload.seek(0)
     data = upload.read()
+    audio_sha256 = hashlib.sha256(data).hexdigest()
+    params = {
+        "max_new_tokens": max_new_tokens or settings.max_new_tokens,
+        "temperature": temperature,
+        "sampling": sampling,
+    }
+    idempotency = None
+    if idempotency_key is not None:
+        request = [task, prompt, model_ref, params, audio_sha256]
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        idempotency = (idempotency_key, digest)
+        if (first := ctx.store.idempotent_job(principal.tenant, idempotency_key)) is not None:
+            return _replay(ctx, principal, first, digest), True
     try:  # the header, the demuxed duration and a decoded prefix; the worker decodes the rest
         info = probe_audio_isolated(
             data, max_seconds=settings.max_audio_seconds, limits=settings.decode_limits
@@ -77,20 +115,22 @@ def submit_job(
     ctx.storage.put_file(audio_key, upload, size)
     try:
         job = ctx.store.create_job(
+            idempotency,
             id=job_id,
             tenant=principal.tenant,
             task=task,
             prompt=prompt,
             model=model_ref,
-            params={
-                "max_new_tokens": max_new_tokens or settings.max_new_tokens,
-                "temperature": temperature,
-                "sampling": sampling,
-            },
+            params=params,
             audio_key=audio_key,
-            audio_sha256=hashlib.sha256(data).hexdigest(),
+            audio_sha256=audio_sha256,
             audio_seconds=round(seconds, 3),
         )
+    except IdempotencyConflict as exc:  # a concurrent request with the same key came first
+        ctx.storage.delete(audio_key)
+        if exc.first is None:
+            raise
+        return _replay(ctx, principal, exc.first, idempotency[1]), True
     except BaseException:
         ctx.storage.delete(audio_key)  # nothing left behind
         raise
@@ -98,4 +138,20 @@ def submit_job(
         ctx.enqueue(FIRST_TASK, job.id)
     except Exception:
         log.warning("could not enqueue job %s now; the sweeper will", job.id, exc_info=True)
+    return job, False
+
+
+def _replay(ctx: Context, principal: Principal, first: tuple[str, str], digest: str) -> Job:
+    """The job an earlier request with this Idempotency-Key made, if it was the same request."""
+    first_digest, job_id = first
+    if first_digest != digest:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used in the last 24 h for a different request; use a "
+            "new key for a new job",
+        )
+    job = ctx.store.get_job(job_id, principal.tenant)
+    if job is None:  # purged since
+        raise ApiError(409, "idempotency_key_reused", "the job this key made no longer exists")
     return job

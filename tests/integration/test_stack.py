@@ -80,6 +80,16 @@ def test_submit_over_http_gives_a_result(api) -> None:
     assert job["timings"]["encode"]["seconds"] > 0 and job["timings"]["generate"]["seconds"] > 0
 
 
+def test_worker_logs_name_the_job(api, stack) -> None:
+    job = wait(api, submit(api, clip(1.0, freq=523.0))["id"])
+    assert job["status"] == "succeeded"
+    for queue in ("encode", "generate"):
+        lines = (stack.logs / f"worker-{queue}.log").read_text().splitlines()
+        mine = [line for line in lines if job["id"] in line]
+        assert any("received" in line for line in mine), f"{queue} log never names {job['id']}"
+        assert any("succeeded" in line for line in mine)
+
+
 def test_second_job_on_the_same_audio_hits_the_feature_cache(api) -> None:
     data = clip(1.5, freq=330.0)
     first = wait(api, submit(api, data)["id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -250,3 +251,43 @@ def test_the_registry_view_has_its_own_path(env) -> None:
     entries = client.get("/v1/registry/models", headers=auth(keys["alice"])).json()
     assert entries[0]["name"] == "tiny" and entries[0]["source"] == "local"
     assert entries[0]["default"] is True
+
+
+def test_idempotency_key_returns_the_first_job_and_refuses_another_request(env) -> None:
+    client, ctx, keys = env
+    data = clip(1.0)
+
+    def send(key: str, who: str = "alice", **fields):
+        files = {"file": ("clip.flac", data, "audio/flac")}
+        headers = {**auth(keys[who]), "Idempotency-Key": key}
+        return client.post(
+            "/v1/jobs", headers=headers, files=files, data={"task": "caption", **fields}
+        )
+
+    before = objects(ctx)
+    first = send("retry-1")
+    again = send("retry-1")
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert objects(ctx) == before + 1  # one job, one stored upload
+
+    other = send("retry-1", max_new_tokens="7")  # same key, another request
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert objects(ctx) == before + 1  # refused: nothing stored
+
+    bobs = send("retry-1", who="bob")  # keys are per tenant
+    assert bobs.status_code == 202 and bobs.json()["id"] != first.json()["id"]
+
+    # After 24 h the key names nothing any more.
+    from sqlalchemy import update
+
+    from services.core.jobstore.models import IdempotencyKey, utcnow
+
+    with ctx.store.sessions.begin() as session:
+        session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
+    later = send("retry-1")
+    assert later.status_code == 202 and later.json()["id"] != first.json()["id"]
+    assert send("bad key with spaces").status_code == 422

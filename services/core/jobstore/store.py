@@ -18,14 +18,29 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from ..events import NOTICE_FIELDS
 from ..jobstate import ACTIVE, COMPLETES_TO, WAITING_FOR, Stage, Status
-from .models import ApiKey, Job, utcnow
+from .models import ApiKey, IdempotencyKey, Job, utcnow
 
 KEY_PREFIX = "moss_"
+IDEMPOTENCY_WINDOW = timedelta(hours=24)  # how long an Idempotency-Key names its first job
+
+
+class IdempotencyConflict(Exception):
+    """Another request with the same key made its job first: (digest, job id) of that one."""
+
+    def __init__(self, first: tuple[str, str] | None) -> None:
+        super().__init__("the idempotency key was taken by a concurrent request")
+        self.first = first
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes (stored in UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def make_engine(url: str) -> Engine:
@@ -99,7 +114,10 @@ class JobStore:
 
     # --- jobs ----------------------------------------------------------------------------
 
-    def create_job(self, **fields: Any) -> Job:
+    def create_job(self, idempotency: tuple[str, str] | None = None, **fields: Any) -> Job:
+        """Record a new job; with `idempotency` = (key, request digest), also the key, in the
+        same transaction, so two racing requests with one key make one job (the loser gets
+        IdempotencyConflict)."""
         now = utcnow()
         job = Job(
             id=fields.pop("id", None) or str(uuid.uuid4()),
@@ -113,9 +131,35 @@ class JobStore:
             updated_at=now,
             **fields,
         )
-        with self.sessions.begin() as session:
-            session.add(job)
+        try:
+            with self.sessions.begin() as session:
+                session.add(job)
+                if idempotency is not None:
+                    key, digest = idempotency
+                    session.execute(
+                        delete(IdempotencyKey).where(
+                            IdempotencyKey.tenant == job.tenant,
+                            IdempotencyKey.key == key,
+                            IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW,
+                        )
+                    )
+                    session.add(IdempotencyKey(
+                        tenant=job.tenant, key=key, request_digest=digest, job_id=job.id,
+                        created_at=now,
+                    ))  # fmt: skip
+        except IntegrityError as exc:
+            if idempotency is None:
+                raise
+            raise IdempotencyConflict(self.idempotent_job(job.tenant, idempotency[0])) from exc
         return job
+
+    def idempotent_job(self, tenant: str, key: str) -> tuple[str, str] | None:
+        """(request digest, job id) a tenant's key named within the last 24 h, or None."""
+        with self.sessions() as session:
+            row = session.get(IdempotencyKey, (tenant, key))
+            if row is None or _aware(row.created_at) < utcnow() - IDEMPOTENCY_WINDOW:
+                return None
+            return row.request_digest, row.job_id
 
     def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
         with self.sessions() as session:

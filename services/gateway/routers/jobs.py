@@ -8,7 +8,17 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 
 from model.sampling import SAMPLING_MODES
@@ -17,7 +27,7 @@ from model.tasks import TASKS
 from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
 from ...core.jobstore import Job, JobStore, Principal
-from ...jobs.submit import submit_job
+from ...jobs.submit import accept_job
 from ..deps import App, Ctx, Jobs
 from ..errors import ERRORS
 from ..schemas import ErrorBody, JobList, JobOut
@@ -45,7 +55,12 @@ async def only_job_fields(request: Request) -> None:
     "",
     status_code=202,
     response_model=JobOut,
-    responses={**ERRORS, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
+    responses={
+        **ERRORS,
+        409: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+    },
     dependencies=[Depends(only_job_fields)],
 )
 def create_job(
@@ -66,13 +81,27 @@ def create_job(
             "sampling, temperature 1.0, top_p 1.0, top_k 50)."
         ),
     ] = "greedy",
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry safely: the same key and request within 24 h return the first "
+            "job (with `Idempotent-Replayed: true`); the same key with another request is 409.",
+        ),
+    ] = None,
 ) -> JobOut:
     """Submit audio. Answers 202 with the job; poll `Location` for the result."""
     size = file.size if file.size is not None else _size(file)
-    job = submit_job(
-        ctx, who, file.file, size, task, prompt, model, max_new_tokens, temperature, sampling
-    )
+    job, replayed = accept_job(
+        ctx, who, file.file, size, task, prompt, model, max_new_tokens, temperature, sampling,
+        idempotency_key,
+    )  # fmt: skip
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return JobOut.of(job)
 
 
