@@ -27,7 +27,7 @@ from ..core.settings import Settings, get_settings
 from ..core.storage import make_storage
 from ..jobs import sweeper
 from ..jobs.context import Context
-from . import errors
+from . import docs, errors
 from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
@@ -87,11 +87,14 @@ def create_app(
         description="Submit audio jobs and read their results. Authenticate with "
         "`Authorization: Bearer <api key>`.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets (docs.py)
+        redoc_url=None,
     )
     app.state.gateway = state
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     errors.install(app)
+    docs.install(app)
     for router in (health, jobs, keys, models, registry, pipelines):
         app.include_router(router.router)
     return app

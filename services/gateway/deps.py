@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..core.errors import ApiError
 from ..core.jobstore import Principal
@@ -44,10 +45,17 @@ def context(request: Request) -> Context:
     return request.app.state.gateway.context
 
 
-def principal(scope: str) -> Callable[[Request], Principal]:
+# Declares the scheme in the OpenAPI document (Swagger's Authorize button); the check itself is
+# ours below, so that a missing key gets our 401 body, not FastAPI's.
+BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer moss_...`")
+
+
+def principal(scope: str) -> Callable[..., Principal]:
     """A dependency: the caller's key, which must carry `scope` (or `admin`)."""
 
-    def dependency(request: Request) -> Principal:
+    def dependency(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+    ) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():

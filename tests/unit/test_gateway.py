@@ -196,6 +196,25 @@ def test_openapi_is_served(env) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_docs_pages_need_no_internet_and_declare_the_bearer_scheme(env) -> None:
+    import re
+
+    client, _, _ = env
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert [s["scheme"] for s in schemes.values()] == ["bearer"]
+    assert spec["paths"]["/v1/jobs"]["post"]["security"], "routes with a key declare it"
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
+    bundle = client.get("/docs-assets/swagger-ui-bundle.js").text
+    assert re.search(r'"5\.\d+\.\d+"', bundle), "Swagger UI 5 renders OpenAPI 3.1"
+
+
 def test_long_poll_returns_when_the_job_ends(env) -> None:
     import threading
 
