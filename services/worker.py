@@ -19,7 +19,7 @@ from celery.exceptions import Retry
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
-from .core.events import notifier_for
+from .core.events import events_for
 from .core.jobstore import JobStore
 from .core.queue import enqueuer, make_celery
 from .core.settings import get_settings
@@ -40,7 +40,7 @@ def context() -> Context:
     return Context(
         settings=settings,
         store=JobStore.connect(
-            settings.resolved_database_url, notify=notifier_for(settings.redis_url)
+            settings.resolved_database_url, events=events_for(settings.redis_url)
         ),
         storage=make_storage(settings),
         enqueue=enqueuer(app),

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ..core.events import notifier_for
+from ..core.events import events_for
 from ..core.jobstore import JobStore
 from ..core.queue import (
     QUEUES,
@@ -41,7 +41,7 @@ def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], 
     ctx = Context(
         settings=settings,
         store=JobStore.connect(
-            settings.resolved_database_url, notify=notifier_for(settings.redis_url)
+            settings.resolved_database_url, events=events_for(settings.redis_url)
         ),
         storage=make_storage(settings),
         enqueue=enqueuer(celery),

@@ -1,5 +1,6 @@
-"""Waiting for a job to change, for the long poll: on Redis pub/sub notices when the gateway
-has Redis (services.core.events), by reading the store every LONG_POLL_STEP_S when it has not.
+"""Waiting for a job to change, for the long poll (on Redis pub/sub notices when the gateway
+has Redis, services.core.events; by reading the store every LONG_POLL_STEP_S when it has not),
+and reading a job's event stream, for `GET /v1/jobs/{id}/events`.
 
 A waiter subscribes before it reads the job, so a change between the read and the wait is never
 missed; it also reads the store every FALLBACK_S whatever it hears, so a lost notice costs at
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..core.events import channel, fields_of
+from ..core.events import channel, fields_of, stream
 
 log = logging.getLogger("moss.gateway")
 LONG_POLL_STEP_S = 0.02  # without Redis: a primary-key read every 20 ms
@@ -68,6 +69,32 @@ class JobWatch:
             yield changed
         finally:
             await pubsub.aclose()
+
+    async def backlog(self, job_id: str, after: str) -> list[tuple[str, str, str]]:
+        """The job's events after entry `after` ("0": all kept), without waiting."""
+        return await self._read(job_id, after, block_ms=None)
+
+    async def next_events(self, job_id: str, after: str) -> list[tuple[str, str, str]]:
+        """Events after `after`, waiting up to FALLBACK_S for the first one ([] on timeout)."""
+        return await self._read(job_id, after, block_ms=int(FALLBACK_S * 1000))
+
+    async def _read(self, job_id: str, after: str, block_ms: int | None):
+        if self.client is None:
+            if block_ms:
+                await asyncio.sleep(block_ms / 1000)
+            return []
+        try:
+            got = await self.client.xread({stream(job_id): after}, count=200, block=block_ms)
+        except (RedisError, OSError) as exc:
+            log.debug("events of %s unavailable: %s", job_id, exc)
+            if block_ms:
+                await asyncio.sleep(block_ms / 1000)
+            return []
+        return [
+            (entry.decode(), fields[b"type"].decode(), fields[b"data"].decode())
+            for _, entries in got or []
+            for entry, fields in entries
+        ]
 
     async def close(self) -> None:
         if self.client is not None:

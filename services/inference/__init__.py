@@ -63,6 +63,8 @@ class Generation(Protocol):
 
     def text(self) -> str: ...  # the decoded answer; raises the generation's error
 
+    def partial(self) -> str: ...  # the answer so far ("" where the backend does not stream)
+
     def hit_limit(self) -> bool: ...  # stopped by max_new_tokens, not by the model (after text())
 
 

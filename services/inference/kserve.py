@@ -133,6 +133,10 @@ class RemoteGeneration:
             return ""
         return self.future.result()[0]
 
+    def partial(self) -> str:
+        """The generator predictor answers once, at the end: nothing to show before."""
+        return self.text() if self.future.done() and not self.future.exception() else ""
+
     def hit_limit(self) -> bool:
         if self.future.cancelled():
             return False

@@ -144,6 +144,9 @@ class LocalGeneration:
     def text(self) -> str:
         return self.processor.decode(self.handle.result())
 
+    def partial(self) -> str:
+        return self.processor.decode(list(self.handle.tokens))
+
     def hit_limit(self) -> bool:
         return ran_out(self.handle.tokens, self.handle.request.max_new_tokens)
 

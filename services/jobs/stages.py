@@ -120,6 +120,7 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
     budget = max_new_tokens * len(generations)
     deadline = time.monotonic() + ctx.settings.task_time_limit_s
     timed_out = False
+    shown: list[str] = [""] * len(generations)
     while pending := [g for g in generations if not g.done]:
         if pending[0].wait(PROGRESS_EVERY_S):  # returns as soon as it finishes
             continue
@@ -130,6 +131,7 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
             break
         done = sum(max_new_tokens if g.done else g.produced for g in generations)
         ctx.store.heartbeat(job_id, progress=0.1 + 0.9 * done / max(budget, 1))
+        shown = _show_text(ctx, job_id, generations, shown)
     try:
         texts = [g.text() for g in generations]
     except StaleFeatures:  # a remote generator changed version after the encoder ran
@@ -151,6 +153,20 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
     result["finish_reason"] = "length" if any(g.hit_limit() for g in generations) else "stop"
     result["model"] = answered_by(ctx, job.model, served, features_version)
     return advance(ctx.store, ctx.enqueue, job_id, Stage.GENERATE, result=result)
+
+
+def _show_text(ctx: Context, job_id: str, generations, shown: list[str]) -> list[str]:
+    """Publish each segment's answer so far when it grew (the job's event stream shows text as
+    it is generated); what was shown, for the next call."""
+    if ctx.store.events is None:
+        return shown
+    now = []
+    for segment, (generation, before) in enumerate(zip(generations, shown, strict=True)):
+        text = generation.partial()
+        if text != before:
+            ctx.store.events.text(job_id, segment, text)
+        now.append(text)
+    return now
 
 
 def answered_by(ctx: Context, ref: str, served, digest: str) -> dict:

@@ -8,7 +8,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from services.core.events import Notifier
+from services.core.events import JobEvents
 from services.core.jobstate import Stage
 from services.core.jobstore import JobStore
 from services.gateway.app import create_app
@@ -26,7 +26,7 @@ class CountingStore(JobStore):
 def test_a_waiting_client_hears_of_the_end_at_once_and_reads_little(tmp_path, redis_url):
     write_checkpoint(tmp_path / "models" / "tiny")
     ctx = make_context(tmp_path, redis_url=redis_url)
-    ctx.store = CountingStore(ctx.store.engine, notify=Notifier(redis_url))
+    ctx.store = CountingStore(ctx.store.engine, events=JobEvents(redis_url))
     app = create_app(ctx.settings, ctx, worker_queues=lambda: {"encode"}, run_sweeper=False)
     key, principal = ctx.store.create_key("alice", ["jobs"])
     job = ctx.store.create_job(

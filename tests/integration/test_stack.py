@@ -181,3 +181,46 @@ def test_the_official_openai_client_lists_the_models_of_the_running_stack(stack)
 
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.api_key)
     assert "tiny" in [m.id for m in client.models.list()]
+
+
+def read_events(api, job_id: str, last_event_id: str | None = None) -> list[tuple]:
+    """(id, event, data) of a job's server-sent events, up to and including `done`."""
+    import json
+
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    events, current = [], {}
+    with api.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=90) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if not line:
+                if current:
+                    events.append(
+                        (current.get("id"), current["event"], json.loads(current["data"]))
+                    )
+                    current = {}
+                continue
+            name, _, value = line.partition(": ")
+            current[name] = value
+    return events
+
+
+def test_job_events_stream_the_stages_and_end_with_the_result(api) -> None:
+    job_id = submit(api, clip(1.5, freq=700.0))["id"]
+    events = read_events(api, job_id)
+    kinds = [kind for _, kind, _ in events]
+    assert kinds[-1] == "done" and events[-1][2]["status"] == "succeeded"
+    assert events[-1][2]["result"]["text"] == wait(api, job_id)["result"]["text"]
+    stages = [data.get("stage") for _, kind, data in events if kind == "change"]
+    assert "encode" in stages and "generate" in stages
+    ids = [entry for entry, kind, _ in events if kind != "done"]
+    assert ids == sorted(ids, key=lambda e: tuple(map(int, e.split("-"))))  # in order
+    # Resumable: after the second event, exactly the events that followed it, then done.
+    resumed = read_events(api, job_id, last_event_id=ids[1])
+    assert [e[0] for e in resumed[:-1]] == ids[2:] and resumed[-1][1] == "done"
+    # Another tenant cannot open it: 404, as for an unknown id.
+    other = api.post("/v1/keys", json={"tenant": "events-elsewhere"}).json()["key"]
+    foreign = api.get(f"/v1/jobs/{job_id}/events", headers={"Authorization": f"Bearer {other}"})
+    assert foreign.status_code == 404

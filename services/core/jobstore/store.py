@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select, text,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from ..events import NOTICE_FIELDS
+from ..events import NOTICE_FIELDS, JobEvents
 from ..jobstate import ACTIVE, COMPLETES_TO, WAITING_FOR, Stage, Status
 from .models import ApiKey, IdempotencyKey, Job, utcnow
 
@@ -87,26 +86,22 @@ class Principal:
 
 
 class JobStore:
-    def __init__(
-        self, engine: Engine, notify: Callable[[str, frozenset[str]], None] | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, events: JobEvents | None = None) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
-        self.notify = notify
+        self.events = events
 
     @classmethod
     def connect(
-        cls,
-        url: str,
-        run_migrations: bool = True,
-        notify: Callable[[str, frozenset[str]], None] | None = None,
+        cls, url: str, run_migrations: bool = True, events: JobEvents | None = None
     ) -> JobStore:
-        """`notify(job_id, fields)` is called after each committed change of a job's status,
-        stage, progress or result (services.core.events: the long poll waits on notices)."""
+        """`events.changed(job_id, values)` is called after each committed change of a job's
+        status, stage, progress or result (services.core.events: the long poll and the event
+        stream)."""
         engine = make_engine(url)
         if run_migrations:
             migrate(engine)
-        return cls(engine, notify)
+        return cls(engine, events)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -199,8 +194,8 @@ class JobStore:
                 update(Job).where(Job.id == job_id, *conditions).values(**values)
             )
             changed = result.rowcount == 1
-        if changed and self.notify is not None and (fields := NOTICE_FIELDS.intersection(values)):
-            self.notify(job_id, fields)
+        if changed and self.events is not None and (fields := NOTICE_FIELDS.intersection(values)):
+            self.events.changed(job_id, {name: values[name] for name in fields})
         return changed
 
     def claim_stage(self, job_id: str, stage: str) -> bool:

@@ -20,6 +20,7 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from model.sampling import SAMPLING_MODES
 from model.tasks import TASKS
@@ -131,6 +132,54 @@ async def get_job(
             await changed(left)
             job = await run_in_threadpool(_own, ctx.store, job_id, who)
     return JobOut.of(job)
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
+    response_class=StreamingResponse,
+)
+async def job_events(
+    ctx: Ctx,
+    gw: App,
+    job_id: str,
+    who: Jobs,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            pattern=r"^\d+-\d+$",
+            description="Resume after this event (what EventSource sends on reconnect).",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """The job's events as server-sent events: `change` (status, stage, progress), `text` (a
+    segment's answer so far), and a last `done` with the whole job; each event's `id` resumes
+    the stream after it."""
+    job = await run_in_threadpool(_own, ctx.store, job_id, who)  # 404 before any byte
+    return StreamingResponse(
+        _stream(ctx, gw, job.id, who, last_event_id or "0"),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(ctx, gw, job_id: str, who: Principal, after: str):
+    """Replay what the client missed, then follow; the job store says when it is over."""
+    events = await gw.watch.backlog(job_id, after)
+    quiet = 0
+    while True:
+        for entry, kind, data in events:
+            yield f"id: {entry}\nevent: {kind}\ndata: {data}\n\n"
+            after = entry
+        job = await run_in_threadpool(_own, ctx.store, job_id, who)
+        if job.status not in ACTIVE:
+            yield f"event: done\ndata: {JobOut.of(job).model_dump_json()}\n\n"
+            return
+        events = await gw.watch.next_events(job_id, after)
+        quiet = 0 if events else quiet + 1
+        if quiet and quiet % 15 == 0:
+            yield ": keep-alive\n\n"  # proxies close silent connections
 
 
 @router.get("", response_model=JobList, responses=ERRORS)
