@@ -7,6 +7,8 @@ machine-readable code.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -87,6 +89,38 @@ class Client:
         """The job; with `wait`, the server answers as soon as it ends (long poll)."""
         params = {"wait": wait} if wait else None
         return self._call("GET", f"/v1/jobs/{job_id}", params=params)
+
+    def events(self, job_id: str, reconnects: int = 5) -> Iterator[tuple[str, dict]]:
+        """The job's server-sent events as (event, data) until `done`; a dropped connection
+        resumes after the last event seen (Last-Event-ID)."""
+        last: str | None = None
+        for _ in range(reconnects + 1):
+            headers = {"Last-Event-ID": last} if last else {}
+            try:
+                with self.http.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        error = response.json()["error"]
+                        raise ClientError(response.status_code, error["code"], error["message"])
+                    fields: dict[str, str] = {}
+                    for line in response.iter_lines():
+                        if line.startswith(":"):
+                            continue
+                        if line:
+                            name, _, value = line.partition(": ")
+                            fields[name] = value
+                            continue
+                        if "event" in fields:
+                            last = fields.get("id", last)
+                            yield fields["event"], json.loads(fields.get("data", "{}"))
+                            if fields["event"] == "done":
+                                return
+                        fields = {}
+            except (httpx.TransportError, httpx.StreamError):
+                continue  # resume after `last`
+        raise ClientError(0, "unreachable", f"lost the event stream of job {job_id}")
 
     def jobs(self, status: str | None = None, limit: int = 20, offset: int = 0) -> dict:
         params = {"limit": limit, "offset": offset, **({"status": status} if status else {})}

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from ..core.jobstate import FINAL, Status
-from .common import client, err, fail, guard, out
+from .common import ClientError, client, err, fail, guard, out
 
 app = typer.Typer()
 jobs_app = typer.Typer(help="Read, list and cancel jobs.", no_args_is_help=True)
@@ -61,13 +61,20 @@ def submit(
     )
     with Progress(*columns, console=err, transient=True) as progress:
         bar = progress.add_task(f"job {job['id'][:8]} queued", total=1.0)
-        while job["status"] not in FINAL:
-            job = guard(api.job, job["id"], wait=0.5)  # long poll: no busy waiting
-            progress.update(
-                bar,
-                completed=job["progress"],
-                description=f"job {job['id'][:8]} {job['status']} ({job['stage']})",
-            )
+        state = {"status": job["status"], "stage": job["stage"]}
+        try:
+            for kind, data in api.events(job["id"]):  # server-sent events, resumable
+                if kind == "done":
+                    job = data
+                    break
+                if kind == "change":
+                    state.update({k: data[k] for k in ("status", "stage") if k in data})
+                    progress.update(bar, completed=data.get("progress"))
+                progress.update(
+                    bar, description=f"job {job['id'][:8]} {state['status']} ({state['stage']})"
+                )
+        except ClientError as exc:
+            fail(exc.message + (f" [{exc.code}]" if exc.status else ""), 1)
     _print_job(job, as_json)
     if job["status"] != Status.SUCCEEDED:
         raise typer.Exit(1)
