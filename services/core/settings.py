@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = 100.0
     max_audio_seconds: float = 3600.0
+    # The OpenAI-compatible routes answer synchronously up to this much audio (longer: /v1/jobs),
+    # waiting at most sync_timeout_s for the job.
+    sync_max_audio_seconds: float = 600.0
+    sync_timeout_s: float = 600.0
     # Audio is decoded in a child process (model.audio_sandbox) with these limits.
     decode_memory_mb: int = 2048
     decode_timeout_s: float = 120.0

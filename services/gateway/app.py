@@ -31,7 +31,7 @@ from . import docs, errors
 from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
-from .routers import health, jobs, keys, models, pipelines, registry
+from .routers import health, jobs, keys, models, openai_audio, pipelines, registry
 from .watch import JobWatch
 
 
@@ -95,6 +95,6 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     errors.install(app)
     docs.install(app)
-    for router in (health, jobs, keys, models, registry, pipelines):
+    for router in (health, jobs, keys, models, registry, pipelines, openai_audio):
         app.include_router(router.router)
     return app

@@ -60,6 +60,7 @@ def accept_job(
     temperature: float,
     sampling: str = "greedy",
     idempotency_key: str | None = None,
+    sync_limit_s: float | None = None,
 ) -> tuple[Job, bool]:
     """`submit_job`, and whether the job is an earlier request's (True: the same
     `Idempotency-Key` and the same request within 24 h; a different request with that key is
@@ -108,6 +109,13 @@ def accept_job(
     seconds = info.seconds
     if seconds < 0.1:
         raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
+    if sync_limit_s is not None and seconds > sync_limit_s:
+        raise ApiError(
+            413,
+            "audio_too_long_for_sync",
+            f"the audio lasts {seconds:.1f} s; this route answers up to {sync_limit_s:g} s "
+            "synchronously: submit it to POST /v1/jobs and read the result there",
+        )
 
     job_id = str(uuid.uuid4())
     audio_key = f"audio/{principal.tenant}/{job_id}"

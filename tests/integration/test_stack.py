@@ -224,3 +224,32 @@ def test_job_events_stream_the_stages_and_end_with_the_result(api) -> None:
     other = api.post("/v1/keys", json={"tenant": "events-elsewhere"}).json()["key"]
     foreign = api.get(f"/v1/jobs/{job_id}/events", headers={"Authorization": f"Bearer {other}"})
     assert foreign.status_code == 404
+
+
+def test_the_official_openai_client_transcribes_through_jobs(api, stack, tmp_path) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.api_key, timeout=120)
+    path = tmp_path / "speech.mp3"
+    path.write_bytes(clip(1.5, freq=330.0))
+
+    def create(**kwargs):
+        with path.open("rb") as handle:
+            return client.audio.transcriptions.create(model="tiny", file=handle, **kwargs)
+
+    plain = create()  # json: a Transcription with .text
+    assert isinstance(plain.text, str)
+    assert create(response_format="text") == plain.text  # same audio, same task, greedy
+    verbose = create(response_format="verbose_json")
+    assert abs(verbose.duration - 1.5) < 0.1 and isinstance(verbose.segments, list)
+    for segment in verbose.segments:
+        assert 0.0 <= segment.start <= segment.end <= verbose.duration + 1e-6
+    subtitles = create(response_format="vtt")
+    assert subtitles.startswith("WEBVTT")
+    # Each request was a job of this tenant.
+    tasks = [j["task"] for j in api.get("/v1/jobs", params={"limit": 10}).json()["jobs"]]
+    assert "transcribe_timestamps" in tasks and "transcribe" in tasks
+    with pytest.raises(openai.UnprocessableEntityError):
+        create(stream=True)  # refused, not ignored
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.audio.transcriptions.create(model="whisper-1", file=path.open("rb"))

@@ -310,3 +310,19 @@ def test_idempotency_key_returns_the_first_job_and_refuses_another_request(env) 
     later = send("retry-1")
     assert later.status_code == 202 and later.json()["id"] != first.json()["id"]
     assert send("bad key with spaces").status_code == 422
+
+
+def test_transcriptions_past_the_sync_limit_point_to_jobs_and_leave_nothing(env, monkeypatch):
+    client, ctx, keys = env
+    monkeypatch.setattr(ctx.settings, "sync_max_audio_seconds", 0.5)
+    before = objects(ctx)
+    response = client.post(
+        "/v1/audio/transcriptions",
+        headers=auth(keys["alice"]),
+        files={"file": ("clip.flac", clip(1.0), "audio/flac")},
+        data={"model": "tiny"},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "audio_too_long_for_sync"
+    assert "/v1/jobs" in response.json()["error"]["message"]
+    assert objects(ctx) == before

@@ -1,0 +1,106 @@
+"""`POST /v1/audio/transcriptions`, as OpenAI's client sends it, on the job machinery: the
+request becomes a job (durable, tenant-scoped, listed in `GET /v1/jobs`) and the route answers
+when it ends, for audio up to MOSS_SYNC_MAX_AUDIO_SECONDS (longer: 413 pointing to /v1/jobs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from ...core.errors import ApiError
+from ...core.jobstate import ACTIVE, Status
+from ...jobs.submit import accept_job
+from .. import transcripts
+from ..deps import App, Ctx, Jobs
+from ..errors import ERRORS
+
+router = APIRouter(prefix="/v1/audio", tags=["openai"])
+Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
+
+
+@router.post("/transcriptions", responses=ERRORS)
+async def transcriptions(
+    ctx: Ctx,
+    gw: App,
+    who: Jobs,
+    file: Annotated[UploadFile, File()],
+    model: Annotated[str, Form(description="A model id from GET /v1/models.")],
+    prompt: Annotated[str | None, Form(max_length=8000)] = None,
+    language: Annotated[
+        str | None, Form(max_length=32, description="The speech's language (ISO-639-1), a hint.")
+    ] = None,
+    temperature: Annotated[float, Form()] = 0.0,
+    response_format: Annotated[Format, Form()] = "json",
+    stream: Annotated[bool, Form()] = False,
+) -> Response:
+    """Transcribe audio; verbose_json, srt and vtt carry the model's time markers."""
+    if stream:  # refused, not ignored: the client would wait for events that never come
+        raise ApiError(
+            422,
+            "stream_unsupported",
+            "stream=true is not served yet on this route; follow the job's text as it is "
+            "generated at GET /v1/jobs/{id}/events",
+        )
+    timed = response_format in ("verbose_json", "srt", "vtt")
+    hint = f"The speech is in {language}." if language else None
+    instruction = " ".join(p for p in (hint, prompt) if p) or None
+    size = file.size if file.size is not None else _size(file)
+    job, _ = await run_in_threadpool(
+        accept_job,
+        ctx,
+        who,
+        file.file,
+        size,
+        "transcribe_timestamps" if timed else "transcribe",
+        instruction,
+        model,
+        None,
+        temperature,
+        "greedy",
+        None,
+        ctx.settings.sync_max_audio_seconds,
+    )
+    job = await _finished(ctx, gw, job.id, who)
+    if job.status != Status.SUCCEEDED:
+        error = job.error or {"code": "cancelled", "message": "the job was cancelled"}
+        raise ApiError(502, error["code"], f"job {job.id}: {error['message']}")
+    result = job.result or {}
+    if response_format == "text":
+        return PlainTextResponse(result.get("text") or "")
+    if response_format == "json":
+        return JSONResponse({"text": result.get("text") or ""})
+    if response_format == "verbose_json":
+        return JSONResponse(transcripts.verbose(result, job.audio_seconds, language))
+    items = transcripts.cues(result, job.audio_seconds)
+    body = transcripts.srt(items) if response_format == "srt" else transcripts.vtt(items)
+    return PlainTextResponse(body, media_type="text/vtt" if response_format == "vtt" else None)
+
+
+async def _finished(ctx, gw, job_id: str, who):
+    deadline = time.monotonic() + ctx.settings.sync_timeout_s
+    async with gw.watch.watch(job_id) as changed:
+        job = await run_in_threadpool(ctx.store.get_job, job_id, who.tenant)
+        while job.status in ACTIVE:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ApiError(
+                    504,
+                    "sync_timeout",
+                    f"job {job_id} is still running after {ctx.settings.sync_timeout_s:g} s; "
+                    f"read it at /v1/jobs/{job_id}",
+                )
+            await changed(left)
+            job = await run_in_threadpool(ctx.store.get_job, job_id, who.tenant)
+    return job
+
+
+def _size(upload: UploadFile) -> int:
+    upload.file.seek(0, 2)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    return size
