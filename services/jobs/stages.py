@@ -157,12 +157,14 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
 
 def _show_text(ctx: Context, job_id: str, generations, shown: list[str]) -> list[str]:
     """Publish each segment's answer so far when it grew (the job's event stream shows text as
-    it is generated); what was shown, for the next call."""
+    it is generated), in the form the result will have (thinking apart, trimmed); what was
+    shown, for the next call."""
     if ctx.store.events is None:
         return shown
     now = []
     for segment, (generation, before) in enumerate(zip(generations, shown, strict=True)):
-        text = generation.partial()
+        # As the result will read; a character still missing bytes is left for the next call.
+        text = assemble_answer([generation.partial()], [0.0]).text.rstrip("\ufffd")
         if text != before:
             ctx.store.events.text(job_id, segment, text)
         now.append(text)

@@ -249,7 +249,9 @@ def test_the_official_openai_client_transcribes_through_jobs(api, stack, tmp_pat
     # Each request was a job of this tenant.
     tasks = [j["task"] for j in api.get("/v1/jobs", params={"limit": 10}).json()["jobs"]]
     assert "transcribe_timestamps" in tasks and "transcribe" in tasks
-    with pytest.raises(openai.UnprocessableEntityError):
-        create(stream=True)  # refused, not ignored
+    events = list(create(stream=True))
+    assert events[-1].type == "transcript.text.done" and events[-1].text == plain.text
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    assert "".join(deltas) == plain.text
     with pytest.raises(openai.UnprocessableEntityError):
         client.audio.transcriptions.create(model="whisper-1", file=path.open("rb"))

@@ -1,16 +1,18 @@
 """`POST /v1/audio/transcriptions`, as OpenAI's client sends it, on the job machinery: the
 request becomes a job (durable, tenant-scoped, listed in `GET /v1/jobs`) and the route answers
-when it ends, for audio up to MOSS_SYNC_MAX_AUDIO_SECONDS (longer: 413 pointing to /v1/jobs).
+when it ends, for audio up to MOSS_SYNC_MAX_AUDIO_SECONDS (longer: 413 pointing to /v1/jobs);
+with `stream=true`, as the text grows (server-sent events in OpenAI's transcription format).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
@@ -39,13 +41,6 @@ async def transcriptions(
     stream: Annotated[bool, Form()] = False,
 ) -> Response:
     """Transcribe audio; verbose_json, srt and vtt carry the model's time markers."""
-    if stream:  # refused, not ignored: the client would wait for events that never come
-        raise ApiError(
-            422,
-            "stream_unsupported",
-            "stream=true is not served yet on this route; follow the job's text as it is "
-            "generated at GET /v1/jobs/{id}/events",
-        )
     timed = response_format in ("verbose_json", "srt", "vtt")
     hint = f"The speech is in {language}." if language else None
     instruction = " ".join(p for p in (hint, prompt) if p) or None
@@ -65,6 +60,12 @@ async def transcriptions(
         None,
         ctx.settings.sync_max_audio_seconds,
     )
+    if stream:
+        return StreamingResponse(
+            _deltas(ctx, gw, job.id, who),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     job = await _finished(ctx, gw, job.id, who)
     if job.status != Status.SUCCEEDED:
         error = job.error or {"code": "cancelled", "message": "the job was cancelled"}
@@ -79,6 +80,49 @@ async def transcriptions(
     items = transcripts.cues(result, job.audio_seconds)
     body = transcripts.srt(items) if response_format == "srt" else transcripts.vtt(items)
     return PlainTextResponse(body, media_type="text/vtt" if response_format == "vtt" else None)
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _deltas(ctx, gw, job_id: str, who):
+    """OpenAI's transcription stream: `transcript.text.delta` events as the text grows, then
+    `transcript.text.done` with the whole text (or an `error`), then `[DONE]`.
+
+    Text grows as the generator reports it (about once a second). Deltas only ever append: if
+    a later report does not extend what was sent (a multi-segment clip, whose segments run in
+    parallel, or a token that re-spells the end), the rest comes at the end, and the `done`
+    event's text is the transcript either way."""
+    sent, live, after = "", True, "0"
+    deadline = time.monotonic() + ctx.settings.sync_timeout_s
+    while True:
+        events = await gw.watch.next_events(job_id, after)
+        after = events[-1][0] if events else after
+        for _, kind, data in events:
+            if kind != "text" or not live:
+                continue
+            item = json.loads(data)
+            if item["segment"] != 0:
+                live = False  # several segments: the joined text is only known at the end
+            elif item["text"].startswith(sent) and len(item["text"]) > len(sent):
+                yield _sse({"type": "transcript.text.delta", "delta": item["text"][len(sent) :]})
+                sent = item["text"]
+        job = await run_in_threadpool(ctx.store.get_job, job_id, who.tenant)
+        if job.status in ACTIVE and time.monotonic() < deadline:
+            continue
+        if job.status != Status.SUCCEEDED:
+            error = job.error or {"code": "sync_timeout", "message": "the job outlasted the wait"}
+            if job.status == Status.CANCELLED:
+                error = {"code": "cancelled", "message": "the job was cancelled"}
+            yield _sse({"error": {**error, "message": f"job {job_id}: {error['message']}"}})
+            return
+        text = (job.result or {}).get("text") or ""
+        if text.startswith(sent) and len(text) > len(sent):
+            yield _sse({"type": "transcript.text.delta", "delta": text[len(sent) :]})
+        yield _sse({"type": "transcript.text.done", "text": text})
+        yield "data: [DONE]\n\n"
+        return
 
 
 async def _finished(ctx, gw, job_id: str, who):
