@@ -31,7 +31,16 @@ from . import docs, errors
 from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
-from .routers import health, jobs, keys, models, openai_audio, pipelines, registry
+from .routers import (
+    health,
+    jobs,
+    keys,
+    models,
+    openai_audio,
+    openai_chat,
+    pipelines,
+    registry,
+)
 from .watch import JobWatch
 
 
@@ -95,6 +104,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     errors.install(app)
     docs.install(app)
-    for router in (health, jobs, keys, models, registry, pipelines, openai_audio):
+    routers = (health, jobs, keys, models, registry, pipelines, openai_audio, openai_chat)
+    for router in routers:
         app.include_router(router.router)
     return app

@@ -40,6 +40,12 @@ class AnsweredBy(BaseModel):
     trained_for: str | None = Field(default=None, description="What the model was trained for")
 
 
+class TokenUsage(BaseModel):
+    prompt_tokens: int = Field(description="Prompt tokens, audio included (0: not reported by "
+                               "the KServe generator)")  # fmt: skip
+    completion_tokens: int
+
+
 class JobResult(BaseModel):
     text: str
     segments: list[TimedSegment] | None = None
@@ -50,6 +56,7 @@ class JobResult(BaseModel):
         "ran into max_new_tokens and is cut there",
     )
     model: AnsweredBy | None = None
+    usage: TokenUsage | None = None
 
 
 class JobOut(BaseModel):

@@ -57,6 +57,9 @@ class Generation(Protocol):
     @property
     def produced(self) -> int: ...  # tokens so far (remote generations: 0 until done)
 
+    @property
+    def prompt_tokens(self) -> int: ...  # the prompt's tokens, audio included (remote: 0)
+
     def wait(self, timeout: float | None = None) -> bool: ...
 
     def cancel(self) -> None: ...

@@ -118,7 +118,14 @@ class RemoteGeneration:
 
     @property
     def produced(self) -> int:
-        return 0
+        """Tokens so far: the predictor answers at the end, with its token ids."""
+        if not self.future.done() or self.future.cancelled() or self.future.exception():
+            return 0
+        return len(self.future.result()[1])
+
+    @property
+    def prompt_tokens(self) -> int:
+        return 0  # not in the generator predictor's response
 
     def wait(self, timeout: float | None = None) -> bool:
         return bool(wait_futures([self.future], timeout=timeout).done)
@@ -135,7 +142,8 @@ class RemoteGeneration:
 
     def partial(self) -> str:
         """The generator predictor answers once, at the end: nothing to show before."""
-        return self.text() if self.future.done() and not self.future.exception() else ""
+        done = self.future.done() and not self.future.cancelled()
+        return self.text() if done and not self.future.exception() else ""
 
     def hit_limit(self) -> bool:
         if self.future.cancelled():

@@ -135,6 +135,10 @@ class LocalGeneration:
     def produced(self) -> int:
         return len(self.handle.tokens)
 
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.handle.request.prompt_ids)
+
     def wait(self, timeout: float | None = None) -> bool:
         return self.handle.wait(timeout)
 

@@ -151,6 +151,10 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
     result = answer.as_result()
     # Never cut silently: say when an answer ran into max_new_tokens.
     result["finish_reason"] = "length" if any(g.hit_limit() for g in generations) else "stop"
+    result["usage"] = {
+        "prompt_tokens": sum(g.prompt_tokens for g in generations),
+        "completion_tokens": sum(g.produced for g in generations),
+    }
     result["model"] = answered_by(ctx, job.model, served, features_version)
     return advance(ctx.store, ctx.enqueue, job_id, Stage.GENERATE, result=result)
 

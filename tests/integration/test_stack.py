@@ -255,3 +255,51 @@ def test_the_official_openai_client_transcribes_through_jobs(api, stack, tmp_pat
     assert "".join(deltas) == plain.text
     with pytest.raises(openai.UnprocessableEntityError):
         client.audio.transcriptions.create(model="whisper-1", file=path.open("rb"))
+
+
+def test_the_official_openai_client_chats_about_audio(api, stack) -> None:
+    import base64
+
+    import openai
+
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.api_key, timeout=120)
+    audio = base64.b64encode(clip(1.2, freq=880.0)).decode()
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What do you hear?"},
+                {"type": "input_audio", "input_audio": {"data": audio, "format": "mp3"}},
+            ],
+        },
+    ]
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= reply.usage.completion_tokens <= 6 and reply.usage.prompt_tokens > 15  # audio
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_completion_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content  # same audio, same prompt, greedy
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
+
+    with pytest.raises(openai.UnprocessableEntityError):  # one turn only: said, not guessed
+        client.chat.completions.create(
+            model="tiny",
+            messages=[*messages, {"role": "assistant", "content": "x"}, messages[1]],
+        )
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model="tiny", messages=[messages[0]], top_p=0.5)
+    tasks = [j["task"] for j in api.get("/v1/jobs", params={"limit": 5}).json()["jobs"]]
+    assert tasks[:2] == ["chat", "chat"]

@@ -6,7 +6,6 @@ with `stream=true`, as the text grows (server-sent events in OpenAI's transcript
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Literal
 
@@ -20,6 +19,7 @@ from ...jobs.submit import accept_job
 from .. import transcripts
 from ..deps import App, Ctx, Jobs
 from ..errors import ERRORS
+from ..streaming import job_error, sse, text_deltas
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
@@ -82,47 +82,17 @@ async def transcriptions(
     return PlainTextResponse(body, media_type="text/vtt" if response_format == "vtt" else None)
 
 
-def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
 async def _deltas(ctx, gw, job_id: str, who):
     """OpenAI's transcription stream: `transcript.text.delta` events as the text grows, then
-    `transcript.text.done` with the whole text (or an `error`), then `[DONE]`.
-
-    Text grows as the generator reports it (about once a second). Deltas only ever append: if
-    a later report does not extend what was sent (a multi-segment clip, whose segments run in
-    parallel, or a token that re-spells the end), the rest comes at the end, and the `done`
-    event's text is the transcript either way."""
-    sent, live, after = "", True, "0"
-    deadline = time.monotonic() + ctx.settings.sync_timeout_s
-    while True:
-        events = await gw.watch.next_events(job_id, after)
-        after = events[-1][0] if events else after
-        for _, kind, data in events:
-            if kind != "text" or not live:
-                continue
-            item = json.loads(data)
-            if item["segment"] != 0:
-                live = False  # several segments: the joined text is only known at the end
-            elif item["text"].startswith(sent) and len(item["text"]) > len(sent):
-                yield _sse({"type": "transcript.text.delta", "delta": item["text"][len(sent) :]})
-                sent = item["text"]
-        job = await run_in_threadpool(ctx.store.get_job, job_id, who.tenant)
-        if job.status in ACTIVE and time.monotonic() < deadline:
-            continue
-        if job.status != Status.SUCCEEDED:
-            error = job.error or {"code": "sync_timeout", "message": "the job outlasted the wait"}
-            if job.status == Status.CANCELLED:
-                error = {"code": "cancelled", "message": "the job was cancelled"}
-            yield _sse({"error": {**error, "message": f"job {job_id}: {error['message']}"}})
-            return
-        text = (job.result or {}).get("text") or ""
-        if text.startswith(sent) and len(text) > len(sent):
-            yield _sse({"type": "transcript.text.delta", "delta": text[len(sent) :]})
-        yield _sse({"type": "transcript.text.done", "text": text})
-        yield "data: [DONE]\n\n"
-        return
+    `transcript.text.done` with the whole text (or an `error`), then `[DONE]`."""
+    async for item in text_deltas(ctx, gw, job_id, who):
+        if isinstance(item, str):
+            yield sse({"type": "transcript.text.delta", "delta": item})
+        elif item.status != Status.SUCCEEDED:
+            yield sse({"error": job_error(item)})
+        else:
+            yield sse({"type": "transcript.text.done", "text": (item.result or {}).get("text", "")})
+            yield sse("[DONE]")
 
 
 async def _finished(ctx, gw, job_id: str, who):

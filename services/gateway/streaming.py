@@ -1,0 +1,59 @@
+"""A job's answer as it grows, for the OpenAI-compatible streams (transcriptions, chat).
+
+The generator publishes each segment's text about once a second (services.core.events); this
+turns it into appended deltas and, at the end, the finished job. Deltas only ever append: if a
+report does not extend what was sent (a clip split into parallel segments, whose joined text is
+only known at the end), the rest comes with the job, and the final text is the result's either
+way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.concurrency import run_in_threadpool
+
+from ..core.jobstate import ACTIVE
+from ..core.jobstore import Job, Principal
+
+
+async def text_deltas(ctx, gw, job_id: str, who: Principal) -> AsyncIterator[str | Job]:
+    """Yields str deltas, then the job (finished, or still running past MOSS_SYNC_TIMEOUT_S)."""
+    sent, live, after = "", True, "0"
+    deadline = time.monotonic() + ctx.settings.sync_timeout_s
+    while True:
+        events = await gw.watch.next_events(job_id, after)
+        after = events[-1][0] if events else after
+        for _, kind, data in events:
+            if kind != "text" or not live:
+                continue
+            item = json.loads(data)
+            if item["segment"] != 0:
+                live = False
+            elif item["text"].startswith(sent) and len(item["text"]) > len(sent):
+                yield item["text"][len(sent) :]
+                sent = item["text"]
+        job = await run_in_threadpool(ctx.store.get_job, job_id, who.tenant)
+        if job.status in ACTIVE and time.monotonic() < deadline:
+            continue
+        text = (job.result or {}).get("text") or ""
+        if text.startswith(sent) and len(text) > len(sent):
+            yield text[len(sent) :]
+        yield job
+        return
+
+
+def sse(data: dict | str) -> str:
+    body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {body}\n\n"
+
+
+def job_error(job: Job) -> dict:
+    """The error a synchronous request reports for a job that did not succeed."""
+    if job.status in ACTIVE:
+        return {"code": "sync_timeout", "message": f"job {job.id} is still running; read it at "
+                f"/v1/jobs/{job.id}"}  # fmt: skip
+    error = job.error or {"code": "cancelled", "message": "the job was cancelled"}
+    return {**error, "message": f"job {job.id}: {error['message']}"}
