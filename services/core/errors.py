@@ -4,11 +4,14 @@ from __future__ import annotations
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds: sent as `Retry-After` (429, 503)
 
 
 # Audio the gateway cannot take: 415 when the bytes are not (whole, accepted) audio, 422 when

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     # The OpenAI-compatible routes answer synchronously up to this much audio (longer: /v1/jobs),
     # waiting at most sync_timeout_s for the job.
     sync_max_audio_seconds: float = 600.0
+    # Admission: requests per minute per API key (a token bucket in Redis holding `rate_burst`;
+    # 0: off), jobs a tenant may have queued or running, and the encode queue's depth past which
+    # new jobs wait outside (503).
+    rate_limit_per_minute: int = 1200
+    rate_burst: int = 200
+    max_active_jobs_per_tenant: int = 1000
+    max_queue_depth: int = 10_000
     sync_timeout_s: float = 600.0
     # Audio is decoded in a child process (model.audio_sandbox) with these limits.
     decode_memory_mb: int = 2048

@@ -28,6 +28,7 @@ from ..core.storage import make_storage
 from ..jobs import sweeper
 from ..jobs.context import Context
 from . import docs, errors
+from .admission import Admission
 from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
@@ -76,6 +77,7 @@ def create_app(
         enqueue_pipeline=enqueue_pipeline,
         metrics=Metrics(context.store),
         watch=JobWatch(settings.redis_url),
+        admission=Admission(settings, context.store),
     )
 
     @asynccontextmanager

@@ -18,6 +18,7 @@ from ..core.jobstore import Principal
 from ..core.queue import PipelineEnqueue
 from ..core.settings import Settings
 from ..jobs.context import Context
+from .admission import Admission
 from .metrics import Metrics
 from .watch import JobWatch
 
@@ -31,6 +32,7 @@ class Gateway:
     enqueue_pipeline: PipelineEnqueue
     metrics: Metrics
     watch: JobWatch  # waits for job changes (the long poll)
+    admission: Admission  # rate limit, quota, queue depth
 
     @property
     def settings(self) -> Settings:
@@ -65,6 +67,7 @@ def principal(scope: str) -> Callable[..., Principal]:
             raise ApiError(401, "unauthorized", "the API key is unknown or revoked")
         if not found.can(scope):
             raise ApiError(403, "forbidden", f"the API key lacks the {scope!r} scope")
+        request.app.state.gateway.admission.request(found)
         return found
 
     return dependency
@@ -79,3 +82,8 @@ Ctx = Annotated[Context, Depends(context)]
 App = Annotated[Gateway, Depends(gateway)]
 Jobs = Annotated[Principal, Depends(principal("jobs"))]
 Admin = Annotated[Principal, Depends(principal("admin"))]
+
+
+def creates_job(request: Request, who: Jobs) -> None:
+    """A dependency of the routes that create jobs: the tenant's quota and the queue's depth."""
+    request.app.state.gateway.admission.job(who)

@@ -163,6 +163,12 @@ class JobStore:
                 return None
             return job
 
+    def count_active(self, tenant: str) -> int:
+        """Jobs of a tenant queued or running (the admission quota)."""
+        with self.sessions() as session:
+            query = select(func.count()).where(Job.tenant == tenant, Job.status.in_(ACTIVE))
+            return int(session.scalar(query) or 0)
+
     def list_jobs(
         self, tenant: str, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[Job], int]:

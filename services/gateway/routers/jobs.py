@@ -29,7 +29,7 @@ from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
 from ...core.jobstore import Job, JobStore, Principal
 from ...jobs.submit import accept_job
-from ..deps import App, Ctx, Jobs
+from ..deps import App, Ctx, Jobs, creates_job
 from ..errors import ERRORS
 from ..schemas import ErrorBody, JobList, JobOut
 
@@ -62,7 +62,7 @@ async def only_job_fields(request: Request) -> None:
         413: {"model": ErrorBody},
         415: {"model": ErrorBody},
     },
-    dependencies=[Depends(only_job_fields)],
+    dependencies=[Depends(only_job_fields), Depends(creates_job)],
 )
 def create_job(
     ctx: Ctx,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -17,7 +17,7 @@ from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
 from ...jobs.submit import accept_job
 from .. import transcripts
-from ..deps import App, Ctx, Jobs
+from ..deps import App, Ctx, Jobs, creates_job
 from ..errors import ERRORS
 from ..streaming import job_error, sse, text_deltas
 
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1/audio", tags=["openai"])
 Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
-@router.post("/transcriptions", responses=ERRORS)
+@router.post("/transcriptions", responses=ERRORS, dependencies=[Depends(creates_job)])
 async def transcriptions(
     ctx: Ctx,
     gw: App,

@@ -13,7 +13,7 @@ import io
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +22,7 @@ from ...core.errors import ApiError
 from ...core.jobstate import Status
 from ...core.jobstore import Job
 from ...jobs.submit import accept_job
-from ..deps import App, Ctx, Jobs
+from ..deps import App, Ctx, Jobs, creates_job
 from ..errors import ERRORS
 from ..streaming import job_error, sse, text_deltas
 
@@ -82,7 +82,7 @@ def _conversation(messages: list[dict[str, Any]], max_bytes: int) -> tuple[str, 
     return "\n".join(t for t in texts if t.strip()), audio
 
 
-@router.post("/completions", responses=ERRORS)
+@router.post("/completions", responses=ERRORS, dependencies=[Depends(creates_job)])
 async def completions(ctx: Ctx, gw: App, who: Jobs, body: ChatRequest) -> Response:
     """A chat completion about one audio clip."""
     instruction, audio = _conversation(body.messages, ctx.settings.max_upload_bytes)
