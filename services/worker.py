@@ -16,11 +16,13 @@ import functools
 import logging
 
 from celery.exceptions import Retry
+from celery.signals import setup_logging
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
 from .core.events import events_for
 from .core.jobstore import JobStore
+from .core.logs import JOB_ID, configure
 from .core.queue import enqueuer, make_celery
 from .core.settings import get_settings
 from .core.storage import make_storage
@@ -31,6 +33,14 @@ from .jobs.stages import encode_job, generate_job
 log = logging.getLogger("moss.worker")
 settings = get_settings()
 app = make_celery(settings)
+
+
+@setup_logging.connect
+def _logs(**_) -> None:
+    """Our log lines instead of Celery's own setup: the job id on each (core.logs)."""
+    configure(settings.log_format)
+
+
 # Failures worth retrying: the database, the object store or the network briefly away.
 TRANSIENT = (OperationalError, S3Error, ConnectionError, TimeoutError)
 
@@ -49,6 +59,14 @@ def context() -> Context:
 
 
 def _run(task, stage: str, job_id: str, work) -> None:
+    token = JOB_ID.set(job_id)  # every line logged while the stage runs names the job
+    try:
+        _run_stage(task, stage, job_id, work)
+    finally:
+        JOB_ID.reset(token)
+
+
+def _run_stage(task, stage: str, job_id: str, work) -> None:
     ctx = context()
     try:
         work(ctx)  # a stage that finishes enqueues the next one itself (core.jobstate.advance)

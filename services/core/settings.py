@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     bootstrap_steps: int = 2000
     bootstrap_minutes: float = 9.9
 
+    # Logs of the gateway and the workers: `text` lines, or `json` (one object per line); both
+    # carry the request id and the job id.
+    log_format: Literal["text", "json"] = "text"
+
     # Workers
     # Transcription of longer audio is cut at quiet points into segments of at most this many
     # seconds, run in parallel; caption, ask and chat always see the whole clip.

@@ -32,6 +32,7 @@ from .admission import Admission
 from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
+from .requestid import RequestId
 from .routers import (
     health,
     jobs,
@@ -104,6 +105,7 @@ def create_app(
     app.state.gateway = state
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestId)  # outermost: every response, errors included, gets the id
     errors.install(app)
     docs.install(app)
     routers = (health, jobs, keys, models, registry, pipelines, openai_audio, openai_chat)

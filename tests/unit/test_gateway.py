@@ -326,3 +326,38 @@ def test_transcriptions_past_the_sync_limit_point_to_jobs_and_leave_nothing(env,
     assert response.json()["error"]["code"] == "audio_too_long_for_sync"
     assert "/v1/jobs" in response.json()["error"]["message"]
     assert objects(ctx) == before
+
+
+def test_every_response_has_a_request_id_that_its_log_lines_carry(env) -> None:
+    import json
+    import logging
+
+    from services.core.logs import ContextFilter, JsonFormatter
+
+    client, _, keys = env
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    keep.addFilter(ContextFilter())
+    access = logging.getLogger("moss.access")
+    access.addHandler(keep)
+    access.setLevel(logging.INFO)
+    try:
+        mine = client.get("/v1/jobs", headers={**auth(keys["alice"]), "X-Request-ID": "abc-123"})
+        fresh = client.get("/v1/jobs?limit=5&token=very-secret", headers=auth(keys["alice"]))
+        refused = client.get("/v1/jobs", headers={"X-Request-ID": "bad id with spaces"})
+    finally:
+        access.removeHandler(keep)
+    assert mine.headers["X-Request-ID"] == "abc-123"  # the caller's own id is kept
+    assert len(fresh.headers["X-Request-ID"]) == 32
+    assert refused.status_code == 401 and refused.headers["X-Request-ID"] != "bad id with spaces"
+    ids = [r.request_id for r in records]
+    assert ids == ["abc-123", fresh.headers["X-Request-ID"], refused.headers["X-Request-ID"]]
+    assert all("very-secret" not in r.getMessage() for r in records)  # no query strings
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["request_id"] == "abc-123" and line["logger"] == "moss.access"
+    assert "GET /v1/jobs 200" in line["message"]
