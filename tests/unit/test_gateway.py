@@ -361,3 +361,41 @@ def test_every_response_has_a_request_id_that_its_log_lines_carry(env) -> None:
     line = json.loads(JsonFormatter().format(records[0]))
     assert line["request_id"] == "abc-123" and line["logger"] == "moss.access"
     assert "GET /v1/jobs 200" in line["message"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "code"),
+    [
+        ([{"role": "user", "content": ["not a part"]}], "unsupported_content"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            "unsupported_content",
+        ),
+        ([{"role": "user", "content": "no audio here"}], "audio_required"),
+        (
+            [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": 5}}]}],
+            "invalid_audio_data",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "input_audio", "input_audio": {"data": "%%%"}}],
+                }
+            ],
+            "invalid_audio_data",
+        ),
+        ([{"role": "assistant", "content": "hi"}], "unsupported_conversation"),
+    ],
+)
+def test_malformed_chat_requests_are_clear_422s_and_make_no_job(env, messages, code) -> None:
+    client, ctx, keys = env
+    before = ctx.store.list_jobs("alice")[1]
+    response = client.post(
+        "/v1/chat/completions",
+        headers=auth(keys["alice"]),
+        json={"model": "tiny", "messages": messages},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == code
+    assert ctx.store.list_jobs("alice")[1] == before

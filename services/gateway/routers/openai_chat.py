@@ -63,6 +63,10 @@ def _conversation(messages: list[dict[str, Any]], max_bytes: int) -> tuple[str, 
     for message in messages:
         content = message.get("content")
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(parts, list | None) or not all(isinstance(p, dict) for p in parts or []):
+            raise ApiError(
+                422, "unsupported_content", "content must be a string or a list of parts"
+            )
         for part in parts or []:
             if part.get("type") == "text":
                 texts.append(str(part.get("text", "")))
@@ -72,7 +76,9 @@ def _conversation(messages: list[dict[str, Any]], max_bytes: int) -> tuple[str, 
                 raise ApiError(422, "unsupported_content", f"unsupported part {part.get('type')!r}")
     if len(clips) != 1:
         raise ApiError(422, "audio_required", "the user message needs exactly one input_audio part")
-    data = clips[0].get("data") or ""
+    data = clips[0].get("data") if isinstance(clips[0], dict) else None
+    if not isinstance(data, str):
+        raise ApiError(422, "invalid_audio_data", "input_audio.data must be a base64 string")
     if len(data) > max_bytes * 4 // 3 + 4:
         raise ApiError(413, "upload_too_large", "the audio is larger than MOSS_MAX_UPLOAD_MB")
     try:
