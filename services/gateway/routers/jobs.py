@@ -95,7 +95,7 @@ def create_job(
     ] = None,
 ) -> JobOut:
     """Submit audio. Answers 202 with the job; poll `Location` for the result."""
-    size = file.size if file.size is not None else _size(file)
+    size = file.size if file.size is not None else upload_size(file)
     job, replayed = accept_job(
         ctx, who, file.file, size, task, prompt, model, max_new_tokens, temperature, sampling,
         idempotency_key,
@@ -213,7 +213,8 @@ def _own(store: JobStore, job_id: str, who: Principal) -> Job:
     return job
 
 
-def _size(upload: UploadFile) -> int:
+def upload_size(upload: UploadFile) -> int:
+    """The upload's size when the client sent no length for the part."""
     upload.file.seek(0, 2)
     size = upload.file.tell()
     upload.file.seek(0)

@@ -20,6 +20,7 @@ from .. import transcripts
 from ..deps import App, Ctx, Jobs, creates_job
 from ..errors import ERRORS
 from ..streaming import job_error, sse, text_deltas
+from .jobs import upload_size
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
@@ -44,7 +45,7 @@ async def transcriptions(
     timed = response_format in ("verbose_json", "srt", "vtt")
     hint = f"The speech is in {language}." if language else None
     instruction = " ".join(p for p in (hint, prompt) if p) or None
-    size = file.size if file.size is not None else _size(file)
+    size = file.size if file.size is not None else upload_size(file)
     job, _ = await run_in_threadpool(
         accept_job,
         ctx,
@@ -111,10 +112,3 @@ async def _finished(ctx, gw, job_id: str, who):
             await changed(left)
             job = await run_in_threadpool(ctx.store.get_job, job_id, who.tenant)
     return job
-
-
-def _size(upload: UploadFile) -> int:
-    upload.file.seek(0, 2)
-    size = upload.file.tell()
-    upload.file.seek(0)
-    return size
