@@ -41,8 +41,7 @@ class AnsweredBy(BaseModel):
 
 
 class TokenUsage(BaseModel):
-    prompt_tokens: int = Field(description="Prompt tokens, audio included (0: not reported by "
-                               "the KServe generator)")  # fmt: skip
+    prompt_tokens: int = Field(description="Prompt tokens, audio included")
     completion_tokens: int
 
 

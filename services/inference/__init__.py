@@ -58,7 +58,7 @@ class Generation(Protocol):
     def produced(self) -> int: ...  # tokens so far (remote generations: 0 until done)
 
     @property
-    def prompt_tokens(self) -> int: ...  # the prompt's tokens, audio included (remote: 0)
+    def prompt_tokens(self) -> int: ...  # the prompt's tokens, audio included
 
     def wait(self, timeout: float | None = None) -> bool: ...
 

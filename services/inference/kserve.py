@@ -6,7 +6,7 @@ Tensors (see services/predictor for the server side):
                                                                taps FP32 [K, tokens, D]
   generator in: features, taps (as above), instruction BYTES [1], max_new_tokens INT32 [1],
                 temperature FP32 [1], features_version BYTES [1]
-            out: text BYTES [1], token_ids INT64 [n]
+            out: text BYTES [1], token_ids INT64 [n], prompt_tokens INT64 [1]
 Every response carries `model_version` (the weights digest), which keys the feature cache.
 
 `tritonclient` clients are not thread-safe, so each worker thread keeps its own. This module
@@ -119,13 +119,17 @@ class RemoteGeneration:
     @property
     def produced(self) -> int:
         """Tokens so far: the predictor answers at the end, with its token ids."""
-        if not self.future.done() or self.future.cancelled() or self.future.exception():
-            return 0
-        return len(self.future.result()[1])
+        return len(self._answer()[1])
 
     @property
     def prompt_tokens(self) -> int:
-        return 0  # not in the generator predictor's response
+        return self._answer()[2]
+
+    def _answer(self) -> tuple[str, list[int], int]:
+        """(text, token ids, prompt tokens) once answered; empty before or on failure."""
+        if not self.future.done() or self.future.cancelled() or self.future.exception():
+            return "", [], 0
+        return self.future.result()
 
     def wait(self, timeout: float | None = None) -> bool:
         return bool(wait_futures([self.future], timeout=timeout).done)
@@ -211,11 +215,13 @@ class KServeBackend:
             "features_version": np.array([features_version.encode()], dtype=np.object_),
         }
 
-        def call() -> tuple[str, list[int]]:
-            result, _version = self.generator.infer(served.handle, tensors, ["text", "token_ids"])
+        def call() -> tuple[str, list[int], int]:
+            outputs = ["text", "token_ids", "prompt_tokens"]
+            result, _version = self.generator.infer(served.handle, tensors, outputs)
             value = result["text"].reshape(-1)[0]
             text = value.decode() if isinstance(value, bytes) else str(value)
-            return text, [int(t) for t in result["token_ids"].reshape(-1)]
+            tokens = [int(t) for t in result["token_ids"].reshape(-1)]
+            return text, tokens, int(result["prompt_tokens"].reshape(-1)[0])
 
         return RemoteGeneration(self.pool.submit(call), max_new_tokens)
 

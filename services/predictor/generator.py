@@ -71,6 +71,7 @@ class GeneratorModel(Model):
         return [
             {"name": "text", "datatype": "BYTES", "shape": [1]},
             {"name": "token_ids", "datatype": "INT64", "shape": [-1]},
+            {"name": "prompt_tokens", "datatype": "INT64", "shape": [1]},  # audio included
         ]
 
     def _encoded(self, payload: InferRequest) -> EncoderOutput:
@@ -118,6 +119,7 @@ class GeneratorModel(Model):
         except ContextExceeded as exc:
             raise InvalidInput(str(exc)) from exc
         tokens = await asyncio.get_running_loop().run_in_executor(None, handle.result)
+        prompt_tokens = len(handle.request.prompt_ids)
         text = self.loaded.processor.decode(tokens)
         return InferResponse(
             response_id=payload.id or str(uuid.uuid4()),
@@ -130,5 +132,6 @@ class GeneratorModel(Model):
             infer_outputs=[
                 tensor("text", np.array([text.encode()], dtype=np.object_)),
                 tensor("token_ids", np.array(tokens, dtype=np.int64)),
+                tensor("prompt_tokens", np.array([prompt_tokens], dtype=np.int64)),
             ],
         )
