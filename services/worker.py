@@ -47,13 +47,12 @@ TRANSIENT = (OperationalError, S3Error, ConnectionError, TimeoutError)
 
 @functools.cache
 def context() -> Context:
+    store = JobStore.connect(settings.resolved_database_url, events=events_for(settings.redis_url))
     return Context(
         settings=settings,
-        store=JobStore.connect(
-            settings.resolved_database_url, events=events_for(settings.redis_url)
-        ),
+        store=store,
         storage=make_storage(settings),
-        enqueue=enqueuer(app),
+        enqueue=enqueuer(app, priority_of=store.priority_of),
         backend=make_backend(settings),
     )
 

@@ -126,8 +126,12 @@ class Client:
         params = {"limit": limit, "offset": offset, **({"status": status} if status else {})}
         return self._call("GET", "/v1/jobs", params=params)
 
-    def cancel(self, job_id: str) -> dict:
-        return self._call("DELETE", f"/v1/jobs/{job_id}")
+    def cancel(self, job_id: str, purge: bool = False) -> dict:
+        params = {"purge": "true"} if purge else None
+        return self._call("DELETE", f"/v1/jobs/{job_id}", params=params)
+
+    def rotate_webhook_secret(self, key_id: str) -> dict:
+        return self._call("POST", f"/v1/keys/{key_id}/webhook-secret")
 
     def create_key(self, tenant: str, scopes: list[str], name: str = "") -> dict:
         return self._call(

@@ -32,6 +32,12 @@ def submit(
     sampling: Annotated[
         str, typer.Option(help="greedy, or model: the checkpoint's own sampling defaults.")
     ] = "greedy",
+    webhook_url: Annotated[
+        str | None, typer.Option(help="POSTed to, signed, when the job ends.")
+    ] = None,
+    priority: Annotated[
+        str, typer.Option(help="normal, or high (a key with the priority scope).")
+    ] = "normal",
     wait: Annotated[bool, typer.Option(help="Wait for the result, with a progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
@@ -48,6 +54,8 @@ def submit(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         sampling=sampling,
+        webhook_url=webhook_url,
+        priority=priority,
     )
     if not wait:
         out.print(job["id"])
@@ -134,7 +142,12 @@ def jobs_list(
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str) -> None:
-    """Cancel a queued or running job."""
-    job = guard(client().cancel, job_id)
-    out.print(f"{job['id']} {job['status']}")
+def jobs_cancel(
+    job_id: str,
+    purge: Annotated[
+        bool, typer.Option(help="Also delete the job's audio, features and result.")
+    ] = False,
+) -> None:
+    """Cancel a queued or running job (or, with --purge, delete what any job holds)."""
+    job = guard(client().cancel, job_id, purge)
+    out.print(f"{job['id']} {job['status']}" + (" purged" if job.get("purged_at") else ""))

@@ -1,4 +1,4 @@
-"""`mossctl keys create | list | revoke` (admin keys)."""
+"""`mossctl keys create | list | revoke` (admin keys), `keys webhook-secret` (any key)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ app = typer.Typer(help="Create, list and revoke API keys (admin).", no_args_is_h
 def keys_create(
     tenant: str,
     scope: Annotated[
-        list[str] | None, typer.Option(help="jobs (default) or admin; repeatable.")
+        list[str] | None,
+        typer.Option(
+            help="jobs (default), priority (may submit priority=high) or admin; repeatable."
+        ),
     ] = None,
     name: Annotated[str, typer.Option()] = "",
 ) -> None:
@@ -26,6 +29,7 @@ def keys_create(
     err.print(
         f"id {created['id']}, tenant {created['tenant']}, scopes {','.join(created['scopes'])}"
     )
+    err.print(f"webhook signing secret (shown once): {created['webhook_secret']}")
 
 
 @app.command("list")
@@ -49,3 +53,12 @@ def keys_revoke(key_id: str) -> None:
     """Revoke a key: it stops working at once."""
     guard(client().revoke_key, key_id)
     out.print(f"revoked {key_id}")
+
+
+@app.command("webhook-secret")
+def keys_webhook_secret(
+    key_id: Annotated[str, typer.Argument(help="A key id, or `me` for the key in use.")] = "me",
+) -> None:
+    """Make a new webhook signing secret for a key and print it (shown once; the old one
+    stops at once)."""
+    out.print(guard(client().rotate_webhook_secret, key_id)["webhook_secret"])

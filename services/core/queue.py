@@ -4,6 +4,10 @@ and `pipelines`, where the gateway leaves pipeline runs for the pipeline worker.
 Tasks are acknowledged late and rejected when their worker dies, so Redis delivers them again;
 the job store's stage claims make every redelivery harmless. The visibility timeout is above
 the task time limit, so a slow task is not delivered twice while it still runs (celery#5935).
+
+A job with `priority: high` goes through queues of its own (`encode.high`, `generate.high`).
+Workers consume both and empty the high one first (kombu's `priority` queue order), so a high
+job waits for no normal one queued before it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from .jobstate import TASK_STAGES
 from .settings import Settings
 
 QUEUES = tuple(str(stage) for stage in TASK_STAGES)  # the job path: readiness needs both
+PRIORITIES = ("normal", "high")
+HIGH = ".high"  # encode.high, generate.high
 TASK_NAMES = {"encode": "moss.encode", "generate": "moss.generate"}
 PIPELINE_QUEUE = "pipelines"
 PIPELINE_TASK = "moss.pipeline"
@@ -39,7 +45,10 @@ def make_celery(settings: Settings) -> Celery:
         },
         task_default_queue="encode",
         task_time_limit=settings.task_time_limit_s,
-        broker_transport_options={"visibility_timeout": settings.task_time_limit_s + 60},
+        broker_transport_options={
+            "visibility_timeout": settings.task_time_limit_s + 60,
+            "queue_order_strategy": "priority",  # -Q encode.high,encode: the high one first
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -53,11 +62,18 @@ def task_id(stage: str, job_id: str) -> str:
     return f"{job_id}.{stage}.{secrets.token_hex(4)}"
 
 
-def enqueuer(app: Celery):
-    """enqueue(stage, job_id): a message that carries only the job id."""
+def queue_for(stage: str, priority: str | None) -> str:
+    return f"{stage}{HIGH}" if priority == "high" else str(stage)
+
+
+def enqueuer(app: Celery, priority_of: Callable[[str], str | None] | None = None):
+    """enqueue(stage, job_id): a message that carries only the job id, on the queue of the
+    job's priority (`priority_of(job_id)`, the job store's; every caller enqueues the same
+    way, so a retried or swept stage keeps its priority)."""
 
     def enqueue(stage: str, job_id: str) -> None:
-        app.send_task(TASK_NAMES[stage], args=[job_id], queue=stage, task_id=task_id(stage, job_id))
+        queue = queue_for(stage, priority_of(job_id) if priority_of else None)
+        app.send_task(TASK_NAMES[stage], args=[job_id], queue=queue, task_id=task_id(stage, job_id))
 
     return enqueue
 
@@ -94,7 +110,8 @@ def worker_argv(queue: str, name: str, settings: Settings) -> list[str]:
         PIPELINE_QUEUE: 1,
     }[queue]
     app = "pipelines.worker" if queue == PIPELINE_QUEUE else "services.worker"
+    queues = queue if queue == PIPELINE_QUEUE else f"{queue}{HIGH},{queue}"
     return [
-        *("-m", "celery", "-A", app, "worker", "-Q", queue, "-P", "threads", "-c", str(threads)),
+        *("-m", "celery", "-A", app, "worker", "-Q", queues, "-P", "threads", "-c", str(threads)),
         *("-n", name, "--without-gossip", "--without-mingle", "-l", "INFO"),
     ]

@@ -41,6 +41,22 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = 1000
     max_queue_depth: int = 10_000
     sync_timeout_s: float = 600.0
+    # Webhooks: each ended job with a webhook_url is POSTed there, signed (docs/api.md); a failed
+    # delivery is retried after webhook_backoff_s, doubling (at most an hour apart), until
+    # webhook_retry_hours after the job ended.
+    webhook_timeout_s: float = 10.0
+    webhook_backoff_s: float = 10.0
+    webhook_retry_hours: float = 24.0
+    # User-named URLs (webhook_url, audio_url) may not reach loopback, private, link-local or
+    # reserved addresses; these networks (comma-separated CIDRs) are allowed all the same.
+    egress_allow_networks: str = ""
+    # audio_url: the hosts it may name (comma-separated; `*`: any public host; empty: only the
+    # object store, i.e. presigned URLs of MOSS_S3_ENDPOINT), fetched within this many seconds.
+    audio_url_hosts: str = ""
+    audio_url_timeout_s: float = 60.0
+    # Data lifecycle: jobs that ended more than this many days ago lose their audio, features
+    # and results (0: kept until DELETE /v1/jobs/{id}?purge=true).
+    retention_days: float = 0.0
     # Audio is decoded in a child process (model.audio_sandbox) with these limits.
     decode_memory_mb: int = 2048
     decode_timeout_s: float = 120.0

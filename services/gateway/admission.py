@@ -76,7 +76,7 @@ class Admission:
         if self.redis is None:
             return
         try:
-            depth = self.redis.llen("encode")
+            depth = self.redis.llen("encode") + self.redis.llen("encode.high")
         except RedisError as exc:  # the job is durable without the broker; the sweeper sends it
             log.warning("queue depth unknown: %s", exc)
             return

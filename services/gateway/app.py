@@ -27,7 +27,7 @@ from ..core.settings import Settings, get_settings
 from ..core.storage import make_storage
 from ..jobs import sweeper
 from ..jobs.context import Context
-from . import docs, errors
+from . import docs, errors, webhooks
 from .admission import Admission
 from .deps import Gateway
 from .limits import BodySizeLimit
@@ -49,13 +49,12 @@ from .watch import JobWatch
 def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], PipelineEnqueue]:
     """The real collaborators: the job store, the object store and the queue."""
     celery = make_celery(settings)
+    store = JobStore.connect(settings.resolved_database_url, events=events_for(settings.redis_url))
     ctx = Context(
         settings=settings,
-        store=JobStore.connect(
-            settings.resolved_database_url, events=events_for(settings.redis_url)
-        ),
+        store=store,
         storage=make_storage(settings),
-        enqueue=enqueuer(celery),
+        enqueue=enqueuer(celery, priority_of=store.priority_of),
     )
     return ctx, lambda: queues_with_workers(celery), pipeline_enqueuer(celery)
 
@@ -66,6 +65,7 @@ def create_app(
     worker_queues: Callable[[], set[str]] | None = None,
     run_sweeper: bool = True,
     enqueue_pipeline: PipelineEnqueue | None = None,
+    deliver_webhooks: bool | None = None,  # default: as run_sweeper
 ) -> FastAPI:
     settings = settings or get_settings()
     if context is None:
@@ -87,8 +87,16 @@ def create_app(
         thread = threading.Thread(
             target=sweeper.run_sweeper, args=(context, stop), name="sweeper", daemon=True
         )
+        sender = threading.Thread(
+            target=webhooks.run_webhooks,
+            args=(context, stop, state.metrics.webhook_outcome),
+            name="webhooks",
+            daemon=True,
+        )
         if run_sweeper:
             thread.start()
+        if run_sweeper if deliver_webhooks is None else deliver_webhooks:
+            sender.start()
         yield
         stop.set()
         await state.watch.close()

@@ -43,7 +43,14 @@ class Metrics:
             "moss_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
             registry=self.registry,
         )  # fmt: skip
+        self.webhooks = Counter(
+            "moss_webhook_deliveries", "Webhook attempts by outcome (delivered, retry, failed)",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(JobsByStatus(store))
+
+    def webhook_outcome(self, outcome: str) -> None:
+        self.webhooks.labels(outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

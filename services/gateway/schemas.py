@@ -58,6 +58,30 @@ class JobResult(BaseModel):
     usage: TokenUsage | None = None
 
 
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = Field(description="The receiver's answer; null: no answer")
+    error: str | None = Field(default=None, description="Why no 2xx came back")
+    duration_ms: float
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(description="Also sent as `Moss-Webhook-Id`: the same on every retry")
+    event: Literal["job.succeeded", "job.failed", "job.cancelled"]
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending: retrying with backoff; failed: given up after the horizon"
+    )
+    attempts: list[WebhookAttempt]
+    next_attempt_at: datetime | None
+
+
+class WebhookOut(BaseModel):
+    url: str
+    deliveries: list[WebhookDeliveryOut] | None = Field(
+        default=None, description="Attempts so far (GET /v1/jobs/{id} only; null in lists)"
+    )
+
+
 class JobOut(BaseModel):
     id: str
     status: Status
@@ -72,12 +96,29 @@ class JobOut(BaseModel):
     error: ErrorDetail | None
     timings: dict[str, Any] = Field(description="Per stage: started_at, finished_at, seconds.")
     attempts: int = Field(description="Stage runs so far (more than 2: a stage was retried).")
+    priority: Literal["normal", "high"] = "normal"
+    webhook: WebhookOut | None = None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    purged_at: datetime | None = Field(
+        default=None, description="When the audio, features and result were deleted"
+    )
 
     @classmethod
-    def of(cls, job: Any) -> JobOut:
+    def of(cls, job: Any, deliveries: list[Any] | None = None) -> JobOut:
+        webhook = None
+        if job.webhook_url:
+            shown = None
+            if deliveries is not None:
+                shown = [
+                    WebhookDeliveryOut(
+                        id=d.id, event=d.event, status=d.status, attempts=d.attempts or [],
+                        next_attempt_at=_utc(d.next_attempt_at) if d.status == "pending" else None,
+                    )
+                    for d in deliveries
+                ]  # fmt: skip
+            webhook = WebhookOut(url=job.webhook_url, deliveries=shown)
         return cls(
             id=job.id,
             status=job.status,
@@ -95,6 +136,9 @@ class JobOut(BaseModel):
             created_at=_utc(job.created_at),
             updated_at=_utc(job.updated_at),
             finished_at=_utc(job.finished_at),
+            priority=job.priority or "normal",
+            webhook=webhook,
+            purged_at=_utc(job.purged_at),
         )
 
 
@@ -107,7 +151,7 @@ class JobList(BaseModel):
 
 class KeyCreate(BaseModel):
     tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
-    scopes: list[Literal["jobs", "admin"]] = Field(default_factory=lambda: ["jobs"])
+    scopes: list[Literal["jobs", "priority", "admin"]] = Field(default_factory=lambda: ["jobs"])
     name: str = Field(default="", max_length=128)
 
 
@@ -123,6 +167,15 @@ class KeyOut(BaseModel):
 
 class KeyCreated(KeyOut):
     key: str = Field(description="The secret. Shown once; only its hash is stored.")
+    webhook_secret: str = Field(
+        description="Signs the webhooks of this key's jobs (Moss-Webhook-Signature). Shown "
+        "once; POST /v1/keys/{id}/webhook-secret makes a new one."
+    )
+
+
+class WebhookSecret(BaseModel):
+    key_id: str
+    webhook_secret: str = Field(description="Shown once. The previous secret stops at once.")
 
 
 class Health(BaseModel):

@@ -20,6 +20,7 @@ from model.tasks import instruction_for, segment_seconds_for
 
 from ..core.jobstate import Stage, advance
 from ..core.modelref import ModelSpec, describe
+from ..core.storage import ObjectNotFound
 from ..inference import ContextExceeded, StaleFeatures
 from .context import Context
 from .features import cache_plan, features_key, load_features, metadata, pack_features
@@ -76,7 +77,11 @@ def _encode_claimed(ctx: Context, job_id: str) -> bool:
         key = features_key(job.audio_sha256, version, plan if len(segments) > 1 else None)
         ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.record_timing(job_id, Stage.ENCODE, cache_hit=cached)
-    return advance(ctx.store, ctx.enqueue, job_id, Stage.ENCODE, features_key=key, progress=0.1)
+    if advance(ctx.store, ctx.enqueue, job_id, Stage.ENCODE, features_key=key, progress=0.1):
+        return True
+    if not cached and (ended := ctx.store.get_job(job_id)) is not None and ended.purged_at:
+        ctx.storage.delete(key)  # purged while it was encoded: leave nothing of it behind
+    return False
 
 
 def generate_job(ctx: Context, job_id: str) -> bool:
@@ -91,7 +96,10 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
     job = ctx.store.get_job(job_id)
     params = job.params or {}
     served = ctx.backend.lookup(job.model, registry_version=params.get("model_version"))
-    blob = ctx.storage.get_bytes(job.features_key)
+    try:
+        blob = ctx.storage.get_bytes(job.features_key)
+    except ObjectNotFound:  # another job on this audio was purged: its features went with it
+        return _encode_again(ctx, job_id)
     segments, encoded = load_features(blob)
     features_version = metadata(blob).get("model_version", "")
     instruction = instruction_for(job.task, job.prompt)
@@ -190,8 +198,9 @@ MAX_REENCODES = 3
 
 
 def _encode_again(ctx: Context, job_id: str) -> bool:
-    """Stale features (the model changed between the stages): back to the encoder, a few times
-    at most (predictors that keep disagreeing are a deployment fault, not a rollout)."""
+    """Stale features (the model changed between the stages) or gone ones (purged with another
+    job): back to the encoder, a few times at most (predictors that keep disagreeing are a
+    deployment fault, not a rollout)."""
     job = ctx.store.get_job(job_id)
     params = dict(job.params or {})
     params["reencoded"] = int(params.get("reencoded", 0)) + 1
@@ -199,7 +208,7 @@ def _encode_again(ctx: Context, job_id: str) -> bool:
         message = "the encoder and generator serve different model versions"
         ctx.store.fail(job_id, "model_version_mismatch", message)
         return False
-    log.info("job %s: features are from another model version; encoding again", job_id)
+    log.info("job %s: features are stale or gone; encoding again", job_id)
     ctx.store.set_params(job_id, params)
     if ctx.store.reencode(job_id):
         ctx.enqueue(Stage.ENCODE, job_id)

@@ -17,11 +17,13 @@ from model.audio_sandbox import probe_audio_isolated
 from model.sampling import SamplingError, check_sampling
 from model.tasks import TASKS
 
+from ..core.egress import EgressRefused, check_webhook_url
 from ..core.errors import ApiError, audio_error
 from ..core.jobstate import FIRST_TASK
 from ..core.jobstore import IdempotencyConflict, Job, Principal
 from ..core.modelref import ModelNotFound
 from ..core.modelref import check as check_model
+from ..core.queue import PRIORITIES
 from .context import Context
 
 log = logging.getLogger("moss.jobs")
@@ -61,11 +63,31 @@ def accept_job(
     sampling: str = "greedy",
     idempotency_key: str | None = None,
     sync_limit_s: float | None = None,
+    webhook_url: str | None = None,
+    priority: str = "normal",
 ) -> tuple[Job, bool]:
     """`submit_job`, and whether the job is an earlier request's (True: the same
     `Idempotency-Key` and the same request within 24 h; a different request with that key is
     409 `idempotency_key_reused`)."""
     settings = ctx.settings
+    if priority not in PRIORITIES:
+        raise ApiError(422, "invalid_priority", f"priority must be one of {', '.join(PRIORITIES)}")
+    if priority == "high" and not principal.can("priority"):
+        raise ApiError(
+            403, "priority_not_allowed", "priority=high needs an API key with the priority scope"
+        )
+    if webhook_url is not None:
+        try:
+            check_webhook_url(webhook_url, settings)
+        except EgressRefused as exc:
+            raise ApiError(422, exc.code, exc.message) from exc
+        if not ctx.store.has_webhook_secret(principal.key_id):
+            raise ApiError(
+                422,
+                "webhook_secret_missing",
+                "this API key has no webhook signing secret yet: create one with "
+                "POST /v1/keys/me/webhook-secret",
+            )
     if task not in TASKS:
         raise ApiError(422, "invalid_task", f"task must be one of {', '.join(TASKS)}")
     if task in ("ask", "chat") and not (prompt or "").strip():
@@ -95,7 +117,7 @@ def accept_job(
     }
     idempotency = None
     if idempotency_key is not None:
-        request = [task, prompt, model_ref, params, audio_sha256]
+        request = [task, prompt, model_ref, params, audio_sha256, webhook_url, priority]
         digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         idempotency = (idempotency_key, digest)
         if (first := ctx.store.idempotent_job(principal.tenant, idempotency_key)) is not None:
@@ -133,6 +155,9 @@ def accept_job(
             audio_key=audio_key,
             audio_sha256=audio_sha256,
             audio_seconds=round(seconds, 3),
+            key_id=principal.key_id,
+            webhook_url=webhook_url,
+            priority=priority,
         )
     except IdempotencyConflict as exc:  # a concurrent request with the same key came first
         ctx.storage.delete(audio_key)

@@ -1,7 +1,8 @@
 """The sweeper: what a dead worker left behind goes back on the queue.
 
 A running stage whose heartbeat stopped is released and enqueued again; a job that waited too
-long for its first (or next) stage is enqueued again. The job store's guarded updates make this
+long for its first (or next) stage is enqueued again. Jobs past the retention period are
+purged (services.jobs.retention). The job store's guarded updates make this
 safe with several sweepers (one per gateway replica).
 """
 
@@ -11,6 +12,7 @@ import logging
 import threading
 
 from .context import Context
+from .retention import purge_expired
 
 log = logging.getLogger("moss.jobs")
 
@@ -36,5 +38,8 @@ def run_sweeper(ctx: Context, stop: threading.Event) -> None:
         try:
             for job_id, stage in sweep(ctx):
                 log.warning("re-enqueued %s of job %s (worker lost or message lost)", stage, job_id)
+            if purged := purge_expired(ctx):
+                log.info("retention: purged %d job(s) older than %g days", len(purged),
+                         ctx.settings.retention_days)  # fmt: skip
         except Exception:
             log.exception("sweep failed")

@@ -156,8 +156,8 @@ def test_chunked_upload_over_the_cap_is_cut_off(env) -> None:
 def test_missing_file_field(env) -> None:
     client, _, keys = env
     response = client.post("/v1/jobs", headers=auth(keys["alice"]), data={"task": "caption"})
-    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
-    assert "file" in response.json()["error"]["message"]
+    assert response.status_code == 422 and response.json()["error"]["code"] == "audio_required"
+    assert "`file` or as `audio_url`" in response.json()["error"]["message"]
 
 
 def test_unknown_form_fields_are_refused_and_leave_nothing(env) -> None:

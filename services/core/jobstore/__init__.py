@@ -1,6 +1,7 @@
 """The job store: jobs and API keys in SQLite or PostgreSQL, schema by Alembic."""
 
-from .models import ApiKey, Job
+from .deliveries import EVENTS, DueDelivery
+from .models import ApiKey, Job, WebhookDelivery
 from .store import (
     ACTIVE,
     IdempotencyConflict,
@@ -13,11 +14,14 @@ from .store import (
 
 __all__ = [
     "ACTIVE",
+    "EVENTS",
     "ApiKey",
+    "DueDelivery",
     "IdempotencyConflict",
     "Job",
     "JobStore",
     "Principal",
+    "WebhookDelivery",
     "hash_key",
     "make_engine",
     "migrate",

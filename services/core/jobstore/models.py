@@ -42,6 +42,10 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # the submitting key
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    priority: Mapped[str] = mapped_column(String(8), default="normal")  # normal | high
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (Index("ix_jobs_tenant_created", "tenant", "created_at"),)
 
@@ -57,6 +61,9 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Signs the webhooks of this key's jobs: the receiver must know it, so it is kept as is
+    # (like every webhook sender's); shown once at creation and rotation.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class IdempotencyKey(Base):
@@ -69,3 +76,17 @@ class IdempotencyKey(Base):
     request_digest: Mapped[str] = mapped_column(String(64))  # the request's fields and audio
     job_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class WebhookDelivery(Base):
+    """One event of a job for its webhook_url, with every attempt to deliver it."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    event: Mapped[str] = mapped_column(String(32))  # job.succeeded | job.failed | job.cancelled
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -22,7 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from ..events import NOTICE_FIELDS, JobEvents
-from ..jobstate import ACTIVE, COMPLETES_TO, WAITING_FOR, Stage, Status
+from ..jobstate import ACTIVE, COMPLETES_TO, FINAL, WAITING_FOR, Stage, Status
+from .deliveries import DeliveryStore, add_delivery, new_secret
 from .models import ApiKey, IdempotencyKey, Job, utcnow
 
 KEY_PREFIX = "moss_"
@@ -85,7 +86,7 @@ class Principal:
         return scope in self.scopes or "admin" in self.scopes
 
 
-class JobStore:
+class JobStore(DeliveryStore):
     def __init__(self, engine: Engine, events: JobEvents | None = None) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
@@ -163,6 +164,11 @@ class JobStore:
                 return None
             return job
 
+    def priority_of(self, job_id: str) -> str | None:
+        """The job's priority, which picks its queues (services.core.queue.enqueuer)."""
+        with self.sessions() as session:
+            return session.scalar(select(Job.priority).where(Job.id == job_id))
+
     def count_active(self, tenant: str) -> int:
         """Jobs of a tenant queued or running (the admission quota)."""
         with self.sessions() as session:
@@ -200,6 +206,8 @@ class JobStore:
                 update(Job).where(Job.id == job_id, *conditions).values(**values)
             )
             changed = result.rowcount == 1
+            if changed and values.get("status") in FINAL:
+                add_delivery(session, job_id, values["status"])  # as durable as the end
         if changed and self.events is not None and (fields := NOTICE_FIELDS.intersection(values)):
             self.events.changed(job_id, {name: values[name] for name in fields})
         return changed
@@ -356,6 +364,41 @@ class JobStore:
             ).all()
         return [(job_id, waiting_stage[stage]) for job_id, stage in rows]
 
+    def purge(self, job_id: str) -> bool:
+        """Forget what a job held (prompt, result, error message); the row stays as a record
+        that the job existed and was purged. The caller deletes the objects first."""
+        job = self.get_job(job_id)
+        if job is None:
+            return False
+        error = {"code": job.error["code"], "message": "purged"} if job.error else None
+        return self._update(
+            job_id,
+            Job.status.in_(FINAL),
+            prompt=None,
+            result=None,
+            error=error,
+            purged_at=utcnow(),
+        )
+
+    def expired(self, older_than: timedelta, limit: int = 100) -> list[str]:
+        """Ended, not yet purged jobs that finished before now - `older_than` (retention)."""
+        cutoff = utcnow() - older_than
+        with self.sessions() as session:
+            return list(session.scalars(
+                select(Job.id)
+                .where(Job.status.in_(FINAL), Job.purged_at.is_(None), Job.finished_at < cutoff)
+                .order_by(Job.finished_at)
+                .limit(limit)
+            ).all())  # fmt: skip
+
+    def features_in_use(self, features_key: str, besides: str) -> bool:
+        """Whether an active job other than `besides` still needs these features."""
+        with self.sessions() as session:
+            query = select(func.count()).where(
+                Job.features_key == features_key, Job.id != besides, Job.status.in_(ACTIVE)
+            )
+            return bool(session.scalar(query))
+
     # --- API keys ------------------------------------------------------------------------
 
     def create_key(
@@ -371,6 +414,7 @@ class JobStore:
             key_hash=hash_key(plain),
             scopes=list(scopes),
             created_at=utcnow(),
+            webhook_secret=new_secret(),
         )
         with self.sessions.begin() as session:
             existing = session.scalar(select(ApiKey).where(ApiKey.key_hash == record.key_hash))

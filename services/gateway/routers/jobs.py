@@ -25,17 +25,23 @@ from fastapi.responses import StreamingResponse
 from model.sampling import SAMPLING_MODES
 from model.tasks import TASKS
 
+from ...core.egress import EgressRefused, check_audio_url
 from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
 from ...core.jobstore import Job, JobStore, Principal
+from ...jobs.retention import purge_job
 from ...jobs.submit import accept_job
 from ..deps import App, Ctx, Jobs, creates_job
 from ..errors import ERRORS
+from ..outbound import fetch_audio
 from ..schemas import ErrorBody, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 STATUSES = tuple(str(s) for s in Status)
-JOB_FIELDS = ("file", "task", "prompt", "model", "max_new_tokens", "temperature", "sampling")
+JOB_FIELDS = (
+    "file", "audio_url", "task", "prompt", "model", "max_new_tokens", "temperature", "sampling",
+    "webhook_url", "priority",
+)  # fmt: skip
 
 
 async def only_job_fields(request: Request) -> None:
@@ -68,8 +74,18 @@ def create_job(
     ctx: Ctx,
     who: Jobs,
     response: Response,
-    file: Annotated[UploadFile, File(description="The audio (wav, flac, ogg, mp3, m4a...).")],
     task: Annotated[str, Form(description=f"One of {', '.join(TASKS)}.")],
+    file: Annotated[
+        UploadFile | None, File(description="The audio (wav, flac, ogg, mp3, m4a...).")
+    ] = None,
+    audio_url: Annotated[
+        str | None,
+        Form(
+            description="Instead of `file`: an http(s) URL the gateway downloads the audio "
+            "from: a presigned URL of the object store, or a host the operator allows "
+            "(MOSS_AUDIO_URL_HOSTS). Redirects are not followed."
+        ),
+    ] = None,
     prompt: Annotated[str | None, Form(max_length=8000)] = None,
     model: Annotated[str | None, Form(description="`name` or `name@alias`.")] = None,
     max_new_tokens: Annotated[int | None, Form()] = None,
@@ -82,6 +98,21 @@ def create_job(
             "sampling, temperature 1.0, top_p 1.0, top_k 50)."
         ),
     ] = "greedy",
+    webhook_url: Annotated[
+        str | None,
+        Form(
+            description="POSTed to, signed, when the job succeeds, fails or is cancelled "
+            "(docs/api.md, Webhooks). Public addresses only, unless the operator allows a "
+            "network (MOSS_EGRESS_ALLOW_NETWORKS)."
+        ),
+    ] = None,
+    priority: Annotated[
+        str,
+        Form(
+            description="`normal` or `high` (its own queues, served first; needs a key with "
+            "the `priority` scope)."
+        ),
+    ] = "normal",
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -94,12 +125,26 @@ def create_job(
         ),
     ] = None,
 ) -> JobOut:
-    """Submit audio. Answers 202 with the job; poll `Location` for the result."""
-    size = file.size if file.size is not None else upload_size(file)
-    job, replayed = accept_job(
-        ctx, who, file.file, size, task, prompt, model, max_new_tokens, temperature, sampling,
-        idempotency_key,
-    )  # fmt: skip
+    """Submit audio (a `file`, or an `audio_url`). Answers 202 with the job; poll `Location`,
+    follow `/events`, or name a `webhook_url`."""
+    if (file is None) == (audio_url is None):
+        raise ApiError(422, "audio_required", "send the audio as `file` or as `audio_url` (one)")
+    if file is not None:
+        stream, size = file.file, file.size if file.size is not None else upload_size(file)
+    else:
+        try:
+            pinned = check_audio_url(audio_url, ctx.settings)
+        except EgressRefused as exc:
+            raise ApiError(422, exc.code, exc.message) from exc
+        stream, size = fetch_audio(pinned, ctx.settings)
+    try:
+        job, replayed = accept_job(
+            ctx, who, stream, size, task, prompt, model, max_new_tokens, temperature, sampling,
+            idempotency_key, webhook_url=webhook_url, priority=priority,
+        )  # fmt: skip
+    finally:
+        if file is None:
+            stream.close()
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -124,14 +169,15 @@ async def get_job(
 ) -> JobOut:
     deadline = time.monotonic() + wait
     job = await run_in_threadpool(_own, ctx.store, job_id, who)
-    if job.status not in ACTIVE or wait <= 0:
+    if job.status in ACTIVE and wait > 0:
+        async with gw.watch.watch(job_id) as changed:
+            job = await run_in_threadpool(_own, ctx.store, job_id, who)  # read after subscribing
+            while job.status in ACTIVE and (left := deadline - time.monotonic()) > 0:
+                await changed(left)
+                job = await run_in_threadpool(_own, ctx.store, job_id, who)
+    if not job.webhook_url:
         return JobOut.of(job)
-    async with gw.watch.watch(job_id) as changed:
-        job = await run_in_threadpool(_own, ctx.store, job_id, who)  # read after subscribing
-        while job.status in ACTIVE and (left := deadline - time.monotonic()) > 0:
-            await changed(left)
-            job = await run_in_threadpool(_own, ctx.store, job_id, who)
-    return JobOut.of(job)
+    return JobOut.of(job, await run_in_threadpool(ctx.store.deliveries, job.id))
 
 
 @router.get(
@@ -198,9 +244,24 @@ def list_jobs(
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={**ERRORS, 409: {"model": ErrorBody}})
-def cancel_job(ctx: Ctx, job_id: str, who: Jobs) -> JobOut:
-    """Cancel a queued or running job; a running one stops at its next decoding step."""
+def cancel_job(
+    ctx: Ctx,
+    job_id: str,
+    who: Jobs,
+    purge: Annotated[
+        bool,
+        Query(
+            description="Also delete the job's audio, features and result (cancelling it "
+            "first if it still runs). The job's record stays, with `purged_at`."
+        ),
+    ] = False,
+) -> JobOut:
+    """Cancel a queued or running job (a running one stops at its next decoding step), or
+    with `purge=true` delete what it holds."""
     job = _own(ctx.store, job_id, who)
+    if purge:
+        purge_job(ctx, job_id)
+        return JobOut.of(ctx.store.get_job(job_id))
     if job.status not in ACTIVE or not ctx.store.request_cancel(job_id):
         raise ApiError(409, "job_finished", f"the job has already ended ({job.status})")
     return JobOut.of(ctx.store.get_job(job_id))
