@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 from celery.exceptions import Retry
 from celery.signals import setup_logging
@@ -45,8 +46,19 @@ def _logs(**_) -> None:
 TRANSIENT = (OperationalError, S3Error, ConnectionError, TimeoutError)
 
 
-@functools.cache
+_context_lock = threading.Lock()
+
+
 def context() -> Context:
+    """The worker's one context, made by the first task. A lock, not just a cache: the pool's
+    threads take their first tasks at once, and two migrations in one process collide (Alembic
+    keeps its context in module globals)."""
+    with _context_lock:
+        return _make_context()
+
+
+@functools.cache
+def _make_context() -> Context:
     store = JobStore.connect(settings.resolved_database_url, events=events_for(settings.redis_url))
     return Context(
         settings=settings,

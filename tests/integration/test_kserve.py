@@ -103,7 +103,8 @@ def test_metadata_lists_the_tensors(predictors) -> None:
     assert [t["name"] for t in encoder.json()["outputs"]] == ["features", "taps"]
     names = {t["name"] for t in generator.json()["inputs"]}
     assert {"features", "taps", "instruction", "max_new_tokens", "temperature"} <= names
-    assert [t["name"] for t in generator.json()["outputs"]] == ["text", "token_ids", "prompt_tokens"]
+    outputs = [t["name"] for t in generator.json()["outputs"]]
+    assert outputs == ["text", "token_ids", "prompt_tokens"]
 
 
 def test_bad_tensor_is_a_4xx_with_a_message(predictors) -> None:

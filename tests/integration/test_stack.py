@@ -6,6 +6,8 @@ stopped, killed and restarted inside tests to check that no accepted job is lost
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import httpx
@@ -31,6 +33,8 @@ def stack(tmp_path_factory, redis_url):
         heartbeat_s=0.5,
         generator_concurrency=4,
         max_audio_seconds=60,
+        egress_allow_networks="127.0.0.0/8",  # the webhook receiver below
+        webhook_backoff_s=0.2,
     )
     stack = LocalStack(settings)
     stack.start()
@@ -149,6 +153,45 @@ def test_job_accepted_while_workers_are_down_completes_later(api, stack) -> None
     stack.start_worker("generate")
     done = wait(api, job["id"], timeout=120)
     assert done["status"] == "succeeded", done
+
+
+def test_a_high_priority_job_overtakes_the_normal_queue(api, stack) -> None:
+    stack.stop_workers("encode")
+    normal = [submit(api, clip(0.5, freq=200.0 + 10 * i))["id"] for i in range(8)]
+    high = submit(api, clip(0.5, freq=190.0), priority="high")
+    assert high["priority"] == "high"
+    stack.start_worker("encode")
+    jobs = {job_id: wait(api, job_id, timeout=180) for job_id in [*normal, high["id"]]}
+    assert {job["status"] for job in jobs.values()} == {"succeeded"}
+    order = sorted(jobs, key=lambda j: jobs[j]["timings"]["encode"]["started_at"])
+    # Submitted last, encoded among the first the worker takes (it takes 4 at once).
+    assert order.index(high["id"]) < stack.settings.encoder_concurrency, order
+
+
+def test_a_webhook_and_a_purge_through_the_workers(api, stack) -> None:
+    from tests.integration.test_webhooks import Receiver, verify
+
+    receiver = Receiver()
+    try:
+        secret = api.post("/v1/keys/me/webhook-secret").json()["webhook_secret"]
+        data = clip(1.0, freq=1234.0)
+        job = submit(api, data, webhook_url=f"{receiver.url}/done")
+        (request,) = receiver.wait_for(1, timeout=120)
+    finally:
+        receiver.server.shutdown()
+    assert verify(secret, request["headers"], request["body"])
+    sent = json.loads(request["body"])
+    assert sent["type"] == "job.succeeded" and sent["data"]["job"]["result"]["text"]
+    done = api.get(f"/v1/jobs/{job['id']}").json()
+    assert done["webhook"]["deliveries"][0]["status"] == "delivered"
+    objects = stack.settings.resolved_storage_dir
+    sha = hashlib.sha256(data).hexdigest()
+    assert list((objects / "audio").rglob(job["id"]))
+    assert list((objects / "features").glob(f"{sha}-*"))
+    purged = api.delete(f"/v1/jobs/{job['id']}", params={"purge": "true"}).json()
+    assert purged["purged_at"] and purged["result"] is None
+    assert not list((objects / "audio").rglob(job["id"])), "audio left behind"
+    assert not list((objects / "features").glob(f"{sha}-*")), "features left behind"
 
 
 def test_a_pipeline_run_goes_through_the_queue_to_the_pipeline_worker(api, stack) -> None:

@@ -151,7 +151,7 @@ def test_a_signed_webhook_is_retried_after_a_500_and_its_attempts_show_on_the_jo
 def test_cancel_and_failure_are_delivered_and_a_receiver_down_for_good_is_given_up(
     env, receiver, tmp_path
 ) -> None:
-    client, ctx, key = env
+    client, ctx, _ = env
     cancelled = post(client, webhook_url=f"{receiver.url}/a").json()
     assert client.delete(f"/v1/jobs/{cancelled['id']}").status_code == 200
     failed = post(client, webhook_url=f"{receiver.url}/b").json()
