@@ -22,6 +22,7 @@ from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
 from .core.events import events_for
+from .core.jobmetrics import JobMetrics
 from .core.jobstore import JobStore
 from .core.logs import JOB_ID, configure
 from .core.queue import enqueuer, make_celery
@@ -66,6 +67,7 @@ def _make_context() -> Context:
         storage=make_storage(settings),
         enqueue=enqueuer(app, priority_of=store.priority_of),
         backend=make_backend(settings),
+        metrics=JobMetrics(settings.redis_url),
     )
 
 

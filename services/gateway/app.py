@@ -76,7 +76,7 @@ def create_app(
         context=context,
         live_queues=worker_queues or (lambda: set(QUEUES)),
         enqueue_pipeline=enqueue_pipeline,
-        metrics=Metrics(context.store),
+        metrics=Metrics(context.store, settings.redis_url),
         watch=JobWatch(settings.redis_url),
         admission=Admission(settings, context.store),
     )

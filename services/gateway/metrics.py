@@ -1,4 +1,7 @@
-"""Prometheus metrics of the gateway: HTTP traffic, and the job store's jobs by status.
+"""Prometheus metrics: the gateway's HTTP traffic and webhook outcomes; the job store's jobs by
+status; the queues' depths; and what the workers report through Redis (services.core
+.jobmetrics): stage latency histograms, generated tokens and audio seconds (rates in PromQL,
+e.g. tokens/s = `rate(moss_generated_tokens_total[1m])`).
 
 Served at `GET /metrics` to admin keys only (the Helm chart's ServiceMonitor sends the admin key
 as a bearer token). One registry per app, so tests can build many apps in one process.
@@ -9,10 +12,13 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..core.jobmetrics import BUCKETS, JobMetrics
 from ..core.jobstore import JobStore
+from ..core.queue import HIGH, PIPELINE_QUEUE, QUEUES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,8 +38,54 @@ class JobsByStatus:
         yield family
 
 
+class FromRedis:
+    """Queue depths and the workers' job metrics, read at scrape time (nothing without Redis)."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        self.jobs = JobMetrics(redis_url)
+
+    def collect(self):
+        if self.jobs.redis is None:
+            return
+        try:
+            names = [q for queue in QUEUES for q in (queue, f"{queue}{HIGH}")] + [PIPELINE_QUEUE]
+            pipe = self.jobs.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            depths = pipe.execute()
+            values = self.jobs.read()
+        except RedisError:
+            return  # /readyz reports Redis; a scrape still shows the rest
+        depth = GaugeMetricFamily(
+            "moss_queue_depth", "Messages waiting per queue", labels=["queue"]
+        )
+        for name, count in zip(names, depths, strict=True):
+            depth.add_metric([name], count)
+        yield depth
+        latency = HistogramMetricFamily(
+            "moss_stage_duration_seconds", "Worker time per job stage", labels=["stage"]
+        )
+        audio = CounterMetricFamily(
+            "moss_audio_seconds", "Audio seconds through each stage", labels=["stage"]
+        )
+        for stage in QUEUES:
+            count = values.get(f"count:{stage}", 0.0)
+            buckets = [
+                (str(bound), values.get(f"bucket:{stage}:{bound}", 0.0)) for bound in BUCKETS
+            ]
+            latency.add_metric(
+                [stage], [*buckets, ("+Inf", count)], sum_value=values.get(f"sum:{stage}", 0.0)
+            )
+            audio.add_metric([stage], values.get(f"audio_seconds:{stage}", 0.0))
+        yield latency
+        yield audio
+        tokens = CounterMetricFamily("moss_generated_tokens", "Tokens the generators produced")
+        tokens.add_metric([], values.get("generated_tokens", 0.0))
+        yield tokens
+
+
 class Metrics:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, redis_url: str | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "moss_http_requests", "HTTP requests", ["method", "route", "status"],
@@ -48,6 +100,7 @@ class Metrics:
             ["outcome"], registry=self.registry,
         )  # fmt: skip
         self.registry.register(JobsByStatus(store))
+        self.registry.register(FromRedis(redis_url))
 
     def webhook_outcome(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()

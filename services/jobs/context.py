@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..core.jobmetrics import JobMetrics
 from ..core.jobstate import Enqueue
 from ..core.jobstore import JobStore
 from ..core.settings import Settings
@@ -21,3 +22,4 @@ class Context:
     storage: Storage
     enqueue: Enqueue
     backend: Backend | None = None  # workers only
+    metrics: JobMetrics | None = None  # workers: stage latency, tokens, audio seconds

@@ -44,8 +44,13 @@ def encode_job(ctx: Context, job_id: str) -> bool:
     # The heartbeat covers the whole stage, model loading included: a first load from the
     # registry can outlast MOSS_SWEEP_AFTER_S, and the sweeper would give the stage to another
     # worker.
+    started = time.monotonic()
     with heartbeat(ctx, job_id):
-        return _encode_claimed(ctx, job_id)
+        done = _encode_claimed(ctx, job_id)
+    if done and ctx.metrics is not None:
+        job = ctx.store.get_job(job_id)
+        ctx.metrics.stage("encode", time.monotonic() - started, audio_seconds=job.audio_seconds)
+    return done
 
 
 def _encode_claimed(ctx: Context, job_id: str) -> bool:
@@ -88,8 +93,14 @@ def generate_job(ctx: Context, job_id: str) -> bool:
     """Features -> adapter/mergers -> prompt -> decoder (local or a predictor) -> result."""
     if not ctx.store.claim_stage(job_id, "generate"):
         return False
+    started = time.monotonic()
     with heartbeat(ctx, job_id):  # from the claim on, model loading included (see encode_job)
-        return _generate_claimed(ctx, job_id)
+        done = _generate_claimed(ctx, job_id)
+    if done and ctx.metrics is not None:
+        job = ctx.store.get_job(job_id)
+        tokens = ((job.result or {}).get("usage") or {}).get("completion_tokens", 0)
+        ctx.metrics.stage("generate", time.monotonic() - started, job.audio_seconds, tokens)
+    return done
 
 
 def _generate_claimed(ctx: Context, job_id: str) -> bool:

@@ -94,6 +94,27 @@ def test_worker_logs_name_the_job(api, stack) -> None:
         assert any("succeeded" in line for line in mine)
 
 
+def test_metrics_show_queues_stage_latency_tokens_and_audio_seconds(api) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    job = wait(api, submit(api, clip(1.0, freq=587.0))["id"])
+    assert job["status"] == "succeeded"
+    text = api.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    for stage in ("encode", "generate"):
+        assert samples[("moss_stage_duration_seconds_count", (("stage", stage),))] >= 1
+        assert samples[("moss_stage_duration_seconds_sum", (("stage", stage),))] > 0
+        assert samples[("moss_audio_seconds_total", (("stage", stage),))] >= 1.0
+    assert samples[("moss_generated_tokens_total", ())] >= 1
+    for queue in ("encode", "encode.high", "generate", "generate.high", "pipelines"):
+        assert ("moss_queue_depth", (("queue", queue),)) in samples
+    assert samples[("moss_jobs", (("status", "succeeded"),))] >= 1
+
+
 def test_second_job_on_the_same_audio_hits_the_feature_cache(api) -> None:
     data = clip(1.5, freq=330.0)
     first = wait(api, submit(api, data)["id"])

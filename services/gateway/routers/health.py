@@ -44,7 +44,8 @@ def readyz(app: App, response: Response) -> Health:
 
 @router.get("/metrics", response_class=Response, responses=ERRORS)
 def prometheus_metrics(app: App, _who: Admin) -> Response:
-    """Prometheus metrics (admin keys only): HTTP traffic and jobs by status."""
+    """Prometheus metrics (admin keys only): HTTP traffic, jobs by status, queue depths, stage
+    latency, generated tokens, audio seconds, webhook outcomes."""
     return Response(app.metrics.render(), media_type=CONTENT_TYPE)
 
 
