@@ -128,10 +128,15 @@ class Settings(BaseSettings):
 
     # Inference: in the worker (`local`) or on KServe predictors (`kserve`, Open Inference
     # Protocol via tritonclient). URLs are host:port (or http://host:port) of the predictors.
-    inference_backend: Literal["local", "kserve"] = "local"
+    inference_backend: Literal["local", "kserve", "openai"] = "local"
     kserve_encoder_url: str | None = None
     kserve_generator_url: str | None = None
     kserve_protocol: Literal["http", "grpc"] = "grpc"  # measured: docs/benchmarks.md
+    # `openai`: an OpenAI-compatible MOSS-Audio server (e.g. vLLM's, http://vllm:8000/v1), the
+    # model id it serves, and its API key if it wants one.
+    openai_base_url: str | None = None
+    openai_model: str = "OpenMOSS-Team/MOSS-Audio-8B-Instruct"
+    openai_api_key: SecretStr | None = None
 
     @field_validator("max_upload_mb", "max_audio_seconds")
     @classmethod

@@ -3,6 +3,8 @@
 - `local` (default): the worker process runs the model with torch (ModelCache + BatchingEngine).
 - `kserve`: the worker calls the encoder and generator predictors (services/predictor) over the
   Open Inference Protocol with `tritonclient`, HTTP or gRPC; the GPUs live with the predictors.
+- `openai`: the worker sends audio and instruction to an OpenAI-compatible MOSS-Audio server
+  (vLLM, SGLang, another platform), which encodes and generates (openai_server.py).
 
 `services.jobs` talks only to `Backend`; both backends run the same code on the model
 (`encoding.EncodeBatcher`, `local.submit_generation`), so a job gives the same
@@ -99,6 +101,10 @@ def make_backend(settings: Any, models: Any = None) -> Backend:
         from .kserve import KServeBackend
 
         return KServeBackend(settings)
+    if settings.inference_backend == "openai":
+        from .openai_server import OpenAIServerBackend
+
+        return OpenAIServerBackend(settings)
     from .local import LocalBackend
 
     return LocalBackend(settings, models)

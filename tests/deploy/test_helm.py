@@ -212,6 +212,17 @@ STANDARD_MODE_ONE_PREDICTOR: dict[str, Any] = {
 }
 
 
+VLLM_GENERATOR: dict[str, Any] = {
+    "inference": {"backend": "openai"},
+    "kserve": {
+        "deploymentMode": "RawDeployment",
+        "encoder": {"enabled": False},
+        "generator": {"enabled": False},
+        "vllm": {"enabled": True, "extraArgs": ["--max-model-len=32768"]},
+    },
+}
+
+
 def _docs_example() -> dict[str, Any]:
     """The GPU-cluster values shown in docs/deploy.md: the documented example must render."""
     text = (ROOT / "docs" / "deploy.md").read_text()
@@ -227,6 +238,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "external-inline-rawdeployment": EXTERNAL_INLINE_RAW,
     "local-backend-minimal": LOCAL_BACKEND_MINIMAL,
     "standard-mode-one-predictor": STANDARD_MODE_ONE_PREDICTOR,
+    "vllm-generator": VLLM_GENERATOR,
 }
 
 # --------------------------------------------------------------------------------------------
@@ -318,6 +330,8 @@ def pod_owners(docs: list[dict]) -> list[dict]:
 
 def containers(doc: dict) -> list[dict]:
     spec = pod_spec(doc)
+    if "model" in spec:  # an ISVC on a KServe runtime: `model` is its container's spec
+        return [{"name": "kserve-container", "image": "kserve-runtime", **spec["model"]}]
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
@@ -457,7 +471,7 @@ def test_inference_services_validate_against_kserve_crd(combo):
     docs = render_docs(combo)
     values = merged_values(combo)
     isvcs = of_kind(docs, "InferenceService")
-    expected = [c for c in ("encoder", "generator") if values["kserve"]["enabled"]]
+    expected = [c for c in ("encoder", "generator", "vllm") if values["kserve"]["enabled"]]
     expected = [c for c in expected if values["kserve"][c]["enabled"]]
     assert len(isvcs) == len(expected)
     validator = jsonschema.Draft7Validator(_crd_schema())
@@ -483,14 +497,15 @@ def test_custom_resources_without_schemas_have_their_required_fields(combo):
         spec = so["spec"]
         assert spec["scaleTargetRef"]["name"] in deployments
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-        (trigger,) = spec["triggers"]
-        assert trigger["type"] == "redis"
-        meta = trigger["metadata"]
-        assert meta["listName"] in QUEUES
-        assert re.fullmatch(r"[^:/]+:\d+", meta["address"]), meta["address"]
-        assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata values are strings"
-        if "authenticationRef" in trigger:
-            assert trigger["authenticationRef"]["name"] in auths
+        lists = [t["metadata"]["listName"] for t in spec["triggers"]]
+        assert lists in ([q, f"{q}.high"] for q in QUEUES), "a worker scales on both its queues"
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "redis"
+            meta = trigger["metadata"]
+            assert re.fullmatch(r"[^:/]+:\d+", meta["address"]), meta["address"]
+            assert all(isinstance(v, str) for v in meta.values()), "KEDA values are strings"
+            if "authenticationRef" in trigger:
+                assert trigger["authenticationRef"]["name"] in auths
     for auth in auths.values():
         for ref in auth["spec"]["secretTargetRef"]:
             assert ref["parameter"] == "password"
@@ -1216,6 +1231,8 @@ def test_inference_services(combo):
     service_accounts = {s["metadata"]["name"] for s in of_kind(docs, "ServiceAccount")}
     for isvc in of_kind(docs, "InferenceService"):
         part = isvc["metadata"]["labels"]["app.kubernetes.io/component"].removesuffix("-predictor")
+        if part == "vllm":  # KServe's own runtime (test_the_vllm_generator_...)
+            continue
         p = kserve[part]
         name = isvc["metadata"]["name"]
         assert len(f"{name}-predictor-00001") <= 63, "Knative revision names are DNS labels"
@@ -1259,6 +1276,60 @@ def test_inference_services(combo):
         if serverless:
             deadline = int(annotations["serving.knative.dev/progress-deadline"].rstrip("s"))
             assert deadline > budget, "Knative's progress deadline must outlast the startup probe"
+
+
+def test_the_vllm_generator_is_kserves_huggingface_runtime_and_the_workers_call_it():
+    docs = render_docs("vllm-generator")
+    values = merged_values("vllm-generator")["kserve"]["vllm"]
+    (isvc,) = of_kind(docs, "InferenceService")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "huggingface"}
+    assert model["args"][:3] == [
+        f"--model_name={values['modelName']}",
+        f"--model_id={values['modelId']}",
+        "--backend=vllm",
+    ]
+    assert "--max-model-len=32768" in model["args"]
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == values["gpus"]
+    for name in ("worker-encode", "worker-generate"):
+        (worker,) = [d for d in of_kind(docs, "Deployment") if component_of(d) == name]
+        env = env_of(pod_spec(worker)["containers"][0])
+        assert env["MOSS_INFERENCE_BACKEND"]["value"] == "openai"
+        host = f"{isvc['metadata']['name']}-predictor.{NAMESPACE}.svc.cluster.local"
+        assert env["MOSS_OPENAI_BASE_URL"]["value"] == f"http://{host}/openai/v1"
+        assert env["MOSS_OPENAI_MODEL"]["value"] == values["modelName"]
+        assert "MOSS_KSERVE_GENERATOR_URL" not in env
+    stored = render_values(
+        {
+            **VLLM_GENERATOR,
+            "kserve": {
+                **VLLM_GENERATOR["kserve"],
+                "vllm": {"enabled": True, "storageUri": "s3://b/moss"},
+            },
+        }
+    )
+    (isvc,) = of_kind(stored, "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://b/moss"
+    assert not any(a.startswith("--model_id") for a in isvc["spec"]["predictor"]["model"]["args"])
+
+
+def test_the_openai_backend_without_a_server_fails_with_a_message(chart):
+    with pytest.raises(
+        Exception, match=r"inference\.backend=openai needs inference\.openai\.baseUrl"
+    ):
+        chart.render({"inference": {"backend": "openai"}}, name=RELEASE, namespace=NAMESPACE)
+    docs = render_values(
+        {
+            "inference": {
+                "backend": "openai",
+                "openai": {"baseUrl": "http://vllm.gpu:8000/v1", "model": "moss"},
+            }
+        }
+    )
+    worker = [d for d in of_kind(docs, "Deployment") if component_of(d) == "worker-generate"]
+    env = env_of(pod_spec(worker[0])["containers"][0])
+    assert env["MOSS_OPENAI_BASE_URL"]["value"] == "http://vllm.gpu:8000/v1"
+    assert env["MOSS_OPENAI_MODEL"]["value"] == "moss"
 
 
 def test_default_startup_budget_is_about_twenty_minutes():

@@ -7,6 +7,7 @@ stopped, killed and restarted inside tests to check that no accepted job is lost
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 
@@ -319,6 +320,53 @@ def test_the_official_openai_client_transcribes_through_jobs(api, stack, tmp_pat
     assert "".join(deltas) == plain.text
     with pytest.raises(openai.UnprocessableEntityError):
         client.audio.transcriptions.create(model="whisper-1", file=path.open("rb"))
+
+
+def test_the_openai_backend_generates_on_another_platforms_chat_route(api, stack, tmp_path) -> None:
+    """MOSS_INFERENCE_BACKEND=openai, pointed at this stack's /v1 (a separate server process, as
+    vLLM would be): the same job gives the same answer as the stack gives it directly."""
+    from services.core.jobstore import JobStore, Principal
+    from services.core.settings import Settings
+    from services.core.storage import LocalStorage
+    from services.inference import make_backend
+    from services.jobs.context import Context
+    from services.jobs.stages import encode_job, generate_job
+    from services.jobs.submit import submit_job
+    from tests.jobs_env import Recorder
+
+    data = clip(1.5, freq=370.0)
+    direct = wait(api, submit(api, data)["id"])  # caption, 8 tokens, greedy
+    settings = Settings(
+        home=tmp_path,
+        inference_backend="openai",
+        openai_base_url=f"{stack.url}/v1",
+        openai_api_key=stack.api_key,
+        openai_model="tiny",
+        default_model="tiny",
+        models_dir=stack.settings.resolved_models_dir,
+    )
+    ctx = Context(
+        settings=settings,
+        store=JobStore.connect(settings.resolved_database_url),
+        storage=LocalStorage(settings.resolved_storage_dir),
+        enqueue=Recorder(),
+        backend=make_backend(settings),
+    )
+    job = submit_job(
+        ctx, Principal("k", "elsewhere", ("jobs",)), io.BytesIO(data), len(data), "caption",
+        None, None, 8, 0.0,
+    )  # fmt: skip
+    assert encode_job(ctx, job.id) and generate_job(ctx, job.id)
+    through = ctx.store.get_job(job.id)
+    assert through.status == "succeeded", through.error
+    assert through.result["text"] == direct["result"]["text"]
+    assert through.result["finish_reason"] == direct["result"]["finish_reason"]
+    assert through.result["usage"] == direct["result"]["usage"]
+    assert through.result["usage"]["prompt_tokens"] > 15  # the audio went through
+    ctx.backend.close()
+    # ... and the stack saw it as an ordinary chat job of its own
+    recent = api.get("/v1/jobs", params={"limit": 5}).json()["jobs"]
+    assert any(j["task"] == "chat" and j["status"] == "succeeded" for j in recent)
 
 
 def test_the_official_openai_client_chats_about_audio(api, stack) -> None:

@@ -205,6 +205,16 @@ Where things are
 {{- end }}
 {{- end }}
 
+{{/* The OpenAI-compatible API root the workers call with inference.backend=openai: the value,
+or the in-cluster vLLM InferenceService (KServe's Hugging Face runtime serves it at /openai/v1). */}}
+{{- define "moss-audio.openaiUrl" -}}
+{{- if .Values.inference.openai.baseUrl }}
+{{- .Values.inference.openai.baseUrl }}
+{{- else }}
+{{- printf "http://%s-predictor.%s.svc.cluster.local/openai/v1" (include "moss-audio.isvcName" (dict "ctx" . "component" "vllm")) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
 {{/* The URL a worker calls for a predictor: the value, or the in-cluster InferenceService.
 Usage: include "moss-audio.predictorUrl" (dict "ctx" $ "component" "encoder") */}}
 {{- define "moss-audio.predictorUrl" -}}

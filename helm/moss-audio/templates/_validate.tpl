@@ -31,6 +31,9 @@ values file can be fixed in one pass. Rendered (to nothing) by validate.yaml. */
     {{- end }}
   {{- end }}
 {{- end }}
+{{- if and (eq $v.inference.backend "openai") (not $v.inference.openai.baseUrl) (not (and $v.kserve.enabled $v.kserve.vllm.enabled)) }}
+  {{- $errors = append $errors "inference.backend=openai needs inference.openai.baseUrl or the in-cluster vLLM server (kserve.enabled and kserve.vllm.enabled)" }}
+{{- end }}
 {{- if $v.kserve.enabled }}
   {{- range $component := list "encoder" "generator" }}
     {{- $p := index $v.kserve $component }}
