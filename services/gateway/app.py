@@ -27,7 +27,7 @@ from ..core.settings import Settings, get_settings
 from ..core.storage import make_storage
 from ..jobs import sweeper
 from ..jobs.context import Context
-from . import docs, errors, webhooks
+from . import docs, errors, webhooks, webui
 from .admission import Admission
 from .deps import Gateway
 from .limits import BodySizeLimit
@@ -35,6 +35,7 @@ from .metrics import Metrics, MetricsMiddleware
 from .requestid import RequestId
 from .routers import (
     health,
+    job_outputs,
     jobs,
     keys,
     models,
@@ -116,7 +117,18 @@ def create_app(
     app.add_middleware(RequestId)  # outermost: every response, errors included, gets the id
     errors.install(app)
     docs.install(app)
-    routers = (health, jobs, keys, models, registry, pipelines, openai_audio, openai_chat)
+    webui.install(app)
+    routers = (
+        health,
+        jobs,
+        job_outputs,
+        keys,
+        models,
+        registry,
+        pipelines,
+        openai_audio,
+        openai_chat,
+    )
     for router in routers:
         app.include_router(router.router)
     return app

@@ -8,10 +8,13 @@ import sys
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from services.core.jobstore import JobStore
-from services.stack import free_port, valkey_argv, wait_for_port
+from services.core.settings import Settings
+from services.stack import LocalStack, free_port, valkey_argv, wait_for_port
+from tests.jobs_env import write_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +115,37 @@ def mlflow_uri(tmp_path_factory) -> Iterator[str]:
         process.terminate()
         process.wait(15)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, redis_url):
+    """The whole platform as real processes (services.stack.LocalStack, behind `mossctl up`),
+    shared by test_stack.py and test_web_page.py."""
+    home = tmp_path_factory.mktemp("moss-home")
+    write_checkpoint(home / "models" / "tiny")
+    settings = Settings(
+        home=home,
+        port=free_port(),
+        redis_url=redis_url,
+        sweep_after_s=5,  # well above heartbeat_s even when CI's 2 cores are busy
+        heartbeat_s=0.5,
+        generator_concurrency=4,
+        max_audio_seconds=60,
+        egress_allow_networks="127.0.0.0/8",  # the webhook receiver below
+        webhook_backoff_s=0.2,
+    )
+    stack = LocalStack(settings)
+    stack.start()
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def api(stack):
+    with httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30
+    ) as client:
+        yield client

@@ -1,7 +1,8 @@
 """The whole platform as real processes: Valkey, the gateway, Celery workers, SQLite, storage.
 
-One stack per module (services.stack.LocalStack, the code behind `mossctl up`); workers are
-stopped, killed and restarted inside tests to check that no accepted job is lost.
+One stack per session (the `stack` fixture in conftest.py: services.stack.LocalStack, the code
+behind `mossctl up`); workers are stopped, killed and restarted inside tests to check that no
+accepted job is lost.
 """
 
 from __future__ import annotations
@@ -15,43 +16,9 @@ import httpx
 import pytest
 
 from services.core.settings import Settings
-from services.stack import LocalStack, free_port
 from tests.audio_files import encode, stereo_tone
-from tests.jobs_env import write_checkpoint
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, redis_url):
-    home = tmp_path_factory.mktemp("moss-home")
-    write_checkpoint(home / "models" / "tiny")
-    settings = Settings(
-        home=home,
-        port=free_port(),
-        redis_url=redis_url,
-        sweep_after_s=5,  # well above heartbeat_s even when CI's 2 cores are busy
-        heartbeat_s=0.5,
-        generator_concurrency=4,
-        max_audio_seconds=60,
-        egress_allow_networks="127.0.0.0/8",  # the webhook receiver below
-        webhook_backoff_s=0.2,
-    )
-    stack = LocalStack(settings)
-    stack.start()
-    try:
-        stack.wait_ready()
-        yield stack
-    finally:
-        stack.stop()
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with httpx.Client(
-        base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30
-    ) as client:
-        yield client
 
 
 def clip(seconds: float = 2.0, freq: float = 440.0) -> bytes:
@@ -326,7 +293,6 @@ def test_the_openai_backend_generates_on_another_platforms_chat_route(api, stack
     """MOSS_INFERENCE_BACKEND=openai, pointed at this stack's /v1 (a separate server process, as
     vLLM would be): the same job gives the same answer as the stack gives it directly."""
     from services.core.jobstore import JobStore, Principal
-    from services.core.settings import Settings
     from services.core.storage import LocalStorage
     from services.inference import make_backend
     from services.jobs.context import Context

@@ -168,13 +168,13 @@ async def get_job(
     ] = 0,
 ) -> JobOut:
     deadline = time.monotonic() + wait
-    job = await run_in_threadpool(_own, ctx.store, job_id, who)
+    job = await run_in_threadpool(own_job, ctx.store, job_id, who)
     if job.status in ACTIVE and wait > 0:
         async with gw.watch.watch(job_id) as changed:
-            job = await run_in_threadpool(_own, ctx.store, job_id, who)  # read after subscribing
+            job = await run_in_threadpool(own_job, ctx.store, job_id, who)  # read after subscribing
             while job.status in ACTIVE and (left := deadline - time.monotonic()) > 0:
                 await changed(left)
-                job = await run_in_threadpool(_own, ctx.store, job_id, who)
+                job = await run_in_threadpool(own_job, ctx.store, job_id, who)
     if not job.webhook_url:
         return JobOut.of(job)
     return JobOut.of(job, await run_in_threadpool(ctx.store.deliveries, job.id))
@@ -202,7 +202,7 @@ async def job_events(
     """The job's events as server-sent events: `change` (status, stage, progress), `text` (a
     segment's answer so far), and a last `done` with the whole job; each event's `id` resumes
     the stream after it."""
-    job = await run_in_threadpool(_own, ctx.store, job_id, who)  # 404 before any byte
+    job = await run_in_threadpool(own_job, ctx.store, job_id, who)  # 404 before any byte
     return StreamingResponse(
         _stream(ctx, gw, job.id, who, last_event_id or "0"),
         media_type="text/event-stream",
@@ -218,7 +218,7 @@ async def _stream(ctx, gw, job_id: str, who: Principal, after: str):
         for entry, kind, data in events:
             yield f"id: {entry}\nevent: {kind}\ndata: {data}\n\n"
             after = entry
-        job = await run_in_threadpool(_own, ctx.store, job_id, who)
+        job = await run_in_threadpool(own_job, ctx.store, job_id, who)
         if job.status not in ACTIVE:
             yield f"event: done\ndata: {JobOut.of(job).model_dump_json()}\n\n"
             return
@@ -258,7 +258,7 @@ def cancel_job(
 ) -> JobOut:
     """Cancel a queued or running job (a running one stops at its next decoding step), or
     with `purge=true` delete what it holds."""
-    job = _own(ctx.store, job_id, who)
+    job = own_job(ctx.store, job_id, who)
     if purge:
         purge_job(ctx, job_id)
         return JobOut.of(ctx.store.get_job(job_id))
@@ -267,7 +267,7 @@ def cancel_job(
     return JobOut.of(ctx.store.get_job(job_id))
 
 
-def _own(store: JobStore, job_id: str, who: Principal) -> Job:
+def own_job(store: JobStore, job_id: str, who: Principal) -> Job:
     job = store.get_job(job_id, tenant=who.tenant)
     if job is None:
         raise ApiError(404, "not_found", "no such job")
