@@ -172,6 +172,7 @@ def train_step(
 
 def evaluate_step(run_id: str, manifest: str, per_kind: int = 100) -> dict[str, float]:
     """Evaluate the run's checkpoint on the held-out split; log metrics and a report."""
+    print("evaluating on the held-out split", flush=True)  # `mossctl up` shows the phase
     storage = make_storage(get_settings())
     clips, _ = read_manifest(storage, manifest)
     mlflow.set_tracking_uri(tracking_uri())
@@ -191,6 +192,8 @@ def evaluate_step(run_id: str, manifest: str, per_kind: int = 100) -> dict[str, 
         mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
         report = write_report(metrics, predictions, history, work / "report")
         mlflow.log_artifacts(str(report), "evaluation")
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
+    print(f"evaluation: {shown}", flush=True)
     return metrics
 
 

@@ -71,10 +71,13 @@ def _boundaries_error_ms(predicted: str, reference: str) -> float:
     pred = parse_timestamps(predicted)
     shifts = []
     for i, item in enumerate(ref):
+        length = item.end - item.start
         if i < len(pred):
-            shifts += [abs(pred[i].start - item.start), abs(pred[i].end - item.end)]
+            # A boundary the model left out (a point in time, an untimed line) counts as missed.
+            for guess, truth in ((pred[i].start, item.start), (pred[i].end, item.end)):
+                shifts.append(length if guess is None else abs(guess - truth))
         else:  # a missed event counts as shifted by its own length
-            shifts += [item.end - item.start] * 2
+            shifts += [length] * 2
     return 1000 * statistics.fmean(shifts) if shifts else 0.0
 
 

@@ -8,10 +8,18 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
+from ..core.bootstrap import clear_status, describe, parse_log, write_status
 from ..core.settings import get_settings
-from ..stack import STACK_QUEUES
+from ..stack import BOOTSTRAP_MODEL, STACK_QUEUES
 from .common import err, fail, out
 
 app = typer.Typer()
@@ -30,17 +38,25 @@ def up() -> None:
             stack.start_redis()
             stack.start_mlflow()
             stack.choose_default_model()
-        if stack.needs_training():
-            _bootstrap(stack, settings)
-        with err.status("Starting the gateway and the workers"):
+        training = stack.needs_training()
+        if training:  # the API comes up first: jobs are accepted and wait for the model
+            write_status(settings.home, {"state": "training", "model": BOOTSTRAP_MODEL})
+        with err.status("Starting the gateway"):
             stack.start_gateway()
+        if training:
+            out.print(f"the API is up at [bold]{stack.url}[/] (admin API key: {stack.api_key});"
+                      " jobs submitted now wait for the model being trained")  # fmt: skip
+            _bootstrap(stack, settings)
+        with err.status("Starting the workers"):
             for queue in STACK_QUEUES:
                 stack.start_worker(queue)
             stack.wait_ready()
     except (OSError, TimeoutError, RuntimeError) as exc:
+        clear_status(settings.home)
         stack.stop()
         fail(f"the stack did not start: {exc} (logs: {stack.logs})", 1)
     except KeyboardInterrupt:
+        clear_status(settings.home)
         stack.stop()
         raise typer.Exit(130) from None
     out.print(f"serving model: {_served(stack)}")
@@ -97,21 +113,56 @@ def _bootstrap(stack, settings) -> None:
     )
     process = stack.train_bootstrap_model(settings.bootstrap_steps, settings.bootstrap_minutes)
     log = stack.logs / "bootstrap-sft.log"
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    started = time.monotonic()
     try:
-        with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task("training tiny", total=None)
+        with Progress(*columns, console=err) as progress:
+            task = progress.add_task("preparing data", total=None, detail="")
             while process.poll() is None:
                 time.sleep(1)
-                progress.update(task, description=f"training tiny: {_last_line(log)}"[:100])
+                status = _training_status(log, started, settings.bootstrap_minutes)
+                write_status(settings.home, status)
+                detail = describe(status).split(": ", 1)[-1] if "step" in status else ""
+                progress.update(
+                    task,
+                    description=status["phase"],
+                    completed=status.get("step", 0),
+                    total=status.get("steps"),
+                    detail=status.get("evaluation") or detail,
+                )
+            final = _training_status(log, started, settings.bootstrap_minutes)
+        if final.get("evaluation"):
+            err.print(f"evaluation of the trained model: {final['evaluation']}")
     finally:
         if process.poll() is None:  # interrupted: stop the pipeline and its task processes
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
+        clear_status(settings.home)
     if process.returncode != 0:
         raise RuntimeError(f"the bootstrap pipeline failed ({_last_error(log)}); see {log}")
     if stack.needs_training():
         raise RuntimeError(f"the trained model was not promoted to production; see {log}")
+
+
+def _training_status(log: Path, started: float, max_minutes: float) -> dict:
+    """The training's progress from its log, with an ETA (at most the time cap left)."""
+    try:
+        progress = parse_log(log.read_text(errors="replace"))
+    except OSError:
+        progress = {"phase": "preparing data"}
+    elapsed = time.monotonic() - started
+    eta = None
+    if progress.get("step") and progress["phase"] == "training":
+        eta = elapsed * (progress["steps"] - progress["step"]) / progress["step"]
+        eta = max(0.0, min(eta, max_minutes * 60 - elapsed))
+    return {"state": "training", "model": BOOTSTRAP_MODEL, **progress, "eta_s": eta}
 
 
 def _last_error(path: Path) -> str:
@@ -124,11 +175,3 @@ def _last_error(path: Path) -> str:
         return "no log"
     errors = [ln.strip() for ln in text.splitlines() if re.search(r"Error|Refused|Exception", ln)]
     return errors[-1] if errors else "no error line in the log"
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1].strip() if lines else ""

@@ -17,12 +17,14 @@ from model.audio_sandbox import probe_audio_isolated
 from model.sampling import SamplingError, check_sampling
 from model.tasks import TASKS
 
+from ..core.bootstrap import read_status
 from ..core.egress import EgressRefused, check_webhook_url
 from ..core.errors import ApiError, audio_error
 from ..core.jobstate import FIRST_TASK
 from ..core.jobstore import IdempotencyConflict, Job, Principal
 from ..core.modelref import ModelNotFound
 from ..core.modelref import check as check_model
+from ..core.modelref import parse as parse_ref
 from ..core.queue import PRIORITIES
 from .context import Context
 
@@ -101,7 +103,9 @@ def accept_job(
     except ValueError as exc:
         raise ApiError(422, "invalid_model", str(exc)) from exc
     except ModelNotFound as exc:
-        raise ApiError(422, "unknown_model", str(exc)) from exc
+        model_ref = _in_training(model or settings.default_model, settings)
+        if model_ref is None:
+            raise ApiError(422, "unknown_model", str(exc)) from exc
     if size > settings.max_upload_bytes:
         raise ApiError(413, "upload_too_large", f"the upload exceeds {settings.max_upload_mb} MB")
     if size == 0:
@@ -172,6 +176,15 @@ def accept_job(
     except Exception:
         log.warning("could not enqueue job %s now; the sweeper will", job.id, exc_info=True)
     return job, False
+
+
+def _in_training(ref: str, settings) -> str | None:
+    """The model `mossctl up` is training on its first run: its jobs are accepted and wait in
+    the queue (the workers start once it is registered)."""
+    training = read_status(settings.home)
+    if training is not None and training.get("model") == parse_ref(ref).name:
+        return str(parse_ref(ref))
+    return None
 
 
 def _replay(ctx: Context, principal: Principal, first: tuple[str, str], digest: str) -> Job:

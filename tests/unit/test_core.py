@@ -113,3 +113,20 @@ def test_local_names_resolve_and_unknown_ones_fail_without_a_registry(tmp_path) 
         check("other", settings)
     with pytest.raises(ModelNotFound, match="unknown model"):
         resolve("models:/other@production", settings)
+
+
+def test_the_first_runs_training_log_reads_as_progress(tmp_path) -> None:
+    from services.core.bootstrap import describe, parse_log, read_status, write_status
+
+    assert parse_log("generating clips") == {"phase": "preparing data"}
+    log = "    step 50/200 loss 1.234\n    step 100/200 loss 0.987\n"
+    assert parse_log(log) == {"phase": "training", "step": 100, "steps": 200, "loss": 0.987}
+    done = parse_log(log + "    evaluating on the held-out split\n    evaluation: count 0.5\n")
+    assert done["phase"] == "registering" and done["evaluation"] == "count 0.5"
+    status = {"state": "training", "model": "m", **parse_log(log), "eta_s": 90.0}
+    assert describe(status) == "training m: step 100/200, loss 0.987, about 2 min left"
+    assert read_status(tmp_path) is None
+    write_status(tmp_path, status)
+    assert read_status(tmp_path) == status
+    write_status(tmp_path, {**status, "state": "done"})
+    assert read_status(tmp_path) is None

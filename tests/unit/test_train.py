@@ -208,3 +208,16 @@ def test_conversations_train_a_clips_answers_with_each_example_opening_one(
         assert long == sorted(long)  # questions first, then captions and timestamp lists
         # ChatML turns with real special tokens: system, then a user and an assistant per answer.
         assert talk.input_ids.count(IM_START_ID) == 1 + 2 * len(turns)
+
+
+def test_the_boundary_error_counts_a_missing_boundary_as_missed() -> None:
+    """An undertrained model writes points in time and untimed lines: the evaluation scores
+    them (this crashed the first run's evaluation once), never fails on them."""
+    from pipelines.evaluate import _boundaries_error_ms
+
+    reference = "[1.0-2.0] beep\n[3.0-5.0] noise"
+    assert _boundaries_error_ms(reference, reference) == 0.0
+    # [1.5] has no end: that boundary counts as missed (the event's length, 1 s).
+    assert _boundaries_error_ms("[1.5] beep\n[3.0-5.0] noise", reference) == 1000 * (0.5 + 1) / 4
+    # An untimed line misses both boundaries; a missing event counts as its own length twice.
+    assert _boundaries_error_ms("beep", reference) == 1000 * (1 + 1 + 2 + 2) / 4

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Response
 
+from ...core.bootstrap import describe, read_status
 from ...core.queue import QUEUES
 from ..deps import Admin, App
 from ..errors import ERRORS
@@ -24,8 +25,9 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(app: App, response: Response) -> Health:
-    """Readiness: Redis, the database, the object store and a worker for every queue.
-    No authentication (probes call it)."""
+    """Readiness: Redis, the database, the object store and a worker for every queue (and,
+    on the local stack's first run, the model still being trained). No authentication (probes
+    call it)."""
     checks = {
         "database": _check(app.context.store.ping),
         "storage": _check(app.context.storage.ping),
@@ -37,6 +39,9 @@ def readyz(app: App, response: Response) -> Health:
             checks[f"workers.{queue}"] = "ok" if queue in queues else "no worker"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
+    if (training := read_status(app.context.settings.home)) is not None:
+        # `mossctl up`'s first run: jobs are accepted and wait for the trained model.
+        checks["model"] = describe(training)
     ready = all(v == "ok" for v in checks.values())
     response.status_code = 200 if ready else 503
     return Health(status="ok" if ready else "unavailable", checks=checks)
