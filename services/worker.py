@@ -17,10 +17,11 @@ import logging
 import threading
 
 from celery.exceptions import Retry
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
+from .core import tracing
 from .core.events import events_for
 from .core.jobmetrics import JobMetrics
 from .core.jobstore import JobStore
@@ -41,6 +42,11 @@ app = make_celery(settings)
 def _logs(**_) -> None:
     """Our log lines instead of Celery's own setup: the job id on each (core.logs)."""
     configure(settings.log_format)
+
+
+@worker_init.connect
+def _tracing(**_) -> None:
+    tracing.setup("moss-worker", settings)
 
 
 # Failures worth retrying: the database, the object store or the network briefly away.
@@ -73,6 +79,7 @@ def _make_context() -> Context:
 
 def _run(task, stage: str, job_id: str, work) -> None:
     token = JOB_ID.set(job_id)  # every line logged while the stage runs names the job
+    tracing.annotate(job_id=job_id, stage=stage)
     try:
         _run_stage(task, stage, job_id, work)
     finally:

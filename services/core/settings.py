@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # Logs of the gateway and the workers: `text` lines, or `json` (one object per line); both
     # carry the request id and the job id.
     log_format: Literal["text", "json"] = "text"
+    # OpenTelemetry traces (gateway -> queue -> worker) to OTEL_EXPORTER_OTLP_ENDPOINT; needs
+    # the `otel` extra.
+    otel_enabled: bool = False
 
     # Workers
     # Transcription of longer audio is cut at quiet points into segments of at most this many

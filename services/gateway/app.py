@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ..core import tracing
 from ..core.events import events_for
 from ..core.jobstore import JobStore
 from ..core.queue import (
@@ -116,6 +117,10 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestId)  # outermost: every response, errors included, gets the id
     errors.install(app)
+    if tracing.setup("moss-gateway", settings):
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     docs.install(app)
     webui.install(app)
     routers = (

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..core.errors import ApiError
@@ -78,6 +78,18 @@ def actor(who: Principal) -> str:
     return f"{who.tenant}:{who.key_id[:8]}"
 
 
+# The header of every POST that creates a job: a retry with the same key returns the first job.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry safely: the same key and request within 24 h return the first "
+        "job (with `Idempotent-Replayed: true`); the same key with another request is 409.",
+    ),
+]
 Ctx = Annotated[Context, Depends(context)]
 App = Annotated[Gateway, Depends(gateway)]
 Jobs = Annotated[Principal, Depends(principal("jobs"))]
@@ -87,3 +99,22 @@ Admin = Annotated[Principal, Depends(principal("admin"))]
 def creates_job(request: Request, who: Jobs) -> None:
     """A dependency of the routes that create jobs: the tenant's quota and the queue's depth."""
     request.app.state.gateway.admission.job(who)
+
+
+def only_form_fields(*allowed: str) -> Callable[..., Any]:
+    """A dependency: unknown form fields are refused (422 `unknown_field`), not ignored: a
+    misspelt `max_new_token`, or a field the route does not have, would otherwise change
+    nothing without a word. (Starlette keeps the parsed form, so the route's own parameters
+    do not parse it again.)"""
+
+    async def dependency(request: Request) -> None:
+        unknown = sorted(set((await request.form()).keys()) - set(allowed))
+        if unknown:
+            raise ApiError(
+                422,
+                "unknown_field",
+                f"unknown form field(s): {', '.join(unknown)}; this route takes "
+                f"{', '.join(allowed)}",
+            )
+
+    return dependency

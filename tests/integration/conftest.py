@@ -130,7 +130,7 @@ def stack(tmp_path_factory, redis_url):
         sweep_after_s=5,  # well above heartbeat_s even when CI's 2 cores are busy
         heartbeat_s=0.5,
         generator_concurrency=4,
-        max_audio_seconds=60,
+        max_audio_seconds=240,  # the three-minute clip
         egress_allow_networks="127.0.0.0/8",  # the webhook receiver below
         webhook_backoff_s=0.2,
     )

@@ -83,6 +83,23 @@ def test_metrics_show_queues_stage_latency_tokens_and_audio_seconds(api) -> None
     assert samples[("moss_jobs", (("status", "succeeded"),))] >= 1
 
 
+def test_a_three_minute_clip_is_transcribed_whole(api) -> None:
+    """Cut into segments of at most MOSS_MAX_SEGMENT_SECONDS (120 s), generated in parallel and
+    joined: every second of the clip reaches the decoder, and the transcript spans it all."""
+    data = encode(*stereo_tone(180.0, freq=250.0), 44_100, "flac")
+    job = wait(api, submit(api, data, task="transcribe_timestamps")["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    assert abs(job["audio_seconds"] - 180.0) < 0.5
+    # 12.5 audio tokens a second, plus time markers and the instruction, over all segments.
+    assert job["result"]["usage"]["prompt_tokens"] >= 180 * 12.5
+    transcript = api.get(f"/v1/jobs/{job['id']}/transcript").json()
+    assert abs(transcript["duration"] - 180.0) < 0.5
+    assert transcript["segments"][0]["start"] == 0.0
+    assert transcript["segments"][-1]["end"] == transcript["duration"]
+    srt = api.get(f"/v1/jobs/{job['id']}/transcript", params={"format": "srt"}).text
+    assert "00:03:00,000" in srt  # the last cue ends at the clip's end
+
+
 def test_second_job_on_the_same_audio_hits_the_feature_cache(api) -> None:
     data = clip(1.5, freq=330.0)
     first = wait(api, submit(api, data)["id"])
@@ -287,6 +304,20 @@ def test_the_official_openai_client_transcribes_through_jobs(api, stack, tmp_pat
     assert "".join(deltas) == plain.text
     with pytest.raises(openai.UnprocessableEntityError):
         client.audio.transcriptions.create(model="whisper-1", file=path.open("rb"))
+    segments = client.audio.transcriptions.create(
+        model="tiny", file=path.open("rb"), response_format="verbose_json",
+        timestamp_granularities=["segment"],
+    )  # fmt: skip
+    assert segments.segments
+    with pytest.raises(openai.UnprocessableEntityError, match="supports `segment` only"):
+        client.audio.transcriptions.create(
+            model="tiny", file=path.open("rb"), response_format="verbose_json",
+            timestamp_granularities=["word"],
+        )  # fmt: skip
+    with pytest.raises(openai.UnprocessableEntityError, match="unknown form field"):
+        client.audio.transcriptions.create(
+            model="tiny", file=path.open("rb"), extra_body={"chunking_strategy": "auto"}
+        )
 
 
 def test_the_openai_backend_generates_on_another_platforms_chat_route(api, stack, tmp_path) -> None:
@@ -354,6 +385,14 @@ def test_the_official_openai_client_chats_about_audio(api, stack) -> None:
     ]
     reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
     choice = reply.choices[0]
+    once = {"Idempotency-Key": f"chat-{reply.id}"}
+    first = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=6, extra_headers=once
+    )
+    again = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=6, extra_headers=once
+    )
+    assert again.id == first.id != reply.id  # a retry is answered from the first job
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
     assert choice.finish_reason in ("stop", "length")
     assert 1 <= reply.usage.completion_tokens <= 6 and reply.usage.prompt_tokens > 15  # audio

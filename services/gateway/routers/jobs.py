@@ -15,7 +15,6 @@ from fastapi import (
     Form,
     Header,
     Query,
-    Request,
     Response,
     UploadFile,
 )
@@ -31,7 +30,7 @@ from ...core.jobstate import ACTIVE, Status
 from ...core.jobstore import Job, JobStore, Principal
 from ...jobs.retention import purge_job
 from ...jobs.submit import accept_job
-from ..deps import App, Ctx, Jobs, creates_job
+from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job, only_form_fields
 from ..errors import ERRORS
 from ..outbound import fetch_audio
 from ..schemas import ErrorBody, JobList, JobOut
@@ -44,20 +43,6 @@ JOB_FIELDS = (
 )  # fmt: skip
 
 
-async def only_job_fields(request: Request) -> None:
-    """Unknown form fields are refused, not ignored: a misspelt `max_new_token`, or a field
-    this route does not have (`language`), would otherwise change nothing without a word.
-    (Starlette keeps the parsed form, so the route's own parameters do not parse it again.)"""
-    unknown = sorted(set((await request.form()).keys()) - set(JOB_FIELDS))
-    if unknown:
-        raise ApiError(
-            422,
-            "unknown_field",
-            f"unknown form field(s): {', '.join(unknown)}; this route takes "
-            f"{', '.join(JOB_FIELDS)}",
-        )
-
-
 @router.post(
     "",
     status_code=202,
@@ -68,7 +53,7 @@ async def only_job_fields(request: Request) -> None:
         413: {"model": ErrorBody},
         415: {"model": ErrorBody},
     },
-    dependencies=[Depends(only_job_fields), Depends(creates_job)],
+    dependencies=[Depends(only_form_fields(*JOB_FIELDS)), Depends(creates_job)],
 )
 def create_job(
     ctx: Ctx,
@@ -113,17 +98,7 @@ def create_job(
             "the `priority` scope)."
         ),
     ] = "normal",
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
-            description="Retry safely: the same key and request within 24 h return the first "
-            "job (with `Idempotent-Replayed: true`); the same key with another request is 409.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Submit audio (a `file`, or an `audio_url`). Answers 202 with the job; poll `Location`,
     follow `/events`, or name a `webhook_url`."""

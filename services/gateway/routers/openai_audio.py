@@ -17,7 +17,7 @@ from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
 from ...jobs.submit import accept_job
 from .. import transcripts
-from ..deps import App, Ctx, Jobs, creates_job
+from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job, only_form_fields
 from ..errors import ERRORS
 from ..streaming import job_error, sse, text_deltas
 from .jobs import upload_size
@@ -26,7 +26,15 @@ router = APIRouter(prefix="/v1/audio", tags=["openai"])
 Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
-@router.post("/transcriptions", responses=ERRORS, dependencies=[Depends(creates_job)])
+FIELDS = ("file", "model", "prompt", "language", "temperature", "response_format", "stream",
+          "timestamp_granularities[]")  # fmt: skip
+
+
+@router.post(
+    "/transcriptions",
+    responses=ERRORS,
+    dependencies=[Depends(only_form_fields(*FIELDS)), Depends(creates_job)],
+)
 async def transcriptions(
     ctx: Ctx,
     gw: App,
@@ -40,8 +48,23 @@ async def transcriptions(
     temperature: Annotated[float, Form()] = 0.0,
     response_format: Annotated[Format, Form()] = "json",
     stream: Annotated[bool, Form()] = False,
+    granularities: Annotated[
+        list[str] | None,
+        Form(
+            alias="timestamp_granularities[]",
+            description="`segment` (what verbose_json has); `word` is not supported.",
+        ),
+    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Transcribe audio; verbose_json, srt and vtt carry the model's time markers."""
+    if set(granularities or []) - {"segment"}:
+        raise ApiError(
+            422,
+            "unsupported_granularity",
+            "timestamp_granularities supports `segment` only: the model's time markers are "
+            "per segment, there are no word timestamps",
+        )
     timed = response_format in ("verbose_json", "srt", "vtt")
     hint = f"The speech is in {language}." if language else None
     instruction = " ".join(p for p in (hint, prompt) if p) or None
@@ -58,7 +81,7 @@ async def transcriptions(
         None,
         temperature,
         "greedy",
-        None,
+        idempotency_key,
         ctx.settings.sync_max_audio_seconds,
     )
     if stream:

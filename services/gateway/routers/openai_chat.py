@@ -22,7 +22,7 @@ from ...core.errors import ApiError
 from ...core.jobstate import Status
 from ...core.jobstore import Job
 from ...jobs.submit import accept_job
-from ..deps import App, Ctx, Jobs, creates_job
+from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job
 from ..errors import ERRORS
 from ..streaming import job_error, sse, text_deltas
 
@@ -89,8 +89,11 @@ def _conversation(messages: list[dict[str, Any]], max_bytes: int) -> tuple[str, 
 
 
 @router.post("/completions", responses=ERRORS, dependencies=[Depends(creates_job)])
-async def completions(ctx: Ctx, gw: App, who: Jobs, body: ChatRequest) -> Response:
-    """A chat completion about one audio clip."""
+async def completions(
+    ctx: Ctx, gw: App, who: Jobs, body: ChatRequest, idempotency_key: IdempotencyKey = None
+) -> Response:
+    """A chat completion about one audio clip. With `Idempotency-Key`, a retry answers from the
+    first request's job instead of making another."""
     instruction, audio = _conversation(body.messages, ctx.settings.max_upload_bytes)
     job, _ = await run_in_threadpool(
         accept_job,
@@ -104,7 +107,7 @@ async def completions(ctx: Ctx, gw: App, who: Jobs, body: ChatRequest) -> Respon
         body.max_completion_tokens or body.max_tokens,
         body.temperature or 0.0,
         "greedy",
-        None,
+        idempotency_key,
         ctx.settings.sync_max_audio_seconds,
     )
     ident, created = f"chatcmpl-{job.id}", int(time.time())
