@@ -94,14 +94,22 @@ def rollback(settings: Settings, name: str, alias: str, actor: str) -> str:
         raise ApiError(404, "not_found", f"no model {name}") from exc
 
 
-def start_pipeline(settings: Settings, enqueue: PipelineEnqueue, name: str, params: dict) -> dict:
-    """Queue a run of `name` for the pipeline worker; the run id names its log and outputs."""
+def start_pipeline(
+    settings: Settings, enqueue: PipelineEnqueue, name: str, params: dict, before=None
+) -> dict:
+    """Queue a run of `name` for the pipeline worker; the run id names its log and outputs.
+
+    `before(run_id)` runs first and may return an earlier run's id instead (an idempotent
+    retry): that run is answered and nothing is queued."""
     if name not in PIPELINE_NAMES:
         raise ApiError(404, "not_found", f"no pipeline {name!r} ({', '.join(PIPELINE_NAMES)})")
     run_id = uuid.uuid4().hex[:12]
+    mode = "kubeflow" if settings.kfp_host else "local"
+    if before is not None and (first := before(run_id)) is not None:
+        log = str(pipeline_log(settings, name, first))
+        return {"run_id": first, "mode": mode, "log": log, "replayed": True}
     try:
         enqueue(run_id, name, params)
     except Exception as exc:
         raise ApiError(503, "queue_unavailable", "the pipeline queue cannot be reached") from exc
-    mode = "kubeflow" if settings.kfp_host else "local"
     return {"run_id": run_id, "mode": mode, "log": str(pipeline_log(settings, name, run_id))}

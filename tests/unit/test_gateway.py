@@ -399,3 +399,34 @@ def test_malformed_chat_requests_are_clear_422s_and_make_no_job(env, messages, c
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == code
     assert ctx.store.list_jobs("alice")[1] == before
+
+
+def test_pipeline_runs_take_an_idempotency_key(tmp_path) -> None:
+    queued, failing = [], {"on": False}
+
+    def enqueue(run_id, name, params):
+        if failing["on"]:
+            raise ConnectionError("broker away")
+        queued.append((run_id, name, params))
+
+    write_checkpoint(tmp_path / "models" / "tiny")
+    ctx = make_context(tmp_path)
+    app = create_app(ctx.settings, ctx, run_sweeper=False, enqueue_pipeline=enqueue)
+    admin, _ = ctx.store.create_key("ops", ["admin"])
+    url = "/v1/pipelines/evaluate/runs"
+    with TestClient(app) as client:
+        once = {**auth(admin), "Idempotency-Key": "nightly-eval-1"}
+        first = client.post(url, headers=once, json={"params": {"per_kind": 5}})
+        again = client.post(url, headers=once, json={"params": {"per_kind": 5}})
+        other = client.post(url, headers=once, json={"params": {"per_kind": 6}})
+        failing["on"] = True
+        retry = {**auth(admin), "Idempotency-Key": "nightly-eval-2"}
+        down = client.post(url, headers=retry, json={"params": {}})
+        failing["on"] = False
+        back = client.post(url, headers=retry, json={"params": {}})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["run_id"] == first.json()["run_id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert down.status_code == 503 and back.status_code == 202  # nothing queued: key free again
+    assert [q[0] for q in queued] == [first.json()["run_id"], back.json()["run_id"]]

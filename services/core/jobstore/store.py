@@ -149,6 +149,33 @@ class JobStore(DeliveryStore):
             raise IdempotencyConflict(self.idempotent_job(job.tenant, idempotency[0])) from exc
         return job
 
+    def remember_idempotency(self, tenant: str, key: str, digest: str, ref: str) -> None:
+        """Record a key for something other than a job (a pipeline run id in `ref`); a key
+        taken within the window raises IdempotencyConflict with the first (digest, ref)."""
+        now = utcnow()
+        try:
+            with self.sessions.begin() as session:
+                session.execute(
+                    delete(IdempotencyKey).where(
+                        IdempotencyKey.tenant == tenant,
+                        IdempotencyKey.key == key,
+                        IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW,
+                    )
+                )
+                session.add(IdempotencyKey(
+                    tenant=tenant, key=key, request_digest=digest, job_id=ref, created_at=now
+                ))  # fmt: skip
+        except IntegrityError as exc:
+            raise IdempotencyConflict(self.idempotent_job(tenant, key)) from exc
+
+    def forget_idempotency(self, tenant: str, key: str) -> None:
+        with self.sessions.begin() as session:
+            session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.tenant == tenant, IdempotencyKey.key == key
+                )
+            )
+
     def idempotent_job(self, tenant: str, key: str) -> tuple[str, str] | None:
         """(request digest, job id) a tenant's key named within the last 24 h, or None."""
         with self.sessions() as session:
