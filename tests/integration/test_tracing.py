@@ -75,7 +75,7 @@ def test_one_job_is_one_trace_from_the_gateway_through_the_queue_to_the_workers(
     try:
         stack.wait_ready(timeout=120)
         with httpx.Client(
-            base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30
+            base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=90
         ) as api:
             data = encode(*stereo_tone(1.0, freq=515.0), 44_100, "wav")
             job = api.post(

@@ -6,6 +6,7 @@ saved to tests/.artifacts/web-page.png."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,9 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     flags = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
-             "--autoplay-policy=no-user-gesture-required")  # fmt: skip
+             "--autoplay-policy=no-user-gesture-required",
+             # A microphone that plays a beep, allowed without asking: recording is tested too.
+             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")  # fmt: skip
     for flag in flags:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -87,6 +90,30 @@ def test_sign_in_upload_watch_and_play_a_segment(browser, stack, tmp_path) -> No
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     unexpected = [e for e in errors if "401" not in e["message"]]  # the wrong key, on purpose
     assert not unexpected, unexpected
+
+
+def test_a_recording_from_the_microphone_becomes_a_job(browser, stack) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{stack.url}/")
+    if not browser.find_element(By.ID, "app").is_displayed():
+        browser.find_element(By.ID, "api-key").send_keys(stack.api_key)
+        browser.find_element(By.ID, "sign-in").click()
+    wait.until(shown.visibility_of_element_located((By.ID, "app")))
+    browser.find_element(By.ID, "record").click()
+    wait.until(shown.visibility_of_element_located((By.ID, "recording")))
+    time.sleep(2.0)  # two seconds of the fake microphone's beep
+    browser.find_element(By.ID, "stop").click()
+    wait.until(shown.text_to_be_present_in_element((By.ID, "record"), "again"))
+    Select(browser.find_element(By.ID, "task")).select_by_value("caption")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(shown.text_to_be_present_in_element((By.ID, "status"), "succeeded"))
+    job = stack_job(stack, browser.find_element(By.ID, "job-id").text)
+    assert job["task"] == "caption" and 1.0 < job["audio_seconds"] < 4.0, job
 
 
 def stack_job(stack, job_id: str) -> dict:
