@@ -8,6 +8,7 @@
     mossctl jobs list | get ID | cancel ID;  mossctl keys create TENANT | list | revoke ID
     mossctl models import | list | promote | rollback;  mossctl pipeline compile | run | submit
     mossctl gateway | worker QUEUE | migrate | predictor ROLE;  mossctl deploy render
+    mossctl datasets validate MANIFEST            # the dataset format (docs/datasets.md)
 
 Errors print one line saying what to fix and exit with a non-zero code (cli.common).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from . import deploy, infer, jobs, keys, models, pipeline, platform, serve
+from . import datasets, deploy, infer, jobs, keys, models, pipeline, platform, serve
 
 app = typer.Typer(
     add_completion=False,
@@ -31,6 +32,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(serve.app)  # gateway, worker, worker-ping, migrate, predictor
 app.add_typer(deploy.app, name="deploy")
+app.add_typer(datasets.app, name="datasets")
 
 
 def main() -> None:  # pragma: no cover - console entry point
