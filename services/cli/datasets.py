@@ -22,6 +22,9 @@ def validate(
         bool, typer.Option(help="Check that each local audio path exists (beside the manifest).")
     ] = True,
     show: Annotated[int, typer.Option(help="Print at most this many problems.")] = 50,
+    default_prompt: Annotated[
+        str, typer.Option(help="The prompt of upstream-format lines that have no user text.")
+    ] = "",
 ) -> None:
     """Check every line against the format; exit 1 when any line is bad."""
     if not manifest.is_file():
@@ -39,6 +42,7 @@ def validate(
             lines,
             audio_exists=exists if check_audio else None,
             progress=lambda: progress.advance(bar),
+            default_prompt=default_prompt,
         )
     for problem in checked.problems[:show]:
         err.print(f"[red]{manifest.name}[/] {problem}", markup=True, highlight=False)

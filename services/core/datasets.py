@@ -4,6 +4,10 @@ split. The format is a JSON Schema (services/core/dataset.schema.json, shown in
 docs/datasets.md); this module checks manifests against it and against what a schema cannot
 say (times in order, inside the clip; ids unique; audio present).
 
+The upstream fine-tuning format (OpenMOSS/MOSS-Audio finetune/FINETUNE.md: a `conversation` of
+an audio message, an optional user text and the assistant's answer) is accepted too, as an
+instruction pair (`from_upstream`).
+
 Checking never stops at the first bad line: every line is checked, and each problem names its
 line and field, so a team fixes a manifest in one pass.
 """
@@ -62,7 +66,32 @@ def _path(parts: Iterable[Any]) -> str:
     return out
 
 
-def check_line(number: int, text: str, duration_of: Callable[[str], float | None] | None = None):
+def from_upstream(line: dict[str, Any], default_prompt: str = "") -> dict[str, Any]:
+    """An upstream fine-tuning line -> our clip: its audio, and its prompt and answer as an
+    instruction pair. Raises ValueError saying what is missing."""
+    turns = line.get("conversation")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise ValueError("`conversation` must be a list of messages")
+    audio = [t.get("content") for t in turns if t.get("message_type") == "audio"]
+    texts = [t.get("content") for t in turns
+             if t.get("role") == "user" and t.get("message_type") == "text"]  # fmt: skip
+    answers = [t.get("content") for t in turns if t.get("role") == "assistant"]
+    if len(audio) != 1 or not isinstance(audio[0], str) or not audio[0]:
+        raise ValueError("the conversation needs exactly one audio message (a path)")
+    if len(answers) != 1 or not isinstance(answers[0], str) or not answers[0].strip():
+        raise ValueError("the conversation needs exactly one assistant answer")
+    prompt = " ".join(t for t in texts if isinstance(t, str) and t.strip()) or default_prompt
+    if not prompt:
+        raise ValueError("no user text: give one in the line or a default prompt")
+    return {"audio": audio[0], "instructions": [{"prompt": prompt, "answer": answers[0]}]}
+
+
+def check_line(
+    number: int,
+    text: str,
+    duration_of: Callable[[str], float | None] | None = None,
+    default_prompt: str = "",
+):
     """The problems of one manifest line, and the clip when there are none."""
     try:
         clip = json.loads(text)
@@ -70,6 +99,11 @@ def check_line(number: int, text: str, duration_of: Callable[[str], float | None
         return None, [Problem(number, "", f"not JSON: {exc.msg} at column {exc.colno}")]
     if not isinstance(clip, dict):
         return None, [Problem(number, "", "a line must be a JSON object")]
+    if "conversation" in clip:  # the upstream fine-tuning format
+        try:
+            clip = from_upstream(clip, default_prompt)
+        except ValueError as exc:
+            return None, [Problem(number, "conversation", str(exc))]
     problems = [
         Problem(number, _path(error.absolute_path), _message(error))
         for error in sorted(_validator().iter_errors(clip), key=lambda e: list(e.absolute_path))
@@ -104,6 +138,7 @@ def check_manifest(
     audio_exists: Callable[[str], bool] | None = None,
     duration_of: Callable[[str], float | None] | None = None,
     progress: Callable[[], None] | None = None,
+    default_prompt: str = "",
 ) -> Checked:
     """Check every line; ids must be unique and (with `audio_exists`) the audio must exist."""
     checked, seen = Checked(), {}
@@ -113,7 +148,7 @@ def check_manifest(
         if not text.strip():
             continue
         checked.lines += 1
-        clip, problems = check_line(number, text, duration_of)
+        clip, problems = check_line(number, text, duration_of, default_prompt)
         if clip is not None:
             clip.setdefault("id", str(number))
             clip.setdefault("split", "train")

@@ -93,3 +93,24 @@ def test_the_generated_bootstrap_dataset_is_in_the_format(tmp_path) -> None:
     key, _ = generate_dataset(storage, "t", 20)
     checked = check_manifest(storage.get_bytes(key).decode().splitlines())
     assert not checked.problems and len(checked.clips) == 20
+
+
+def test_the_upstream_fine_tuning_format_is_accepted_as_an_instruction_pair() -> None:
+    def upstream(*turns):
+        keys = ("role", "message_type", "content")
+        return {"conversation": [dict(zip(keys, t, strict=True)) for t in turns]}
+
+    good = upstream(("user", "audio", "clips/a.wav"), ("user", "text", "Transcribe the audio."),
+                    ("assistant", "text", "Hello world."))  # fmt: skip
+    no_prompt = upstream(("user", "audio", "clips/b.wav"), ("assistant", "text", "Hi."))
+    no_audio = upstream(("user", "text", "Hi?"), ("assistant", "text", "Hi."))
+    checked = check_manifest(lines(good, no_prompt, no_audio))
+    assert checked.clips == [{
+        "audio": "clips/a.wav", "id": "1", "split": "train",
+        "instructions": [{"prompt": "Transcribe the audio.", "answer": "Hello world."}],
+    }]  # fmt: skip
+    found = {(p.line, p.field): p.message for p in checked.problems}
+    assert "no user text" in found[(2, "conversation")]
+    assert "exactly one audio message" in found[(3, "conversation")]
+    defaulted = check_manifest(lines(no_prompt), default_prompt="Describe the audio.")
+    assert defaulted.clips[0]["instructions"][0]["prompt"] == "Describe the audio."
