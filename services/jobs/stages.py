@@ -44,16 +44,17 @@ def encode_job(ctx: Context, job_id: str) -> bool:
     # The heartbeat covers the whole stage, model loading included: a first load from the
     # registry can outlast MOSS_SWEEP_AFTER_S, and the sweeper would give the stage to another
     # worker.
-    started = time.monotonic()
     with heartbeat(ctx, job_id):
-        done = _encode_claimed(ctx, job_id)
-    if done and ctx.metrics is not None:
-        job = ctx.store.get_job(job_id)
-        ctx.metrics.stage("encode", time.monotonic() - started, audio_seconds=job.audio_seconds)
-    return done
+        return _encode_claimed(ctx, job_id, started=time.monotonic())
 
 
-def _encode_claimed(ctx: Context, job_id: str) -> bool:
+def _observe(ctx: Context, stage: str, started: float, audio_seconds: float, tokens: int = 0):
+    """A stage that moved its job on: its latency and what it did (/metrics)."""
+    if ctx.metrics is not None:
+        ctx.metrics.stage(stage, time.monotonic() - started, audio_seconds, tokens)
+
+
+def _encode_claimed(ctx: Context, job_id: str, started: float) -> bool:
     job = ctx.store.get_job(job_id)
     served = ctx.backend.lookup(job.model)
     params = {k: v for k, v in (job.params or {}).items() if k != "model_version"}
@@ -83,6 +84,7 @@ def _encode_claimed(ctx: Context, job_id: str) -> bool:
         ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.record_timing(job_id, Stage.ENCODE, cache_hit=cached)
     if advance(ctx.store, ctx.enqueue, job_id, Stage.ENCODE, features_key=key, progress=0.1):
+        _observe(ctx, "encode", started, job.audio_seconds)
         return True
     if not cached and (ended := ctx.store.get_job(job_id)) is not None and ended.purged_at:
         ctx.storage.delete(key)  # purged while it was encoded: leave nothing of it behind
@@ -93,17 +95,11 @@ def generate_job(ctx: Context, job_id: str) -> bool:
     """Features -> adapter/mergers -> prompt -> decoder (local or a predictor) -> result."""
     if not ctx.store.claim_stage(job_id, "generate"):
         return False
-    started = time.monotonic()
     with heartbeat(ctx, job_id):  # from the claim on, model loading included (see encode_job)
-        done = _generate_claimed(ctx, job_id)
-    if done and ctx.metrics is not None:
-        job = ctx.store.get_job(job_id)
-        tokens = ((job.result or {}).get("usage") or {}).get("completion_tokens", 0)
-        ctx.metrics.stage("generate", time.monotonic() - started, job.audio_seconds, tokens)
-    return done
+        return _generate_claimed(ctx, job_id, started=time.monotonic())
 
 
-def _generate_claimed(ctx: Context, job_id: str) -> bool:
+def _generate_claimed(ctx: Context, job_id: str, started: float) -> bool:
     job = ctx.store.get_job(job_id)
     params = job.params or {}
     served = ctx.backend.lookup(job.model, registry_version=params.get("model_version"))
@@ -175,7 +171,11 @@ def _generate_claimed(ctx: Context, job_id: str) -> bool:
         "completion_tokens": sum(g.produced for g in generations),
     }
     result["model"] = answered_by(ctx, job.model, served, features_version)
-    return advance(ctx.store, ctx.enqueue, job_id, Stage.GENERATE, result=result)
+    if not advance(ctx.store, ctx.enqueue, job_id, Stage.GENERATE, result=result):
+        return False
+    tokens = result["usage"]["completion_tokens"]
+    _observe(ctx, "generate", started, job.audio_seconds, tokens)
+    return True
 
 
 def _show_text(ctx: Context, job_id: str, generations, shown: list[str]) -> list[str]:

@@ -108,6 +108,16 @@ def finish(ctx, job_id: str, text: str = "a tone") -> None:
     assert ctx.store.complete_stage(job_id, "generate", result={"text": text})
 
 
+def settled(client, job_id: str, status: str, timeout: float) -> dict:
+    """The job's one delivery once it reaches `status` (or as it is at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (delivery,) = client.get(f"/v1/jobs/{job_id}").json()["webhook"]["deliveries"]
+        if delivery["status"] == status or time.monotonic() > deadline:
+            return delivery
+        time.sleep(0.1)
+
+
 def verify(secret: str, headers: dict, body: bytes) -> bool:
     """The receiver's check, as docs/api.md shows it."""
     timestamp = headers["Moss-Webhook-Timestamp"]
@@ -134,12 +144,7 @@ def test_a_signed_webhook_is_retried_after_a_500_and_its_attempts_show_on_the_jo
     assert not verify("whsec_wrong", second["headers"], second["body"])
     assert not verify(key.webhook_secret, second["headers"], second["body"] + b" ")
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        (delivery,) = client.get(f"/v1/jobs/{job['id']}").json()["webhook"]["deliveries"]
-        if delivery["status"] == "delivered":
-            break
-        time.sleep(0.1)
+    delivery = settled(client, job["id"], "delivered", timeout=10)
     assert delivery["status"] == "delivered" and delivery["event"] == "job.succeeded"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 200]
     assert delivery["attempts"][0]["error"] == "HTTP 500"
@@ -164,12 +169,7 @@ def test_cancel_and_failure_are_delivered_and_a_receiver_down_for_good_is_given_
     receiver.plan = [503] * 50
     lost = post(client, webhook_url=f"{receiver.url}/c").json()
     finish(ctx, lost["id"])
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        (delivery,) = client.get(f"/v1/jobs/{lost['id']}").json()["webhook"]["deliveries"]
-        if delivery["status"] == "failed":
-            break
-        time.sleep(0.1)
+    delivery = settled(client, lost["id"], "failed", timeout=15)
     assert delivery["status"] == "failed" and delivery["next_attempt_at"] is None
     assert len(delivery["attempts"]) >= 2
     assert {a["status_code"] for a in delivery["attempts"]} == {503}

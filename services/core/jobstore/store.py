@@ -76,6 +76,21 @@ def hash_key(plain: str) -> str:
     return hashlib.sha256(plain.encode()).hexdigest()
 
 
+def _take_key(session, tenant: str, key: str, digest: str, ref: str, now: datetime) -> None:
+    """Record an Idempotency-Key in the caller's transaction; one taken within the window
+    makes the commit fail with IntegrityError (an expired one is replaced)."""
+    session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.tenant == tenant,
+            IdempotencyKey.key == key,
+            IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW,
+        )
+    )
+    session.add(
+        IdempotencyKey(tenant=tenant, key=key, request_digest=digest, job_id=ref, created_at=now)
+    )
+
+
 @dataclass(frozen=True)
 class Principal:
     key_id: str
@@ -131,18 +146,7 @@ class JobStore(DeliveryStore):
             with self.sessions.begin() as session:
                 session.add(job)
                 if idempotency is not None:
-                    key, digest = idempotency
-                    session.execute(
-                        delete(IdempotencyKey).where(
-                            IdempotencyKey.tenant == job.tenant,
-                            IdempotencyKey.key == key,
-                            IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW,
-                        )
-                    )
-                    session.add(IdempotencyKey(
-                        tenant=job.tenant, key=key, request_digest=digest, job_id=job.id,
-                        created_at=now,
-                    ))  # fmt: skip
+                    _take_key(session, job.tenant, *idempotency, job.id, now)
         except IntegrityError as exc:
             if idempotency is None:
                 raise
@@ -152,19 +156,9 @@ class JobStore(DeliveryStore):
     def remember_idempotency(self, tenant: str, key: str, digest: str, ref: str) -> None:
         """Record a key for something other than a job (a pipeline run id in `ref`); a key
         taken within the window raises IdempotencyConflict with the first (digest, ref)."""
-        now = utcnow()
         try:
             with self.sessions.begin() as session:
-                session.execute(
-                    delete(IdempotencyKey).where(
-                        IdempotencyKey.tenant == tenant,
-                        IdempotencyKey.key == key,
-                        IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW,
-                    )
-                )
-                session.add(IdempotencyKey(
-                    tenant=tenant, key=key, request_digest=digest, job_id=ref, created_at=now
-                ))  # fmt: skip
+                _take_key(session, tenant, key, digest, ref, utcnow())
         except IntegrityError as exc:
             raise IdempotencyConflict(self.idempotent_job(tenant, key)) from exc
 
