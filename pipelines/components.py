@@ -20,6 +20,7 @@ from model import MossAudioModel, MossAudioProcessor, preset_config
 from services.core.modelref import ModelNotFound, parse, resolve
 from services.core.registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
 from services.core.settings import Settings, get_settings
+from services.core.sft import KINDS
 from services.core.storage import make_storage
 
 from .data import describe_dataset, generate_dataset, read_manifest
@@ -27,7 +28,7 @@ from .evaluate import evaluate, first_per_kind
 from .report import write_report
 from .train import Examples, TrainConfig, train
 
-EVAL_KINDS = ("event_at", "event_start", "count", "caption", "timestamps")
+EVAL_KINDS = KINDS  # every family the held-out split has is scored
 
 
 def tracking_uri() -> str:
@@ -148,8 +149,10 @@ def train_step(
                 "data_digest": digest,
                 "base_model": base_model or f"preset:{size}",
                 "examples": len(examples),
+                "examples_by_kind": json.dumps(examples.kind_counts()),
             }
         )
+        print(f"training on {len(examples)} examples: {examples.kind_counts()}", flush=True)
 
         def log(step: int, metrics: dict[str, float]) -> None:
             if step % 10 == 0 or step == 1:

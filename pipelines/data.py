@@ -1,16 +1,13 @@
 """A local dataset the project generates itself: clips with known events at known times.
 
 Each clip is silence with a faint noise floor and one to three non-overlapping events: low or
-high beeps (tones), noise bursts, chirps (rising sweeps) and click trains. Every clip carries
-the annotations the training stages need, all derived from the events:
+high beeps (tones), noise bursts, chirps (rising sweeps) and click trains. Each line carries
+the clip's events and a caption made from them ("A low beep at 1.2 s, then a noise burst at
+4.0 s."), in the platform's dataset format (docs/datasets.md); the trainer builds its
+questions from those labels (services.core.sft), as it does for any team's manifest.
 
-- `caption`: "A low beep at 1.2 s, then a noise burst at 4.0 s."
-- `transcribe_timestamps`: one `[start-end] label` line per event (the format services parse)
-- `ask`: "What happens at 4 s?" -> "a noise burst"; "When does the noise burst start?" ->
-  "4.0"; "How many beeps?" -> "2"
-
-The manifest is JSONL (one clip per line, with its split); audio and manifest go to the object
-store, and the manifest's SHA-256 is the dataset's identity in every run that uses it.
+Audio and manifest go to the object store, and the manifest's SHA-256 is the dataset's
+identity in every run that uses it.
 """
 
 from __future__ import annotations
@@ -18,15 +15,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
 import wave
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from services.core.datasets import check_manifest
+from services.core.sft import event_caption
+
 SAMPLE_RATE = 16_000
 EVENT_TYPES = ("low beep", "high beep", "noise burst", "chirp", "click train")
-ARTICLE = {t: "a" for t in EVENT_TYPES}
 
 
 @dataclass(frozen=True)
@@ -73,50 +73,6 @@ def make_clip(rng: np.random.Generator) -> tuple[np.ndarray, list[Event], float]
     return audio, events, duration
 
 
-def annotations(events: list[Event], rng: np.random.Generator) -> list[dict[str, str]]:
-    """Prompt/answer pairs for one clip (task, prompt, answer, and the kind of question)."""
-    parts = [f"{ARTICLE[e.label]} {e.label} at {e.start:.1f} s" for e in events]
-    caption = (parts[0][0].upper() + parts[0][1:] + "".join(f", then {p}" for p in parts[1:])) + "."
-    timestamps = "\n".join(f"[{e.start:.2f}-{e.end:.2f}] {e.label}" for e in events)
-    out = [
-        {"task": "caption", "kind": "caption", "prompt": "", "answer": caption},
-        {"task": "transcribe_timestamps", "kind": "timestamps", "prompt": "", "answer": timestamps},
-    ]
-    for event in events:  # "what happens at t s?" for every event with a whole second inside
-        first, last = int(np.ceil(event.start)), int(np.floor(event.end))
-        if first <= last:
-            moment = int(rng.integers(first, last + 1))
-            out.append(
-                {
-                    "task": "ask",
-                    "kind": "event_at",
-                    "prompt": f"What happens at {moment} s?",
-                    "answer": f"{ARTICLE[event.label]} {event.label}",
-                }
-            )
-    event = events[int(rng.integers(len(events)))]
-    same = [e for e in events if e.label == event.label]
-    which = "first " if len(same) > 1 else ""
-    out.append(
-        {
-            "task": "ask",
-            "kind": "event_start",
-            "prompt": f"When does the {which}{event.label} start?",
-            "answer": f"{same[0].start:.1f}",
-        }
-    )
-    beeps = sum(e.label.endswith("beep") for e in events)
-    out.append(
-        {
-            "task": "ask",
-            "kind": "count",
-            "prompt": "How many beeps are there?",
-            "answer": str(beeps),
-        }
-    )
-    return out
-
-
 def wav_bytes(audio: np.ndarray) -> bytes:
     pcm = np.clip(audio * 32767, -32768, 32767).astype("<i2")
     buffer = io.BytesIO()
@@ -146,7 +102,7 @@ def generate_dataset(
                     "duration": duration,
                     "split": "heldout" if rng.random() < heldout_share else "train",
                     "events": [asdict(e) for e in events],
-                    "examples": annotations(events, rng),
+                    "caption": event_caption([asdict(e) for e in events]),
                 },
                 sort_keys=True,
             )
@@ -168,9 +124,24 @@ def describe_dataset(clips: list[dict[str, Any]], key: str) -> str:
     return f"the audio of dataset {key} ({len(clips)} clips)"
 
 
-def read_manifest(storage: Any, key: str) -> tuple[list[dict[str, Any]], str]:
-    """The clips of a manifest and its digest."""
+def read_manifest(
+    storage: Any, key: str, default_prompt: str = ""
+) -> tuple[list[dict[str, Any]], str]:
+    """The valid clips of a manifest and the manifest's digest.
+
+    Every line is checked (services.core.datasets); a bad line is reported and skipped, never
+    the end of the run. Audio paths are relative to the manifest's folder unless they are
+    object-store keys already (`datasets/...`).
+    """
     raw = storage.get_bytes(key)
-    return [json.loads(line) for line in raw.decode().splitlines() if line], hashlib.sha256(
-        raw
-    ).hexdigest()
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    checked = check_manifest(lines, default_prompt=default_prompt)
+    for problem in checked.problems:
+        print(f"{key} {problem} (skipped)", flush=True)
+    if not checked.clips:
+        raise ValueError(f"{key}: no valid clip in {checked.lines} lines")
+    folder = posixpath.dirname(key)
+    for clip in checked.clips:
+        if not clip["audio"].startswith("datasets/"):
+            clip["audio"] = posixpath.join(folder, clip["audio"])
+    return checked.clips, hashlib.sha256(raw).hexdigest()

@@ -4,11 +4,14 @@ Stages decide what trains and on which targets:
 
 | stage | encoder | adapter, mergers | decoder | targets |
 |---|---|---|---|---|
-| `pretrain` | trains | train | full | time-aware: timestamped event lists, event starts, captions |
-| `sft` (Instruct) | frozen | train | full or LoRA | every task: captions, timestamps, QA |
+| `pretrain` | trains | train | full | time-aware: transcripts, timed lists, starts, captions |
+| `sft` (Instruct) | frozen | train | full or LoRA | every kind (services.core.sft.KINDS) |
 | `sft_thinking` | frozen | train | full or LoRA | QA answers after a `<think>` trace |
 
-The loss covers answer tokens only (the model's head runs only where labels are set).
+Examples come from each clip's labels (services.core.sft.build_examples), so a manifest trains
+on whichever families it has; kinds outside the stage's list are left out, and the run logs
+how many examples of each kind it kept. The loss covers answer tokens only (the model's head
+runs only where labels are set).
 Checkpoints are the released format (config.json + safetensors, plus the tokenizer) with a
 `trainer_state.pt` beside them (step, optimizer, scheduler, RNG, data order), so a resumed run
 continues exactly where it stopped.
@@ -35,6 +38,7 @@ from model.encoder import num_audio_tokens
 from model.processor import default_prompt
 from model.tasks import instruction_for
 from model.tokens import ENDOFTEXT_ID, IM_END_ID
+from services.core.sft import KINDS, build_examples
 
 from .lora import add_lora, lora_state, merged_copy
 
@@ -42,13 +46,9 @@ STAGES: dict[str, dict[str, Any]] = {
     "pretrain": {
         "train_encoder": True,
         "decoder": "full",
-        "kinds": ("timestamps", "event_start", "caption"),
+        "kinds": ("transcript", "segments", "timestamps", "event_start", "caption"),
     },
-    "sft": {
-        "train_encoder": False,
-        "decoder": "full",
-        "kinds": ("caption", "timestamps", "event_at", "event_start", "count"),
-    },
+    "sft": {"train_encoder": False, "decoder": "full", "kinds": KINDS},
     "sft_thinking": {
         "train_encoder": False,
         "decoder": "full",
@@ -57,7 +57,7 @@ STAGES: dict[str, dict[str, Any]] = {
 }
 STATE_FILE = "trainer_state.pt"
 # Kinds whose answers describe the whole clip: last in a conversation (see Examples).
-LONG_ANSWERS = ("caption", "timestamps")
+LONG_ANSWERS = ("caption", "timestamps", "transcript", "segments")
 
 
 @dataclass
@@ -160,12 +160,12 @@ class Examples:
             self.mels.append(mel)
             tokens = int(num_audio_tokens(mel.shape[-1]))
             turns = []
-            for example in clip["examples"]:
+            for example in build_examples(clip, random.Random(f"{seed}:{clip['id']}")):
                 if example["kind"] not in kinds:
                     continue
                 instruction = instruction_for(example["task"], example["prompt"] or None)
                 target = example["answer"]
-                if thinking:
+                if thinking and clip.get("events"):
                     target = f"<think>\n{thinking_trace(clip['events'])}\n</think>\n\n{target}"
                 turns.append((example, instruction, self._answer_ids(target)))
             if not conversations:
@@ -215,6 +215,13 @@ class Examples:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many examples of each kind were kept (logged with every run)."""
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item.kind] = counts.get(item.kind, 0) + 1
+        return dict(sorted(counts.items()))
 
     def batch(self, items: list[Example]) -> dict[str, torch.Tensor]:
         """Right-padded ids/labels and zero-padded mel for a list of examples."""

@@ -23,26 +23,39 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 ALIASES = ("candidate", "staging", "production")
-# Which direction is better for each evaluation metric the gate compares (pipelines.evaluate
-# computes them; the gate only needs their direction).
-HIGHER_IS_BETTER = {
-    "event_qa_accuracy": True,
-    "count_accuracy": True,
-    "caption_keyword_recall": True,
-    "timestamp_error_median_s": False,
-    "aas_ms": False,
-    "caption_wer": False,
-    "caption_cer": False,
+# Every metric the evaluation writes (pipelines.evaluate): the label family it measures and
+# whether higher is better. The gate groups thresholds by family: a candidate evaluated on a
+# manifest without speech has no `wer`, so the speech thresholds are skipped, not failed.
+METRICS: dict[str, tuple[str, bool]] = {
+    "wer": ("speech", False),
+    "cer": ("speech", False),
+    "segments_wer": ("speech", False),
+    "segments_aas_ms": ("speech", False),
+    "event_qa_accuracy": ("events", True),
+    "count_accuracy": ("events", True),
+    "timestamp_error_median_s": ("events", False),
+    "aas_ms": ("events", False),
+    "caption_keyword_recall": ("caption", True),
+    "caption_wer": ("caption", False),
+    "caption_cer": ("caption", False),
+    "instruction_exact_match": ("instructions", True),
+    "instruction_token_f1": ("instructions", True),
 }
+HIGHER_IS_BETTER = {metric: higher for metric, (_, higher) in METRICS.items()}
 
 SIZES = ("tiny", "small", "4b", "8b")
 FLAVORS = ("instruct", "thinking")
 CHECKPOINT_ARTIFACT = "checkpoint"
 IMPORTED = "imported"  # metrics_status of a version registered by an import, not evaluated
 HISTORY_TAG = "alias_history.{alias}"
-# Thresholds a version must meet to become `production` (per metric: min for higher-is-better
-# metrics, max for lower-is-better ones). Overridden by MOSS_PROMOTION_THRESHOLDS (JSON).
-DEFAULT_THRESHOLDS = {"production": {"event_qa_accuracy": 0.5, "timestamp_error_median_s": 2.0}}
+# Thresholds a version must meet to move to an alias (per metric: min for higher-is-better
+# metrics, max for lower-is-better ones), for every model; `models` holds per-model-name
+# overrides (a null limit drops a default). Overridden by MOSS_PROMOTION_THRESHOLDS (JSON, same
+# shape); docs/pipelines.md, "Promotion gate".
+DEFAULT_THRESHOLDS: dict[str, Any] = {
+    "production": {"event_qa_accuracy": 0.5, "timestamp_error_median_s": 2.0, "wer": 0.5},
+    "models": {},
+}
 DEFAULT_TOLERANCE = 0.02  # absolute slack when comparing against the current holder
 
 
@@ -232,19 +245,30 @@ class Registry:
             raise ValueError(f"alias must be one of {', '.join(ALIASES)}")
         imported = self.version_tags(name, version).get("metrics_status") == IMPORTED
         candidate = self.version_metrics(name, version)
-        limits = (thresholds if thresholds is not None else load_thresholds()).get(alias, {})
+        if thresholds is None:
+            limits = load_thresholds(name).get(alias, {})
+        else:
+            limits = thresholds_for(thresholds, name).get(alias, {})
         holder = self.alias_holder(name, alias)
         holder_metrics = self.version_metrics(name, holder) if holder and holder != version else {}
-        problems = []
+        problems: list[str] = []
         if imported:
             problems.append(
                 f"v{version} is an imported checkpoint that was not evaluated here; promote it "
                 "explicitly (--force, recorded) or run the evaluate pipeline on it first"
             )
             limits = {}
+        applied, skipped = gate_families(limits, candidate)
+        if limits and not applied and not imported:
+            problems.append(
+                "evaluated on none of the families the thresholds check "
+                f"({', '.join(sorted(skipped))}): evaluate on a manifest that has one"
+            )
         for metric, limit in limits.items():
             value = candidate.get(metric)
             higher = HIGHER_IS_BETTER.get(metric, True)
+            if metric in METRICS and METRICS[metric][0] in skipped:
+                continue
             if value is None:
                 problems.append(f"{metric} is missing")
             elif (value < limit) if higher else (value > limit):
@@ -265,6 +289,8 @@ class Registry:
             reason = "forced by " + actor
         else:
             reason = "; ".join(problems) if problems else "meets thresholds, no regression"
+            if skipped and not problems:
+                reason += f" (not evaluated, skipped: {', '.join(sorted(skipped))})"
         decision = Decision(
             model=name,
             version=version,
@@ -357,9 +383,33 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def load_thresholds() -> dict[str, dict[str, float]]:
-    """MOSS_PROMOTION_THRESHOLDS, read when a promotion is decided (not cached)."""
+def gate_families(
+    limits: dict[str, float], candidate: dict[str, float]
+) -> tuple[set[str], set[str]]:
+    """The families whose thresholds apply (the candidate has a metric of the family) and those
+    skipped (it was not evaluated on them). A metric outside METRICS is always checked."""
+    families = {METRICS[m][0] for m in limits if m in METRICS}
+    evaluated = {METRICS[m][0] for m in candidate if m in METRICS}
+    applied = (families & evaluated) | ({"other"} if set(limits) - set(METRICS) else set())
+    return applied, families - evaluated
+
+
+def thresholds_for(config: dict[str, Any], name: str) -> dict[str, dict[str, float]]:
+    """The limits per alias for the model `name`: the defaults, then its own entries on top."""
+    merged = {alias: dict(v) for alias, v in config.items() if alias != "models"}
+    for alias, limits in (config.get("models") or {}).get(name, {}).items():
+        entry = merged.setdefault(alias, {})
+        for metric, limit in limits.items():
+            if limit is None:
+                entry.pop(metric, None)
+            else:
+                entry[metric] = limit
+    return merged
+
+
+def load_thresholds(name: str = "") -> dict[str, dict[str, float]]:
+    """MOSS_PROMOTION_THRESHOLDS for model `name`, read when a promotion is decided (not cached)."""
     from .settings import Settings
 
     raw = Settings().promotion_thresholds
-    return json.loads(raw) if raw else DEFAULT_THRESHOLDS
+    return thresholds_for(json.loads(raw) if raw else DEFAULT_THRESHOLDS, name)

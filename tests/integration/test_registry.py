@@ -63,3 +63,26 @@ def test_gate_refuses_worse_accepts_better_and_rolls_back(mlflow_uri, tmp_path) 
     assert registry.alias_holder(name, "production") == good
     with pytest.raises(ValueError, match="no earlier version"):
         registry.rollback(name, "production")
+
+
+def test_gate_checks_the_families_a_version_was_evaluated_on(mlflow_uri, tmp_path) -> None:
+    registry = Registry(mlflow_uri)
+    name = f"moss-audio-test-{uuid.uuid4().hex[:6]}"
+    thresholds = {
+        "production": {"event_qa_accuracy": 0.5, "wer": 0.5},
+        "models": {name: {"production": {"wer": 0.2}}},
+    }
+    speech = version_with(registry, name, {"wer": 0.15, "cer": 0.05}, tmp_path)
+    decision = registry.promote(name, speech, "production", "ci", thresholds)
+    assert decision.accepted and "skipped: events" in decision.reason
+    assert decision.thresholds == {"event_qa_accuracy": 0.5, "wer": 0.2}  # its name's limit
+    loose = version_with(registry, name, {"wer": 0.3}, tmp_path)
+    with pytest.raises(PromotionRefused, match=r"wer 0\.3 > threshold 0\.2"):
+        registry.promote(name, loose, "production", "ci", thresholds)
+    captions = version_with(registry, name, {"caption_wer": 0.4}, tmp_path)
+    with pytest.raises(PromotionRefused, match="none of the families"):
+        registry.promote(name, captions, "production", "ci", thresholds)
+    # Another model name gets the defaults: 0.3 passes the shared wer limit of 0.5.
+    other = f"{name}-b"
+    assert registry.promote(other, version_with(registry, other, {"wer": 0.3}, tmp_path),
+                            "production", "ci", thresholds).accepted  # fmt: skip

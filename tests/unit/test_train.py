@@ -11,7 +11,7 @@ import torch
 
 from model import MossAudioModel, preset_config
 from model.tokens import IM_START_ID
-from pipelines.data import EVENT_TYPES, generate_dataset, read_manifest
+from pipelines.data import generate_dataset, read_manifest
 from pipelines.lora import LoRALinear, merged_copy
 from pipelines.train import (
     STATE_FILE,
@@ -38,29 +38,6 @@ def dataset(tmp_path, processor, clips: int = 16):
 def fresh_model() -> MossAudioModel:
     torch.manual_seed(0)
     return MossAudioModel(preset_config("tiny"))
-
-
-def test_dataset_annotations_follow_the_events(tmp_path) -> None:
-    storage = LocalStorage(tmp_path)
-    key, _ = generate_dataset(storage, "d", 20, seed=3)
-    for clip in read_manifest(storage, key)[0]:
-        events = clip["events"]
-        assert all(
-            e["label"] in EVENT_TYPES and 0 < e["start"] < e["end"] <= clip["duration"]
-            for e in events
-        )
-        by_kind = {x["kind"]: x for x in clip["examples"]}
-        for asked in (x for x in clip["examples"] if x["kind"] == "event_at"):
-            second = int(asked["prompt"].split()[3])
-            assert any(asked["answer"].endswith(e["label"]) for e in events
-                       if e["start"] <= second <= e["end"])  # fmt: skip
-        assert by_kind["count"]["answer"] == str(sum(e["label"].endswith("beep") for e in events))
-        lines = by_kind["timestamps"]["answer"].splitlines()
-        assert len(lines) == len(events) and lines[0].startswith(f"[{events[0]['start']:.2f}-")
-        if "event_at" in by_kind:
-            second = int(by_kind["event_at"]["prompt"].split()[3])
-            hit = [e for e in events if e["start"] <= second <= e["end"]]
-            assert hit and by_kind["event_at"]["answer"].endswith(hit[0]["label"])
 
 
 def test_answer_tokens_only_are_labelled(tmp_path, processor) -> None:
@@ -167,7 +144,7 @@ def test_shortlist_loss_is_the_softmax_over_the_shortlist(tmp_path, processor) -
     expected = torch.nn.functional.cross_entropy(full[:, shortlist], index)
     torch.testing.assert_close(short.loss, expected)
     with pytest.raises(ValueError, match="missing from label_vocab"):
-        model(**batch, label_vocab=torch.tensor(used[1:]))
+        model(**batch, label_vocab=torch.tensor([t for t in used if t != int(targets[0])]))
 
 
 def test_shortlist_training_learns_a_fixed_batch(tmp_path, processor) -> None:
