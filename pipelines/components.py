@@ -150,6 +150,7 @@ def train_step(
                 "base_model": base_model or f"preset:{size}",
                 "examples": len(examples),
                 "examples_by_kind": json.dumps(examples.kind_counts()),
+                "clips_skipped": len(examples.skipped),
             }
         )
         print(f"training on {len(examples)} examples: {examples.kind_counts()}", flush=True)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model import MossAudioModel, MossAudioProcessor, load_audio, log_mel_spectrogram
+from model import MossAudioModel, MossAudioProcessor, log_mel_spectrogram
+from model.audio_sandbox import load_audio_isolated
 from model.batching import pad_mels
 from model.encoder import num_audio_tokens
 from model.processor import default_prompt
@@ -152,11 +153,19 @@ class Examples:
     ) -> None:
         self.mels: list[torch.Tensor] = []
         self.items: list[Example] = []
-        self.clips = [c for c in clips if c["split"] == split]
+        self.clips: list[dict[str, Any]] = []
+        self.skipped: list[tuple[str, str]] = []  # (clip id, why): audio that would not decode
         self.tokenizer = processor.tokenizer
         rng = random.Random(seed)
-        for index, clip in enumerate(self.clips):
-            mel = log_mel_spectrogram(load_audio(read_audio(clip["audio"])))
+        for clip in (c for c in clips if c.get("split", "train") == split):
+            try:  # a team's audio is decoded in the sandbox, like an upload
+                mel = log_mel_spectrogram(load_audio_isolated(read_audio(clip["audio"])))
+            except (ValueError, KeyError, OSError) as exc:
+                self.skipped.append((str(clip.get("id", clip["audio"])), str(exc)))
+                print(f"clip {self.skipped[-1][0]}: skipped ({exc})", flush=True)
+                continue
+            index = len(self.clips)
+            self.clips.append(clip)
             self.mels.append(mel)
             tokens = int(num_audio_tokens(mel.shape[-1]))
             turns = []

@@ -143,3 +143,23 @@ class Client:
 
     def revoke_key(self, key_id: str) -> None:
         self._call("DELETE", f"/v1/keys/{key_id}")
+
+    # --- datasets (docs/datasets.md) ---------------------------------------------------------
+
+    def datasets(self) -> list[dict]:
+        return self._call("GET", "/v1/datasets")
+
+    def missing_audio(self, name: str, digests: list[str]) -> list[str]:
+        body = {"digests": digests}
+        return self._call("POST", f"/v1/datasets/{name}/audio-check", json=body)["missing"]
+
+    def put_audio(self, name: str, digest: str, path: Path) -> None:
+        with path.open("rb") as handle:
+            self._call("PUT", f"/v1/datasets/{name}/audio/{digest}", content=handle)
+
+    def put_manifest(self, name: str, manifest: bytes, default_prompt: str, strict: bool) -> dict:
+        params = {"default_prompt": default_prompt, "strict": strict}
+        return self._call("PUT", f"/v1/datasets/{name}/manifest", content=manifest, params=params)
+
+    def delete_dataset(self, name: str) -> None:
+        self._call("DELETE", f"/v1/datasets/{name}")

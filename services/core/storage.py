@@ -34,6 +34,10 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder: it ends with `/`), sorted."""
+        ...
+
     def ping(self) -> None:
         """Raise if the store cannot be reached."""
 
@@ -85,6 +89,16 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        folder = self._path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".upload-")
+        )
 
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
@@ -152,6 +166,11 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.remove_object(self.bucket, _check_key(key))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        _check_key(prefix.rstrip("/"))
+        found = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        return sorted(item.object_name for item in found)
 
     def ping(self) -> None:
         self.client.bucket_exists(self.bucket)

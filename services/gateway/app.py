@@ -35,6 +35,7 @@ from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
 from .requestid import RequestId
 from .routers import (
+    datasets,
     health,
     job_outputs,
     jobs,
@@ -131,6 +132,7 @@ def create_app(
         models,
         registry,
         pipelines,
+        datasets,
         openai_audio,
         openai_chat,
     )

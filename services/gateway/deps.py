@@ -94,6 +94,7 @@ Ctx = Annotated[Context, Depends(context)]
 App = Annotated[Gateway, Depends(gateway)]
 Jobs = Annotated[Principal, Depends(principal("jobs"))]
 Admin = Annotated[Principal, Depends(principal("admin"))]
+Datasets = Annotated[Principal, Depends(principal("datasets"))]
 
 
 def creates_job(request: Request, who: Jobs) -> None:

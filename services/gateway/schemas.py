@@ -151,7 +151,9 @@ class JobList(BaseModel):
 
 class KeyCreate(BaseModel):
     tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
-    scopes: list[Literal["jobs", "priority", "admin"]] = Field(default_factory=lambda: ["jobs"])
+    scopes: list[Literal["jobs", "priority", "datasets", "admin"]] = Field(
+        default_factory=lambda: ["jobs"]
+    )
     name: str = Field(default="", max_length=128)
 
 
@@ -270,3 +272,23 @@ class ModelEntry(BaseModel):
     source: Literal["registry", "local"]
     default: bool = Field(description="What a job without `model` gets.")
     trained_for: str | None = None
+
+
+class DatasetOut(BaseModel):
+    name: str
+    manifest: str = Field(description="The object key a pipeline run takes as `manifest`.")
+    digest: str = Field(description="sha256 of the committed manifest: the dataset's identity.")
+    clips: int
+    splits: dict[str, int]
+    families: list[str] = Field(description="The label families the clips have.")
+    created_at: str
+    skipped_lines: int = Field(0, description="Lines of the upload left out (bad).")
+    problems: list[str] = Field(default_factory=list, description="Why (line and field).")
+
+
+class AudioCheck(BaseModel):
+    digests: list[str] = Field(max_length=100_000, description="sha256 of each clip to send.")
+
+
+class AudioMissing(BaseModel):
+    missing: list[str] = Field(description="The digests the store does not have yet.")

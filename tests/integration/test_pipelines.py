@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import uuid
 
 import pytest
 import yaml
 
+from pipelines.data import generate_dataset, read_manifest
 from pipelines.runner import COMPILED_DIR, compile_all, compiled_files, run_local
 from services.core.registry import Registry
 
@@ -33,36 +37,57 @@ def test_compiled_files_are_current_and_load_in_kfp(tmp_path) -> None:
     assert "moss-platform" in fresh["sft.yaml"]  # settings from the cluster secret
 
 
-def test_local_sft_run_registers_a_version_with_lineage(mlflow_uri, tmp_path, monkeypatch) -> None:
+def team_manifest(home, name: str) -> tuple[str, str]:
+    """A team's own dataset, committed as `mossctl datasets upload` does: generated clips, but
+    labelled in the platform's format with captions, events and a free instruction each."""
+    from services.core import dataset_store
+    from services.core.settings import Settings
+    from services.core.storage import LocalStorage
+
+    storage = LocalStorage(Settings(home=home).resolved_storage_dir)
+    key, _ = generate_dataset(storage, "gen", 30, seed=2, heldout_share=0.3)
+    lines = []
+    for clip in read_manifest(storage, key)[0]:
+        audio = storage.get_bytes(clip["audio"])
+        digest = hashlib.sha256(audio).hexdigest()
+        dataset_store.put_audio(storage, "ops", name, digest, io.BytesIO(audio), len(audio))
+        first = clip["events"][0]["label"]
+        lines.append(json.dumps({
+            "audio": f"audio/{digest}", "split": clip["split"], "events": clip["events"],
+            "caption": clip["caption"],
+            "instructions": [{"prompt": "Name the first sound.", "answer": first}],
+        }))  # fmt: skip
+    info = dataset_store.commit_manifest(storage, "ops", name, "\n".join(lines).encode())
+    return info.manifest, info.digest
+
+
+def test_local_sft_run_on_a_team_manifest_registers_a_version_with_lineage(
+    mlflow_uri, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("MOSS_MLFLOW_URI", mlflow_uri)
     monkeypatch.setenv("MOSS_HOME", str(tmp_path / "home"))
     dataset = f"ci-{uuid.uuid4().hex[:6]}"
+    manifest, digest = team_manifest(tmp_path / "home", dataset)
     run_local(
         "sft",
-        {
-            "size": "tiny",
-            "flavor": "instruct",
-            "dataset": dataset,
-            "num_clips": 30,
-            "steps": 3,
-            "batch_size": 4,
-        },
+        {"size": "tiny", "flavor": "instruct", "manifest": manifest, "steps": 3, "batch_size": 4},
         tmp_path / "kfp",
     )
     registry = Registry(mlflow_uri)
     versions = registry.client.search_model_versions("name='moss-audio-tiny-instruct'")
-    mine = [
-        v
-        for v in versions
-        if v.tags.get("data_digest")
-        and registry.client.get_run(v.run_id).data.params.get("manifest", "").find(dataset) >= 0
-    ]
+    mine = [v for v in versions if v.tags.get("data_digest") == digest]
     assert len(mine) == 1
     version = mine[0]
     run = registry.client.get_run(version.run_id)
     assert run.data.tags["code_version"] and run.data.params["steps"] == "3"
-    assert "eval/event_qa_accuracy" in run.data.metrics and "train/loss" in run.data.metrics
-    assert version.tags["data_digest"] == run.data.tags["data_digest"]
+    assert run.data.params["manifest"] == manifest
+    trained = json.loads(run.data.params["examples_by_kind"])
+    assert {"instruction", "caption", "event_at", "timestamps"} <= set(trained)
+    metrics = run.data.metrics
+    for family_metric in ("event_qa_accuracy", "caption_wer", "instruction_token_f1", "aas_ms"):
+        assert f"eval/{family_metric}" in metrics
+    assert "eval/wer" not in metrics  # no speech in this dataset: no speech metric
+    assert "train/loss" in metrics
     artifacts = {a.path for a in registry.client.list_artifacts(version.run_id)}
     assert {"checkpoint", "evaluation"} <= artifacts
     assert registry.alias_holder("moss-audio-tiny-instruct", "candidate") == str(version.version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 
 import numpy as np
@@ -198,3 +199,30 @@ def test_the_boundary_error_counts_a_missing_boundary_as_missed() -> None:
     assert _boundaries_error_ms("[1.5] beep\n[3.0-5.0] noise", reference) == 1000 * (0.5 + 1) / 4
     # An untimed line misses both boundaries; a missing event counts as its own length twice.
     assert _boundaries_error_ms("beep", reference) == 1000 * (1 + 1 + 2 + 2) / 4
+
+
+def test_a_team_manifest_trains_every_family_and_skips_a_corrupt_clip(tmp_path, processor):
+    from pipelines.data import SAMPLE_RATE, wav_bytes
+
+    storage = LocalStorage(tmp_path)
+    tone = np.sin(np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE * 2 * np.pi * 440).astype(np.float32)
+    storage.put_bytes("datasets/team/a.wav", wav_bytes(0.3 * tone))
+    storage.put_bytes("datasets/team/bad.wav", b"RIFF\x00\x00\x00\x00WAVEjunk")
+    lines = [
+        {"id": "a", "audio": "a.wav", "transcript": "hello there",
+         "segments": [{"start": 0.1, "end": 1.5, "text": "hello there"}],
+         "events": [{"label": "tone", "start": 0.0, "end": 2.0}],
+         "instructions": [{"prompt": "What pitch?", "answer": "A4."}]},
+        {"id": "bad", "audio": "bad.wav", "caption": "Broken."},
+        {"id": "typo", "audio": "a.wav", "transcipt": "misspelt field"},
+    ]  # fmt: skip
+    storage.put_bytes("datasets/team/m.jsonl", "\n".join(map(json.dumps, lines)).encode())
+    clips, _ = read_manifest(storage, "datasets/team/m.jsonl")
+    assert [c["id"] for c in clips] == ["a", "bad"]  # the typo line is reported and left out
+    kinds = TrainConfig(stage="sft").kinds
+    examples = Examples(clips, storage.get_bytes, processor, kinds, "train")
+    assert [c["id"] for c in examples.clips] == ["a"]
+    assert examples.skipped[0][0] == "bad"
+    assert set(examples.kind_counts()) == {
+        "transcript", "segments", "event_at", "event_start", "count", "caption", "instruction"
+    }  # fmt: skip
