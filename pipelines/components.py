@@ -38,8 +38,11 @@ def tracking_uri() -> str:
     return uri
 
 
-def prepare_data(name: str, num_clips: int, seed: int, manifest: str = "") -> tuple[str, str]:
-    """The dataset to use: `manifest` when given, else the generated dataset `name` (made once).
+def prepare_data(
+    name: str, num_clips: int, seed: int, manifest: str = "", speech_share: float = 0.35
+) -> tuple[str, str]:
+    """The dataset to use: `manifest` when given, else the generated dataset `name` (made once;
+    `speech_share` of its clips are spoken commands, the rest sound events).
 
     Returns (manifest key, sha256 of the manifest).
     """
@@ -51,7 +54,7 @@ def prepare_data(name: str, num_clips: int, seed: int, manifest: str = "") -> tu
     if storage.exists(key):  # cached: the same name is the same data
         _, digest = read_manifest(storage, key)
         return key, digest
-    return generate_dataset(storage, name, num_clips, seed=seed)
+    return generate_dataset(storage, name, num_clips, seed=seed, speech_share=speech_share)
 
 
 def _base_model(size: str, base: str, cache: Path) -> tuple[MossAudioModel, str | None]:

@@ -84,29 +84,94 @@ def wav_bytes(audio: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+MAJOR = (0, 2, 4, 5, 7, 9, 11, 12)
+
+
+def make_melody(rng: np.random.Generator, bpm: float, tonic: int, notes: int = 8) -> np.ndarray:
+    """A melody in the major key of `tonic` (0 = C), one note per beat at `bpm`: harmonic tones
+    (a fundamental and two overtones) with a plucked envelope; it opens on the tonic triad so
+    that its key is unambiguous."""
+    beat = 60.0 / bpm
+    n = int(beat * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    envelope = np.minimum(1.0, t / 0.01) * np.exp(-1.5 * t / beat)
+    degrees = [0, 4, 7, *rng.choice(MAJOR, size=max(0, notes - 4)), 0][:notes]
+    out = []
+    for degree in degrees:
+        f = 261.63 * 2 ** ((tonic + int(degree)) / 12)
+        tone = sum(a * np.sin(2 * np.pi * f * k * t) for k, a in ((1, 1.0), (2, 0.4), (3, 0.2)))
+        out.append(0.4 * tone * envelope)
+    return np.concatenate(out).astype(np.float32)
+
+
+# Spoken commands: a small grammar (6 verbs x 6 colours x 6 objects, 19 words), so that the
+# tiny model can learn to transcribe it in minutes. Training clips use VOICES_TRAIN, held-out
+# ones VOICES_HELDOUT: the speech figures are for voices the model has not heard.
+VERBS = ("open", "close", "move", "find", "take", "drop")
+COLOURS = ("red", "green", "blue", "yellow", "black", "white")
+OBJECTS = ("door", "box", "light", "window", "ball", "cup")
+
+
+def sentence(rng: np.random.Generator) -> str:
+    return f"{rng.choice(VERBS)} the {rng.choice(COLOURS)} {rng.choice(OBJECTS)}"
+
+
+def make_speech_clip(rng: np.random.Generator, heldout: bool) -> tuple[np.ndarray, list[dict]]:
+    """One or two spoken commands in a faint noise floor; (audio, segments with times)."""
+    from .speech import VOICES_HELDOUT, VOICES_TRAIN, speak
+
+    voices = VOICES_HELDOUT if heldout else VOICES_TRAIN
+    duration = float(rng.choice([4.0, 6.0]))
+    audio = (0.003 * rng.standard_normal(int(duration * SAMPLE_RATE))).astype(np.float32)
+    count = int(rng.integers(1, 3))
+    segments, slot = [], duration / count
+    for i in range(count):
+        text = sentence(rng)
+        spoken = speak(text, str(rng.choice(voices)), int(rng.integers(130, 190)),
+                       int(rng.integers(25, 75)))  # fmt: skip
+        voice = spoken.audio / max(1e-6, float(np.abs(spoken.audio).max())) * 0.5
+        room = slot - len(voice) / SAMPLE_RATE
+        offset = i * slot + float(rng.uniform(0.1, max(0.11, room - 0.1)))
+        first = int(offset * SAMPLE_RATE)
+        piece = voice[: len(audio) - first]
+        audio[first : first + len(piece)] += piece
+        end = round(min(duration, offset + spoken.end), 2)
+        segments.append({"start": round(offset + spoken.start, 2), "end": end, "text": text})
+    return audio, segments
+
+
 def generate_dataset(
-    storage: Any, name: str, num_clips: int, seed: int = 0, heldout_share: float = 0.2
+    storage: Any,
+    name: str,
+    num_clips: int,
+    seed: int = 0,
+    heldout_share: float = 0.2,
+    speech_share: float = 0.0,
 ) -> tuple[str, str]:
-    """Write clips and a manifest to `storage`; return (manifest key, manifest sha256)."""
+    """Write clips and a manifest to `storage`; return (manifest key, manifest sha256).
+
+    `speech_share` of the clips are spoken commands (transcripts with sentence times), the
+    rest sound events.
+    """
     rng = np.random.default_rng(seed)
     lines = []
     for index in range(num_clips):
-        audio, events, duration = make_clip(rng)
+        heldout = bool(rng.random() < heldout_share)
+        line: dict[str, Any] = {"id": f"{name}-{index:06d}",
+                                "split": "heldout" if heldout else "train"}  # fmt: skip
+        if rng.random() < speech_share:
+            audio, segments = make_speech_clip(rng, heldout)
+            line.update(segments=segments, caption="A voice says: "
+                        + "; ".join(f'"{s["text"]}"' for s in segments) + ".")  # fmt: skip
+        else:
+            audio, events, _ = make_clip(rng)
+            line.update(events=[asdict(e) for e in events],
+                        caption=event_caption([asdict(e) for e in events]))  # fmt: skip
         key = f"datasets/{name}/clips/{index:06d}.wav"
         storage.put_bytes(key, wav_bytes(audio))
-        lines.append(
-            json.dumps(
-                {
-                    "id": f"{name}-{index:06d}",
-                    "audio": key,
-                    "duration": duration,
-                    "split": "heldout" if rng.random() < heldout_share else "train",
-                    "events": [asdict(e) for e in events],
-                    "caption": event_caption([asdict(e) for e in events]),
-                },
-                sort_keys=True,
-            )
-        )
+        line.update(audio=key, duration=len(audio) / SAMPLE_RATE)
+        lines.append(json.dumps(line, sort_keys=True))
     manifest = ("\n".join(lines) + "\n").encode()
     manifest_key = f"datasets/{name}/manifest.jsonl"
     storage.put_bytes(manifest_key, manifest)
@@ -116,11 +181,13 @@ def generate_dataset(
 def describe_dataset(clips: list[dict[str, Any]], key: str) -> str:
     """What a model trained on these clips knows, in words (shown with every served answer)."""
     labels = {e.get("label") for clip in clips for e in clip.get("events", [])}
+    spoken = {w for clip in clips for s in clip.get("segments", []) for w in s["text"].split()}
     if clips and labels and labels <= set(EVENT_TYPES):
-        return (
-            "synthetic sound events (low/high beeps, noise bursts, chirps, click trains): "
-            "captions, event times and counts; not speech or music"
-        )
+        text = ("synthetic sound events (low/high beeps, noise bursts, chirps, click trains): "
+                "captions, event times and counts")  # fmt: skip
+        if spoken and spoken <= {*VERBS, "the", *COLOURS, *OBJECTS}:
+            return text + "; and spoken commands of 19 words (verb, colour, object)"
+        return text + "; not speech or music"
     return f"the audio of dataset {key} ({len(clips)} clips)"
 
 

@@ -32,14 +32,14 @@ SECRET_ENV = {
 
 
 @dsl.component(base_image=IMAGE)
-def prepare_data(name: str, num_clips: int, seed: int, manifest: str) -> NamedTuple(
-    "Data", [("manifest", str), ("digest", str)]
-):
+def prepare_data(
+    name: str, num_clips: int, seed: int, manifest: str, speech_share: float
+) -> NamedTuple("Data", [("manifest", str), ("digest", str)]):
     from collections import namedtuple
 
     from pipelines.components import prepare_data as run
 
-    key, digest = run(name, num_clips, seed, manifest)
+    key, digest = run(name, num_clips, seed, manifest, speech_share)
     return namedtuple("Data", ["manifest", "digest"])(key, digest)
 
 
@@ -136,8 +136,9 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
     def pipeline(
         size: str = "tiny",
         flavor: str = "instruct",
-        dataset: str = "events-v1",
+        dataset: str = "events-speech-v2",
         num_clips: int = 600,
+        speech_share: float = 0.35,
         manifest: str = "",
         base_model: str = "",
         steps: int = 300,
@@ -150,7 +151,9 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
         conversations: bool = False,
         promote_to: str = "",
     ) -> None:
-        data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
+        data = prepare_data(
+            name=dataset, num_clips=num_clips, seed=0, manifest=manifest, speech_share=speech_share
+        )
         _cluster_options(data, local=local)
         trained = train(
             size=size,
@@ -193,12 +196,15 @@ def evaluate_pipeline(gpu: bool, local: bool = False):
         size: str = "tiny",
         flavor: str = "instruct",
         version: str = "1",
-        dataset: str = "events-v1",
+        dataset: str = "events-speech-v2",
         num_clips: int = 600,
+        speech_share: float = 0.35,
         manifest: str = "",
         promote_to: str = "",
     ) -> None:
-        data = prepare_data(name=dataset, num_clips=num_clips, seed=0, manifest=manifest)
+        data = prepare_data(
+            name=dataset, num_clips=num_clips, seed=0, manifest=manifest, speech_share=speech_share
+        )
         _cluster_options(data, local=local)
         run = version_run(size=size, flavor=flavor, version=version)
         _cluster_options(run, local=local)

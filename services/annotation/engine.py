@@ -1,0 +1,119 @@
+"""The annotation engine: audio in, a unified-caption manifest and an SFT manifest out.
+
+For each clip: decode it in the sandbox (an upload is hostile), segment it at event boundaries,
+send each segment to its branch's annotators, merge the branch records into one line of the
+dataset format, and build that line's instruction pairs (services.core.sft, the builder the
+trainer uses) for the SFT manifest. A clip that fails (it will not decode, an annotator
+raises) fails alone, with a code and a message; the others go on.
+
+The annotate worker (services.jobs.annotate), `mossctl annotate` and the pipelines' data step
+(pipelines.components.annotate_step) all run `annotate_items`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core.sft import build_examples
+from .annotators import DEFAULT_ANNOTATORS, build
+from .branches import classify, event_audio, measure
+from .merge import clip_line
+from .segmentation import SAMPLE_RATE, SegmentationConfig, segment
+
+
+@dataclass
+class AnnotationConfig:
+    annotators: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_ANNOTATORS))
+    model: str = ""  # the speech model of `moss-transcribe` (default: MOSS_DEFAULT_MODEL)
+    max_seconds: float = 600.0  # longest clip decoded
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+
+@dataclass
+class Outcome:
+    clip: dict[str, Any]  # the input item
+    line: dict[str, Any] | None = None  # the unified-caption line
+    sft: dict[str, Any] | None = None  # the same with its instruction pairs
+    error: dict[str, str] | None = None  # {code, message} when the clip failed
+
+
+class Engine:
+    def __init__(self, config: AnnotationConfig | None = None, settings: Any = None) -> None:
+        self.config = config or AnnotationConfig()
+        model = self.config.model or (settings.default_model if settings is not None else "")
+        self.annotators = build(self.config.annotators, model, settings)
+
+    def records(self, audio: np.ndarray) -> list[dict[str, Any]]:
+        """One branch record per segment, in time order."""
+        out = []
+        for piece in segment(audio, self.config.segmentation):
+            start, end = piece.seconds
+            features = measure(audio, piece)
+            branch = classify(features) if piece.events else "general"
+            record: dict[str, Any] = {
+                "start": round(start, 3), "end": round(end, 3), "branch": branch,
+                "events": [{"start": round(e.start / SAMPLE_RATE, 3),
+                            "end": round(e.end / SAMPLE_RATE, 3)} for e in piece.events],
+                "features": features.as_dict(),
+                "active_seconds": features.active_seconds,
+            }  # fmt: skip
+            if not piece.events:
+                record.update(tags=["silence"], caption="silence")
+                out.append(record)
+                continue
+            # speech keeps its pauses (transcript times are the segment's); other sounds are
+            # measured on their events only
+            if branch == "speech":
+                sound = audio[piece.start : piece.end]
+            else:
+                sound = event_audio(audio, piece)
+            for annotator in self.annotators.get(branch, []):
+                found = annotator.annotate(sound, record)
+                record.update(found)
+                record.setdefault("annotators", []).append(annotator.name)
+            out.append(record)
+        return out
+
+    def annotate(self, clip: dict[str, Any], data: bytes, seed: int = 0) -> Outcome:
+        from model.audio import AudioDecodeError
+        from model.audio_sandbox import load_audio_isolated
+
+        try:
+            audio = load_audio_isolated(data, max_seconds=self.config.max_seconds)
+        except AudioDecodeError as exc:
+            return Outcome(clip, error={"code": exc.code, "message": str(exc)})
+        except (ValueError, OSError) as exc:
+            return Outcome(clip, error={"code": "undecodable_audio", "message": str(exc)})
+        try:
+            records = self.records(audio)
+        except Exception as exc:  # an annotator plug-in's failure is the clip's, not the run's
+            message = f"{type(exc).__name__}: {exc}"
+            return Outcome(clip, error={"code": "annotator_failed", "message": message})
+        line = clip_line(clip, records, len(audio) / SAMPLE_RATE)
+        rng = random.Random(f"{seed}:{clip.get('id', clip['audio'])}")
+        return Outcome(clip, line=line, sft={**line, "examples": build_examples(line, rng)})
+
+
+def annotate_items(
+    engine: Engine,
+    items: Iterable[dict[str, Any]],
+    read: Callable[[str], bytes],
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Outcome]:
+    """Annotate each item (`{"audio": key, "id"?, "split"?}`) in turn; an item whose audio
+    cannot be read or decoded fails alone."""
+    for item in items:
+        if should_stop is not None and should_stop():
+            return
+        try:
+            data = read(item["audio"])
+        except (KeyError, OSError, ValueError) as exc:
+            yield Outcome(item, error={"code": "audio_not_found", "message": f"{item['audio']}: "
+                                       f"{exc}"})  # fmt: skip
+            continue
+        yield engine.annotate(item, data)
