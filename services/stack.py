@@ -25,14 +25,14 @@ from pathlib import Path
 import httpx
 
 from .core.jobstore import JobStore
-from .core.queue import PIPELINE_QUEUE, QUEUES, worker_argv
+from .core.queue import ANNOTATE_QUEUE, PIPELINE_QUEUE, QUEUES, worker_argv
 from .core.settings import Settings
 from .supervisor import Supervisor
 
 ADMIN_TENANT = "admin"
 
 # One worker per job queue, and the pipeline worker (runs the pipeline runs the API queues).
-STACK_QUEUES = (*QUEUES, PIPELINE_QUEUE)
+STACK_QUEUES = (*QUEUES, ANNOTATE_QUEUE, PIPELINE_QUEUE)
 
 
 def free_port() -> int:
@@ -375,7 +375,7 @@ def torch_threads(queue: str, settings: Settings, cores: int | None = None) -> i
     if settings.torch_threads:
         return settings.torch_threads
     cores = cores or len(os.sched_getaffinity(0))
-    return {"encode": max(1, cores // 2)}.get(queue, cores)
+    return {"encode": max(1, cores // 2), ANNOTATE_QUEUE: max(1, cores // 2)}.get(queue, cores)
 
 
 def _stop(process: subprocess.Popen, kill: bool = False, timeout: float = 15.0) -> None:

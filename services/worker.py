@@ -111,3 +111,10 @@ def encode(self, job_id: str) -> None:
 @app.task(name="moss.generate", bind=True, max_retries=None)
 def generate(self, job_id: str) -> None:
     _run(self, "generate", job_id, lambda ctx: generate_job(ctx, job_id))
+
+
+@app.task(name="moss.annotate", bind=True, max_retries=None)
+def annotate(self, job_id: str) -> None:
+    from .jobs.annotate import annotate_job  # the engine (VAD, librosa) loads in this worker only
+
+    _run(self, "annotate", job_id, lambda ctx: annotate_job(ctx, job_id))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from . import datasets, deploy, infer, jobs, keys, models, pipeline, platform, serve
+from . import annotate, datasets, deploy, infer, jobs, keys, models, pipeline, platform, serve
 
 app = typer.Typer(
     add_completion=False,
@@ -33,6 +33,7 @@ app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(serve.app)  # gateway, worker, worker-ping, migrate, predictor
 app.add_typer(deploy.app, name="deploy")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(annotate.app)  # annotate
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -163,3 +163,14 @@ class Client:
 
     def delete_dataset(self, name: str) -> None:
         self._call("DELETE", f"/v1/datasets/{name}")
+
+    def dataset_manifest(self, name: str) -> bytes:
+        response = self.http.get(f"/v1/datasets/{name}/manifest")
+        if response.status_code >= 400:
+            self._call("GET", f"/v1/datasets/{name}")  # raises the API's error
+        return response.content
+
+    def annotate(self, dataset: str, items: list[dict] | None, webhook_url: str | None) -> dict:
+        body = {"dataset": dataset, "items": items, "webhook_url": webhook_url}
+        return self._call("POST", "/v1/annotations", json={k: v for k, v in body.items()
+                                                           if v is not None})  # fmt: skip

@@ -21,7 +21,7 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..core.datasets import Checked, check_manifest
 from .common import client, err, fail, guard, out
@@ -84,6 +84,28 @@ def _digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
+def send_audio(api, name: str, paths: dict[str, Path]) -> tuple[dict[str, str], int]:
+    """Hash each file, ask which digests the dataset lacks, send those (progress bars).
+
+    Returns ({path as named: sha256}, how many files were sent)."""
+    with Progress(TextColumn("hashing"), BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True) as progress:  # fmt: skip
+        bar = progress.add_task("audio", total=len(paths))
+        digests = {}
+        for audio, path in paths.items():
+            digests[audio] = _digest(path)
+            progress.advance(bar)
+    missing = set(guard(api.missing_audio, name, sorted(set(digests.values()))))
+    todo = {d: paths[a] for a, d in digests.items() if d in missing}
+    columns = (TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        bar = progress.add_task("audio", total=sum(p.stat().st_size for p in todo.values()))
+        for digest, path in todo.items():
+            guard(api.put_audio, name, digest, path)
+            progress.advance(bar, path.stat().st_size)
+    return digests, len(todo)
+
+
 @app.command("upload")
 def upload(
     manifest: Annotated[Path, typer.Argument(help="A JSONL manifest; audio paths relative to it.")],
@@ -102,28 +124,14 @@ def upload(
     root = manifest.resolve().parent
     paths = {c["audio"]: root / c["audio"] for c in checked.clips}
     api = client()
-    with Progress(TextColumn("hashing"), BarColumn(), MofNCompleteColumn(), console=err,
-                  transient=True) as progress:  # fmt: skip
-        bar = progress.add_task("audio", total=len(paths))
-        digests = {}
-        for audio, path in paths.items():
-            digests[audio] = _digest(path)
-            progress.advance(bar)
-    missing = set(guard(api.missing_audio, name, sorted(set(digests.values()))))
-    todo = {d: paths[a] for a, d in digests.items() if d in missing}
-    columns = (TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        bar = progress.add_task("audio", total=sum(p.stat().st_size for p in todo.values()))
-        for digest, path in todo.items():
-            guard(api.put_audio, name, digest, path)
-            progress.advance(bar, path.stat().st_size)
+    digests, sent = send_audio(api, name, paths)
     lines = [json.dumps({**c, "audio": f"audio/{digests[c['audio']]}"}, ensure_ascii=False)
              for c in checked.clips]  # fmt: skip
     info = guard(api.put_manifest, name, ("\n".join(lines) + "\n").encode(), default_prompt,
                  strict)  # fmt: skip
     out.print(
         f"dataset {info['name']}: {info['clips']} clips ({', '.join(info['families'])}), "
-        f"{len(todo)} audio file(s) sent, {len(paths) - len(todo)} already there\n"
+        f"{sent} audio file(s) sent, {len(paths) - sent} already there\n"
         f"digest {info['digest']}\n"
         f"train on it: mossctl pipeline run sft --local --param manifest={info['manifest']}"
         " (or POST /v1/pipelines/sft/runs)",
@@ -134,10 +142,17 @@ def upload(
 
 
 @app.command("list")
-def list_datasets() -> None:
+def list_datasets(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
+) -> None:
     """The datasets of the calling key's tenant."""
-    table = Table("name", "clips", "splits", "families", "digest", "created")
-    for d in guard(client().datasets):
+    found = guard(client().datasets)
+    if as_json:
+        out.print_json(json.dumps(found))
+        return
+    table = Table("clips", "splits", "families", "digest", "created")
+    table.columns.insert(0, Column("name", no_wrap=True))
+    for d in found:
         splits = ", ".join(f"{n} {s}" for s, n in d["splits"].items())
         table.add_row(d["name"], str(d["clips"]), splits, ", ".join(d["families"]),
                       d["digest"][:12], d["created_at"][:19])  # fmt: skip

@@ -60,6 +60,14 @@ def submit(
     if not wait:
         out.print(job["id"])
         return
+    job = follow_job(api, job)
+    _print_job(job, as_json)
+    if job["status"] != Status.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def follow_job(api, job: dict) -> dict:
+    """A progress bar that follows the job's events until it ends; the finished job."""
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -73,8 +81,7 @@ def submit(
         try:
             for kind, data in api.events(job["id"]):  # server-sent events, resumable
                 if kind == "done":
-                    job = data
-                    break
+                    return data
                 if kind == "change":
                     state.update({k: data[k] for k in ("status", "stage") if k in data})
                     progress.update(bar, completed=data.get("progress"))
@@ -83,9 +90,7 @@ def submit(
                 )
         except ClientError as exc:
             fail(exc.message + (f" [{exc.code}]" if exc.status else ""), 1)
-    _print_job(job, as_json)
-    if job["status"] != Status.SUCCEEDED:
-        raise typer.Exit(1)
+    return api.job(job["id"])
 
 
 def _print_job(job: dict, as_json: bool) -> None:

@@ -10,11 +10,11 @@ from typing import Annotated
 
 import typer
 
-from ..core.queue import PIPELINE_QUEUE, QUEUES
+from ..core.queue import ANNOTATE_QUEUE, PIPELINE_QUEUE, QUEUES
 from .common import fail, out
 
 app = typer.Typer()
-WORKER_QUEUES = (*QUEUES, PIPELINE_QUEUE)
+WORKER_QUEUES = (*QUEUES, ANNOTATE_QUEUE, PIPELINE_QUEUE)
 
 
 @app.command()
@@ -27,7 +27,7 @@ def gateway() -> None:
 
 @app.command()
 def worker(
-    queue: Annotated[str, typer.Argument(help="encode, generate or pipelines")],
+    queue: Annotated[str, typer.Argument(help="encode, generate, annotate or pipelines")],
 ) -> None:
     """Run one Celery worker for QUEUE, named QUEUE@<hostname> (what worker-ping looks for).
 
@@ -47,7 +47,7 @@ def worker(
 
 @app.command("worker-ping")
 def worker_ping(
-    queue: Annotated[str, typer.Argument(help="encode, generate or pipelines")],
+    queue: Annotated[str, typer.Argument(help="encode, generate, annotate or pipelines")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 5.0,
 ) -> None:
     """Exit 0 when this host's QUEUE worker answers through the broker (a liveness probe)."""

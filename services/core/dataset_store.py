@@ -127,7 +127,13 @@ def commit_manifest(
         raise DatasetError("invalid_manifest", message) from None
 
     def key_of(audio: str) -> str | None:
-        digest = audio.removeprefix(base).removeprefix("audio/")
+        """`audio/<sha256>` of this dataset, or the full key of one of the tenant's datasets
+        (an annotation's output names the audio of the dataset it came from)."""
+        if audio.startswith(f"datasets/{tenant}/"):
+            parts = audio.split("/")
+            ok = len(parts) == 5 and parts[3] == "audio" and DIGEST.match(parts[4])
+            return audio if ok and NAME.match(parts[2]) else None
+        digest = audio.removeprefix("audio/")
         return f"{base}audio/{digest}" if DIGEST.match(digest) else None
 
     def exists(audio: str) -> bool:

@@ -6,7 +6,8 @@ A job has a `status` (what a client sees) and a `stage` (where in the pipeline i
                │          │  └───▶ failed      (also from queued: a bad upload, a gate)
                └──────────┴──────▶ cancelled
 
-    stage   queued ─encode─▶ encoded ─generate─▶ done
+    stage   queued ─encode─▶ encoded ─generate─▶ done     (model tasks)
+            queued ─annotate─▶ done                       (annotation jobs)
             (a stage is claimed from the stage before it; stale features send generate back to
             queued, and a dead worker's claim is released back to the stage before it)
 
@@ -35,18 +36,36 @@ class Stage(StrEnum):
     ENCODE = "encode"  # the encoder holds it
     ENCODED = "encoded"  # features stored, waiting for a generator
     GENERATE = "generate"  # a generator holds it
+    ANNOTATE = "annotate"  # the annotation worker holds it (annotation jobs)
     DONE = "done"
 
 
 ACTIVE = (Status.QUEUED, Status.RUNNING)
 FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 # The stages a worker claims (each is also the name of its queue and task), the stage a job
-# waits in before each, and the stage it reaches when the work is done.
+# waits in before each, and the stage it reaches when the work is done. TASK_STAGES are the
+# job path of model tasks (readiness needs a worker for each); annotation jobs have their own.
 TASK_STAGES = (Stage.ENCODE, Stage.GENERATE)
-WAITING_FOR = {Stage.ENCODE: Stage.QUEUED, Stage.GENERATE: Stage.ENCODED}
-COMPLETES_TO = {Stage.ENCODE: Stage.ENCODED, Stage.GENERATE: Stage.DONE}
-NEXT_TASK: dict[Stage, Stage | None] = {Stage.ENCODE: Stage.GENERATE, Stage.GENERATE: None}
+ANNOTATION_TASK = "annotate"  # the job task of POST /v1/annotations
+WAITING_FOR = {Stage.ENCODE: Stage.QUEUED, Stage.GENERATE: Stage.ENCODED,
+               Stage.ANNOTATE: Stage.QUEUED}  # fmt: skip
+COMPLETES_TO = {Stage.ENCODE: Stage.ENCODED, Stage.GENERATE: Stage.DONE,
+                Stage.ANNOTATE: Stage.DONE}  # fmt: skip
+NEXT_TASK: dict[Stage, Stage | None] = {
+    Stage.ENCODE: Stage.GENERATE, Stage.GENERATE: None, Stage.ANNOTATE: None
+}  # fmt: skip
 FIRST_TASK = Stage.ENCODE
+
+
+def first_task(task: str) -> Stage:
+    """The stage a new (or requeued) job of `task` waits for."""
+    return Stage.ANNOTATE if task == ANNOTATION_TASK else Stage.ENCODE
+
+
+def next_stage_after(waiting: str, task: str) -> Stage:
+    """The stage a job waiting in `waiting` goes to next (what the sweeper re-enqueues)."""
+    return first_task(task) if waiting == Stage.QUEUED else Stage.GENERATE
+
 
 Enqueue = Callable[[str, str], None]  # (stage, job_id): a message that carries only the id
 

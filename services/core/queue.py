@@ -1,5 +1,6 @@
 """The Celery app on Redis/Valkey (`MOSS_REDIS_URL`): the job queues `encode` and `generate`,
-and `pipelines`, where the gateway leaves pipeline runs for the pipeline worker.
+`annotate` for annotation jobs, and `pipelines`, where the gateway leaves pipeline runs for the
+pipeline worker.
 
 Tasks are acknowledged late and rejected when their worker dies, so Redis delivers them again;
 the job store's stage claims make every redelivery harmless. The visibility timeout is above
@@ -25,7 +26,8 @@ from .settings import Settings
 QUEUES = tuple(str(stage) for stage in TASK_STAGES)  # the job path: readiness needs both
 PRIORITIES = ("normal", "high")
 HIGH = ".high"  # encode.high, generate.high
-TASK_NAMES = {"encode": "moss.encode", "generate": "moss.generate"}
+ANNOTATE_QUEUE = "annotate"  # annotation jobs: the annotate worker (docs/annotation.md)
+TASK_NAMES = {"encode": "moss.encode", "generate": "moss.generate", "annotate": "moss.annotate"}
 PIPELINE_QUEUE = "pipelines"
 PIPELINE_TASK = "moss.pipeline"
 PIPELINE_NAMES = ("pretrain", "sft", "evaluate")  # pipelines.kfp_pipelines defines each
@@ -107,6 +109,7 @@ def worker_argv(queue: str, name: str, settings: Settings) -> list[str]:
     threads = {
         "encode": settings.encoder_concurrency,
         "generate": settings.generator_concurrency,
+        ANNOTATE_QUEUE: settings.annotate_concurrency,
         PIPELINE_QUEUE: 1,
     }[queue]
     app = "pipelines.worker" if queue == PIPELINE_QUEUE else "services.worker"

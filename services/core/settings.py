@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     # encoded in one pass of at most this many seconds of audio.
     encoder_concurrency: int = 4
     encoder_batch_seconds: float = 120.0
+    # Annotation (docs/annotation.md): jobs one annotate worker runs at once; the annotators of
+    # each branch (JSON: built-in names or module:Class; unset: the defaults); the speech model
+    # of `moss-transcribe` (unset: MOSS_DEFAULT_MODEL); the longest clip decoded; the items one
+    # annotation job may hold.
+    annotate_concurrency: int = 1
+    annotators: str | None = None
+    annotation_model: str | None = None
+    annotation_max_seconds: float = 600.0
+    annotation_max_items: int = 10_000
     # Intra-op threads of torch in this process (unset: torch's default, every core). Set it to
     # the cores a worker may use; `mossctl up` splits the machine's cores between its workers.
     torch_threads: int | None = None

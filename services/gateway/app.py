@@ -35,6 +35,7 @@ from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
 from .requestid import RequestId
 from .routers import (
+    annotations,
     datasets,
     health,
     job_outputs,
@@ -133,6 +134,7 @@ def create_app(
         registry,
         pipelines,
         datasets,
+        annotations,
         openai_audio,
         openai_chat,
     )

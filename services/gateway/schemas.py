@@ -58,6 +58,45 @@ class JobResult(BaseModel):
     usage: TokenUsage | None = None
 
 
+class AnnotatedDataset(BaseModel):
+    dataset: str = Field(description="The tenant's dataset the output was committed as.")
+    manifest: str = Field(description="Its manifest's object key (a pipeline's `manifest`).")
+    digest: str
+    clips: int
+
+
+class AnnotationFailure(BaseModel):
+    id: str | None
+    code: str
+    message: str
+
+
+class AnnotationResult(BaseModel):
+    items: int
+    annotated: int
+    failed: int
+    captions: AnnotatedDataset | None = Field(None, description="Unified-caption manifest.")
+    sft: AnnotatedDataset | None = Field(None, description="Instruction pairs (SFT) manifest.")
+    failures: list[AnnotationFailure] = Field(description="The first 20 failed items.")
+    failures_key: str = Field(description="Every failed item, as JSONL in the object store.")
+    seconds: float | None = None
+
+
+class AnnotationItem(BaseModel):
+    audio: str = Field(description="`audio/<sha256>` of audio uploaded to the dataset.")
+    id: str | None = Field(None, max_length=256)
+    split: Literal["train", "heldout", "test"] | None = None
+
+
+class AnnotationCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    dataset: str = Field(description="The tenant's dataset whose audio is annotated.")
+    items: list[AnnotationItem] | None = Field(
+        None, description="The clips to annotate (default: every clip of the dataset's manifest)."
+    )
+    webhook_url: str | None = Field(None, max_length=2048)
+
+
 class WebhookAttempt(BaseModel):
     at: datetime
     status_code: int | None = Field(description="The receiver's answer; null: no answer")
@@ -85,14 +124,14 @@ class WebhookOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     status: Status
-    stage: Stage = Field(description="queued, encode, encoded, generate or done.")
+    stage: Stage = Field(description="queued, encode, encoded, generate, annotate or done.")
     progress: float = Field(ge=0, le=1)
     task: str
     prompt: str | None
     model: str
     audio_seconds: float
     params: dict[str, Any]
-    result: JobResult | None
+    result: JobResult | AnnotationResult | None
     error: ErrorDetail | None
     timings: dict[str, Any] = Field(description="Per stage: started_at, finished_at, seconds.")
     attempts: int = Field(description="Stage runs so far (more than 2: a stage was retried).")

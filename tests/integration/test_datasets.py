@@ -61,3 +61,35 @@ def test_validate_upload_reupload_list_delete(stack, tmp_path) -> None:
     assert mossctl(stack, "datasets", "delete", "tones").returncode == 0
     gone = mossctl(stack, "datasets", "delete", "tones")
     assert gone.returncode == 2 and "no dataset 'tones'" in gone.stderr
+
+
+def test_annotate_a_folder_into_captions_and_sft_manifests(stack, api, tmp_path) -> None:
+    from tests.annotation_clips import clip_set
+
+    folder = tmp_path / "field-recordings"
+    folder.mkdir()
+    for n, (audio, _) in enumerate(clip_set(seed=5, count=3)):
+        (folder / f"clip{n}.wav").write_bytes(wav_bytes(audio))
+    (folder / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt truncated")
+    out = tmp_path / "out"
+    done = mossctl(stack, "annotate", str(folder), "--out", str(out))
+    assert done.returncode == 1, done.stderr  # one item failed; the rest are annotated
+    assert "annotated 3 of 4 clips (1 failed)" in done.stdout
+    assert "broken.wav" in done.stderr
+    captions = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
+    sft = [json.loads(x) for x in (out / "sft.jsonl").read_text().splitlines()]
+    assert len(captions) == len(sft) == 3
+    for line in captions:
+        assert " s: " in line["caption"] and line["annotation"]["segments"]
+        assert line["audio"].startswith("datasets/") and "/field-recordings/audio/" in line["audio"]
+    tasks = {e["task"] for line in sft for e in line["examples"]}
+    assert {"caption", "ask"} <= tasks
+    listed = json.loads(mossctl(stack, "datasets", "list", "--json").stdout)
+    names = {d["name"]: d for d in listed}
+    assert names["field-recordings-sft"]["clips"] == 3
+    assert "field-recordings-captions" in names
+    jobs = api.get("/v1/jobs").json()["jobs"]
+    job = next(j for j in jobs if j["task"] == "annotate")
+    assert job["status"] == "succeeded" and job["result"]["failed"] == 1
+    assert job["result"]["failures"][0]["id"] == "broken.wav"
+    assert job["timings"]["annotate"]["seconds"] > 0

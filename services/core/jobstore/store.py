@@ -22,7 +22,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from ..events import NOTICE_FIELDS, JobEvents
-from ..jobstate import ACTIVE, COMPLETES_TO, FINAL, WAITING_FOR, Stage, Status
+from ..jobstate import (
+    ACTIVE,
+    COMPLETES_TO,
+    FINAL,
+    WAITING_FOR,
+    Stage,
+    Status,
+    first_task,
+    next_stage_after,
+)
 from .deliveries import DeliveryStore, add_delivery, new_secret
 from .models import ApiKey, IdempotencyKey, Job, utcnow
 
@@ -240,7 +249,9 @@ class JobStore(DeliveryStore):
         cancelled) and must skip its work.
         """
         job = self.get_job(job_id)
-        if job is None:
+        if job is None or (
+            WAITING_FOR[Stage(stage)] is Stage.QUEUED and first_task(job.task) != stage
+        ):  # an encode message for an annotation job (or the reverse) is not its to take
             return False
         timings = dict(job.timings or {})
         timings[stage] = {"started_at": utcnow().isoformat()}
@@ -376,14 +387,14 @@ class JobStore(DeliveryStore):
     def waiting(self, older_than_s: float) -> list[tuple[str, str]]:
         """Jobs waiting for a stage for longer than `older_than_s`: (job id, stage)."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)
-        waiting_stage = {v: k for k, v in WAITING_FOR.items()}
+        waits = set(WAITING_FOR.values())
         with self.sessions() as session:
             rows = session.execute(
-                select(Job.id, Job.stage).where(
-                    Job.status.in_(ACTIVE), Job.stage.in_(waiting_stage), Job.updated_at < cutoff
+                select(Job.id, Job.stage, Job.task).where(
+                    Job.status.in_(ACTIVE), Job.stage.in_(waits), Job.updated_at < cutoff
                 )
             ).all()
-        return [(job_id, waiting_stage[stage]) for job_id, stage in rows]
+        return [(job_id, str(next_stage_after(stage, task))) for job_id, stage, task in rows]
 
     def purge(self, job_id: str) -> bool:
         """Forget what a job held (prompt, result, error message); the row stays as a record

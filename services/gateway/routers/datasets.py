@@ -8,6 +8,7 @@ import tempfile
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 
 from ...core import dataset_store as store
 from ...core.errors import ApiError
@@ -49,6 +50,18 @@ def get_dataset(ctx: Ctx, name: str, who: Datasets) -> DatasetOut:
         return DatasetOut(**vars(store.get_dataset(ctx.storage, who.tenant, name)))
     except store.DatasetError as exc:
         raise _error(exc) from None
+
+
+@router.get("/{name}/manifest", response_class=PlainTextResponse, responses=ERRORS)
+def get_manifest(ctx: Ctx, name: str, who: Datasets) -> PlainTextResponse:
+    """The committed manifest (JSONL), as training reads it."""
+    try:
+        info = store.get_dataset(ctx.storage, who.tenant, name)
+    except store.DatasetError as exc:
+        raise _error(exc) from None
+    body = ctx.storage.get_bytes(info.manifest)
+    return PlainTextResponse(body, media_type="application/x-ndjson",
+                             headers={"X-Dataset-Digest": info.digest})  # fmt: skip
 
 
 @router.post("/{name}/audio-check", response_model=AudioMissing, responses=ERRORS)
