@@ -57,6 +57,54 @@ def prepare_data(
     return generate_dataset(storage, name, num_clips, seed=seed, speech_share=speech_share)
 
 
+def annotate_step(manifest: str, annotators: str = "", asr_model: str = "") -> tuple[str, str, str]:
+    """The annotation engine over a manifest's clips (the same code as the annotate worker):
+    writes `annotated/captions.jsonl` and `annotated/sft.jsonl` beside the manifest and returns
+    (sft manifest key, its sha256, captions manifest key). Items that fail are reported."""
+    import hashlib
+    import posixpath
+
+    from services.annotation.engine import AnnotationConfig, Engine, annotate_items
+
+    settings = get_settings()
+    storage = make_storage(settings)
+    raw = storage.get_bytes(manifest).decode("utf-8", errors="replace")
+    folder = posixpath.dirname(manifest)
+    items = []
+    for number, text in enumerate(raw.splitlines(), 1):
+        if not text.strip():
+            continue
+        line = json.loads(text)
+        audio = line["audio"] if line["audio"].startswith("datasets/") else posixpath.join(
+            folder, line["audio"])  # fmt: skip
+        items.append({"id": str(line.get("id") or number), "audio": audio,
+                      **({"split": line["split"]} if "split" in line else {})})  # fmt: skip
+    config = AnnotationConfig(model=asr_model, max_seconds=settings.annotation_max_seconds)
+    if annotators:
+        config.annotators = json.loads(annotators)
+    engine = Engine(config, settings)
+    captions, sft, failed = [], [], 0
+    for n, outcome in enumerate(annotate_items(engine, items, storage.get_bytes), 1):
+        if outcome.error is not None:
+            failed += 1
+            print(f"{outcome.clip.get('id')}: {outcome.error['message']} "
+                  f"[{outcome.error['code']}]", flush=True)  # fmt: skip
+        else:
+            captions.append(json.dumps(outcome.line, ensure_ascii=False))
+            sft.append(json.dumps(outcome.sft, ensure_ascii=False))
+        if n % 10 == 0 or n == len(items):
+            print(f"annotated {n}/{len(items)} ({failed} failed)", flush=True)
+    if not sft:
+        raise ValueError(f"{manifest}: no clip could be annotated ({failed} failed)")
+    out = {}
+    for kind, lines in (("captions", captions), ("sft", sft)):
+        key = posixpath.join(folder, "annotated", f"{kind}.jsonl")
+        body = ("\n".join(lines) + "\n").encode()
+        storage.put_bytes(key, body)
+        out[kind] = (key, hashlib.sha256(body).hexdigest())
+    return out["sft"][0], out["sft"][1], out["captions"][0]
+
+
 def _base_model(size: str, base: str, cache: Path) -> tuple[MossAudioModel, str | None]:
     """A registry version (`models:/name@alias` or `models:/name/version`) or a fresh preset."""
     if not base:

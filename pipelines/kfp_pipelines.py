@@ -1,5 +1,5 @@
-"""Kubeflow pipelines (kfp v2): `pretrain`, `sft` and `evaluate` (no `from __future__`
-import here: kfp reads the annotations as types).
+"""Kubeflow pipelines (kfp v2): `pretrain`, `sft`, `evaluate` and `annotate` (annotate -> sft
+-> evaluate -> register; no `from __future__` import here: kfp reads the annotations as types).
 
 Each is a chain of lightweight components that import the project (the cluster runs them in the
 platform image, `MOSS_PIPELINE_IMAGE`; `kfp.local` runs them in this environment) and call the
@@ -41,6 +41,18 @@ def prepare_data(
 
     key, digest = run(name, num_clips, seed, manifest, speech_share)
     return namedtuple("Data", ["manifest", "digest"])(key, digest)
+
+
+@dsl.component(base_image=IMAGE)
+def annotate(manifest: str, annotators: str, asr_model: str) -> NamedTuple(
+    "Annotated", [("manifest", str), ("digest", str), ("captions", str)]
+):
+    from collections import namedtuple
+
+    from pipelines.components import annotate_step
+
+    sft, digest, captions = annotate_step(manifest, annotators, asr_model)
+    return namedtuple("Annotated", ["manifest", "digest", "captions"])(sft, digest, captions)
 
 
 @dsl.component(base_image=IMAGE)
@@ -155,34 +167,63 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
             name=dataset, num_clips=num_clips, seed=0, manifest=manifest, speech_share=speech_share
         )
         _cluster_options(data, local=local)
-        trained = train(
-            size=size,
-            flavor=flavor,
-            stage=stage,
-            manifest=data.outputs["manifest"],
-            base_model=base_model,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            max_minutes=max_minutes,
-            dropout=dropout,
-            kind_weights=kind_weights,
-            vocab_shortlist=vocab_shortlist,
-            conversations=conversations,
-        )
-        trained.set_caching_options(False)  # every run is a new model
-        _cluster_options(trained, gpu=gpu, local=local)
-        evaluated = evaluate(run_id=trained.output, manifest=data.outputs["manifest"])
-        evaluated.set_caching_options(False)
-        _cluster_options(evaluated, gpu=gpu, local=local)
-        registered = register(
-            size=size, flavor=flavor, run_id=trained.output, metrics=evaluated.output
-        )
-        registered.set_caching_options(False)
-        _cluster_options(registered, local=local)
-        promoted = promote(size=size, flavor=flavor, version=registered.output, alias=promote_to)
-        promoted.set_caching_options(False)
-        _cluster_options(promoted, local=local)
+        _train_evaluate_register(
+            data.outputs["manifest"], gpu, local, stage=stage, size=size, flavor=flavor,
+            base_model=base_model, steps=steps, batch_size=batch_size, lr=lr,
+            max_minutes=max_minutes, dropout=dropout, kind_weights=kind_weights,
+            vocab_shortlist=vocab_shortlist, conversations=conversations, promote_to=promote_to,
+        )  # fmt: skip
+
+    return pipeline
+
+
+def _train_evaluate_register(manifest, gpu: bool, local: bool, promote_to, **train_args) -> None:
+    """train -> evaluate on the same manifest -> register -> promote (when promote_to is set)."""
+    size, flavor = train_args["size"], train_args["flavor"]
+    trained = train(manifest=manifest, **train_args)
+    trained.set_caching_options(False)  # every run is a new model
+    _cluster_options(trained, gpu=gpu, local=local)
+    evaluated = evaluate(run_id=trained.output, manifest=manifest)
+    evaluated.set_caching_options(False)
+    _cluster_options(evaluated, gpu=gpu, local=local)
+    registered = register(size=size, flavor=flavor, run_id=trained.output, metrics=evaluated.output)
+    registered.set_caching_options(False)
+    _cluster_options(registered, local=local)
+    promoted = promote(size=size, flavor=flavor, version=registered.output, alias=promote_to)
+    promoted.set_caching_options(False)
+    _cluster_options(promoted, local=local)
+
+
+def annotate_pipeline(gpu: bool, local: bool = False):
+    """Annotate a manifest's clips, then train on the SFT manifest, evaluate, register."""
+
+    @dsl.pipeline(
+        name="moss-audio-annotate" + ("-gpu" if gpu else ""),
+        description="annotate -> sft -> evaluate -> register: retrain on unlabelled audio.",
+    )
+    def pipeline(
+        manifest: str,
+        annotators: str = "",
+        asr_model: str = "",
+        size: str = "tiny",
+        flavor: str = "instruct",
+        base_model: str = "",
+        steps: int = 300,
+        batch_size: int = 16,
+        lr: float = 3e-3,
+        max_minutes: float = 0.0,
+        conversations: bool = False,
+        promote_to: str = "",
+    ) -> None:
+        annotated = annotate(manifest=manifest, annotators=annotators, asr_model=asr_model)
+        annotated.set_caching_options(False)
+        _cluster_options(annotated, local=local)
+        _train_evaluate_register(
+            annotated.outputs["manifest"], gpu, local, stage="sft", size=size, flavor=flavor,
+            base_model=base_model, steps=steps, batch_size=batch_size, lr=lr,
+            max_minutes=max_minutes, dropout=-1.0, kind_weights="", vocab_shortlist=False,
+            conversations=conversations, promote_to=promote_to,
+        )  # fmt: skip
 
     return pipeline
 
@@ -225,4 +266,6 @@ def pipeline(name: str, gpu: bool = False, local: bool = False):
         return evaluate_pipeline(gpu, local)
     if name in ("pretrain", "sft"):
         return training_pipeline(name, gpu, local)
+    if name == "annotate":
+        return annotate_pipeline(gpu, local)
     raise ValueError(f"unknown pipeline {name!r}: use {', '.join(PIPELINE_NAMES)}")

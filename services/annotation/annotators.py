@@ -69,7 +69,9 @@ class SpeechDescriptors:
             out["speaking_rate_wps"] = round(words / max(voiced, 0.1), 2)
         if len(audio) >= 2048:
             f0 = librosa.yin(audio, fmin=60, fmax=500, sr=SAMPLE_RATE, hop_length=HOP)
-            low, high = np.percentile(f0, [5, 95])
+            rms = librosa.feature.rms(y=audio, frame_length=2048, hop_length=HOP)[0][: len(f0)]
+            voiced = f0[: len(rms)][rms > rms.max() * 10 ** (-25 / 20)]  # the loud frames only
+            low, high = np.percentile(voiced if voiced.size else f0, [5, 95])
             out["pitch_hz"] = [round(float(low), 1), round(float(high), 1)]
             out["pitch_range_semitones"] = round(float(12 * np.log2(high / low)), 1)
         return out

@@ -30,7 +30,7 @@ ANNOTATE_QUEUE = "annotate"  # annotation jobs: the annotate worker (docs/annota
 TASK_NAMES = {"encode": "moss.encode", "generate": "moss.generate", "annotate": "moss.annotate"}
 PIPELINE_QUEUE = "pipelines"
 PIPELINE_TASK = "moss.pipeline"
-PIPELINE_NAMES = ("pretrain", "sft", "evaluate")  # pipelines.kfp_pipelines defines each
+PIPELINE_NAMES = ("pretrain", "sft", "evaluate", "annotate")  # pipelines.kfp_pipelines defines each
 PipelineEnqueue = Callable[[str, str, dict[str, Any]], None]  # (run id, pipeline, params)
 
 

@@ -34,7 +34,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "compose-spec.json"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|ACCESS_KEY|TOKEN", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"://(?P<user>[^:/@\s]+):(?P<password>[^@\s]+)@")
-QUEUES = ("encode", "generate")
+QUEUES = ("encode", "generate", "annotate")  # job workers (services.core.queue)
 PIPELINE_QUEUE = "pipelines"  # the pipeline worker's queue (runs of POST /v1/pipelines/...)
 
 

@@ -30,10 +30,18 @@ KSERVE_CRD = SHARED_SCHEMAS / "kserve" / "serving.kserve.io_inferenceservices.ya
 KUBE_VERSION = "1.33.0"
 RELEASE = "moss"
 NAMESPACE = "audio"
-QUEUES = ("encode", "generate")
+QUEUES = ("encode", "generate", "annotate")  # one worker Deployment each
+MODEL_QUEUES = ("encode", "generate")  # the workers that call the predictors
 PIPELINE_WORKER = "pipeline-worker"  # the `pipelines` queue's worker (pipelineWorker values)
 # What the release's own pods must reach, per backing service (when it runs in the cluster).
-APP_CLIENTS = ("gateway", "worker-encode", "worker-generate", PIPELINE_WORKER, "migrate")
+APP_CLIENTS = (
+    "gateway",
+    "worker-encode",
+    "worker-generate",
+    "worker-annotate",
+    PIPELINE_WORKER,
+    "migrate",
+)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 # Custom resources with no schema here: their shape is checked by hand below.
 UNSCHEMATIZED = {
@@ -878,9 +886,10 @@ def test_network_policies_let_the_platform_reach_what_it_needs(combo):
     port = 8081 if values["inference"]["kserve"]["protocol"] == "grpc" else 8080
     for isvc in of_kind(docs, "InferenceService"):
         target = pod_labels(isvc)
-        for queue in QUEUES:
+        for queue in MODEL_QUEUES:
             assert admits(policies, target, clients[f"worker-{queue}"], port), queue
         assert not admits(policies, target, clients[PIPELINE_WORKER], port)
+        assert not admits(policies, target, clients["worker-annotate"], port)  # runs its own
 
 
 @pytest.mark.parametrize("combo", ALL)
@@ -899,7 +908,7 @@ def test_pod_disruption_budgets_select_workloads(combo):
         ]
         assert len(matched) == 1, pdb["metadata"]["name"]
     covered = {pdb["metadata"]["labels"]["app.kubernetes.io/component"] for pdb in pdbs}
-    assert {"gateway", "worker-encode", "worker-generate"} <= covered
+    assert {"gateway", "worker-encode", "worker-generate", "worker-annotate"} <= covered
     # One replica running one pipeline: a budget would only block node drains.
     assert PIPELINE_WORKER not in covered
 

@@ -517,8 +517,8 @@ def test_constraints_pin_every_extra_the_images_install():
     pins = constraint_pins()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
-    assert set(Requirement(extras["all"][0]).extras) == {"serve", "pipelines", "kserve"}
-    for extra in ("core", "serve", "pipelines", "kserve"):
+    assert set(Requirement(extras["all"][0]).extras) == {"serve", "pipelines", "kserve", "annotate"}
+    for extra in ("core", "serve", "pipelines", "kserve", "annotate"):
         for spec in extras[extra]:
             requirement = Requirement(spec)
             name = canonicalize_name(requirement.name)

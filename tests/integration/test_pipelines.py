@@ -91,3 +91,37 @@ def test_local_sft_run_on_a_team_manifest_registers_a_version_with_lineage(
     artifacts = {a.path for a in registry.client.list_artifacts(version.run_id)}
     assert {"checkpoint", "evaluation"} <= artifacts
     assert registry.alias_holder("moss-audio-tiny-instruct", "candidate") == str(version.version)
+
+
+def test_local_annotate_pipeline_trains_on_unlabelled_audio(mlflow_uri, tmp_path, monkeypatch):
+    """annotate -> sft -> evaluate -> register under kfp.local, on clips with no labels."""
+    from pipelines.data import wav_bytes
+    from services.core.settings import Settings
+    from services.core.storage import LocalStorage
+    from tests.annotation_clips import clip_set
+
+    monkeypatch.setenv("MOSS_MLFLOW_URI", mlflow_uri)
+    monkeypatch.setenv("MOSS_HOME", str(tmp_path / "home"))
+    storage = LocalStorage(Settings(home=tmp_path / "home").resolved_storage_dir)
+    lines = []
+    for n, (audio, _) in enumerate(clip_set(seed=7, count=6)):
+        storage.put_bytes(f"datasets/ops/field/clips/{n}.wav", wav_bytes(audio))
+        lines.append({"audio": f"clips/{n}.wav", "split": "heldout" if n % 3 == 0 else "train"})
+    manifest = "datasets/ops/field/manifest.jsonl"
+    storage.put_bytes(manifest, "".join(json.dumps(x) + "\n" for x in lines).encode())
+    annotators = {"speech": ["speech-descriptors"], "music": ["music-features"],
+                  "general": ["signal-tags"]}  # fmt: skip
+    run_local(
+        "annotate",
+        {"manifest": manifest, "annotators": json.dumps(annotators), "steps": 3, "batch_size": 4},
+        tmp_path / "kfp",
+    )
+    sft = storage.get_bytes("datasets/ops/field/annotated/sft.jsonl")
+    assert len(sft.splitlines()) == 6
+    digest = hashlib.sha256(sft).hexdigest()
+    registry = Registry(mlflow_uri)
+    versions = registry.client.search_model_versions("name='moss-audio-tiny-instruct'")
+    (version,) = [v for v in versions if v.tags.get("data_digest") == digest]
+    run = registry.client.get_run(version.run_id)
+    assert run.data.params["manifest"] == "datasets/ops/field/annotated/sft.jsonl"
+    assert "eval/caption_wer" in run.data.metrics and "eval/event_qa_accuracy" in run.data.metrics
