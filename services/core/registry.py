@@ -54,7 +54,9 @@ HISTORY_TAG = "alias_history.{alias}"
 # shape); docs/pipelines.md, "Promotion gate".
 DEFAULT_THRESHOLDS: dict[str, Any] = {
     "production": {"event_qa_accuracy": 0.5, "timestamp_error_median_s": 2.0, "wer": 0.5},
-    "models": {},
+    # The tiny variant is the demo model `mossctl up` trains from scratch in ~10 CPU minutes
+    # (docs/pipelines.md has its figures): its speech is gated loosely, its events as above.
+    "models": {"moss-audio-tiny-instruct": {"production": {"wer": 0.8}}},
 }
 DEFAULT_TOLERANCE = 0.02  # absolute slack when comparing against the current holder
 

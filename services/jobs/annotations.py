@@ -11,11 +11,11 @@ import uuid
 from typing import Any
 
 from ..core import dataset_store
-from ..core.egress import EgressRefused, check_webhook_url
 from ..core.errors import ApiError
 from ..core.jobstate import ANNOTATION_TASK, Stage
 from ..core.jobstore import Job, Principal
 from .context import Context
+from .submit import check_webhook
 
 log = logging.getLogger("moss.jobs")
 
@@ -47,10 +47,7 @@ def submit_annotation(
         raise ApiError(422, "too_many_items", f"at most {settings.annotation_max_items} items per "
                        "job: split the set")  # fmt: skip
     if webhook_url is not None:
-        try:
-            check_webhook_url(webhook_url, settings)
-        except EgressRefused as exc:
-            raise ApiError(422, exc.code, exc.message) from exc
+        check_webhook(ctx, principal, webhook_url)
     clean, missing = [], []
     for n, item in enumerate(items, 1):
         audio = str(item.get("audio", "")).removeprefix(base)

@@ -79,17 +79,7 @@ def accept_job(
             403, "priority_not_allowed", "priority=high needs an API key with the priority scope"
         )
     if webhook_url is not None:
-        try:
-            check_webhook_url(webhook_url, settings)
-        except EgressRefused as exc:
-            raise ApiError(422, exc.code, exc.message) from exc
-        if not ctx.store.has_webhook_secret(principal.key_id):
-            raise ApiError(
-                422,
-                "webhook_secret_missing",
-                "this API key has no webhook signing secret yet: create one with "
-                "POST /v1/keys/me/webhook-secret",
-            )
+        check_webhook(ctx, principal, webhook_url)
     if task not in TASKS:
         raise ApiError(422, "invalid_task", f"task must be one of {', '.join(TASKS)}")
     if task in ("ask", "chat") and not (prompt or "").strip():
@@ -176,6 +166,21 @@ def accept_job(
     except Exception:
         log.warning("could not enqueue job %s now; the sweeper will", job.id, exc_info=True)
     return job, False
+
+
+def check_webhook(ctx: Context, principal: Principal, webhook_url: str) -> None:
+    """A job's webhook: a public URL (the egress guard) and a signing secret on the key."""
+    try:
+        check_webhook_url(webhook_url, ctx.settings)
+    except EgressRefused as exc:
+        raise ApiError(422, exc.code, exc.message) from exc
+    if not ctx.store.has_webhook_secret(principal.key_id):
+        raise ApiError(
+            422,
+            "webhook_secret_missing",
+            "this API key has no webhook signing secret yet: create one with "
+            "POST /v1/keys/me/webhook-secret",
+        )
 
 
 def _in_training(ref: str, settings) -> str | None:

@@ -106,3 +106,36 @@ def test_bad_names_digests_and_bodies_get_clear_errors(env) -> None:
     binary = client.put("/v1/datasets/x/manifest", headers=alice, content=b"\xff\xfe{}")
     assert "not UTF-8" in binary.json()["error"]["message"]
     assert client.delete("/v1/datasets/x", headers=alice).status_code == 404
+
+
+def test_annotation_jobs_check_their_input_and_are_queued_on_the_annotate_stage(env) -> None:
+    client, ctx, keys = env
+    alice = auth(keys["alice"])
+    audio = encode(*stereo_tone(1.0), 44_100, "wav")
+    digest = hashlib.sha256(audio).hexdigest()
+    client.put(f"/v1/datasets/field/audio/{digest}", headers=alice, content=audio)
+    absent = {"dataset": "field", "items": [{"audio": "audio/" + "1" * 64}]}
+    missing = client.post("/v1/annotations", headers=alice, json=absent)
+    assert missing.status_code == 422 and missing.json()["error"]["code"] == "audio_not_found"
+    unknown = client.post("/v1/annotations", headers=alice, json={"dataset": "nothing-here"})
+    assert unknown.status_code == 404
+    items = [{"audio": f"audio/{digest}", "id": "a", "split": "test"}]
+    webhook = {"dataset": "field", "items": items, "webhook_url": "https://93.184.216.34/hook"}
+    hooked = client.post("/v1/annotations", headers=alice, json=webhook)
+    assert hooked.status_code == 202 and hooked.json()["webhook"]["url"].endswith("/hook")
+    private = {**webhook, "webhook_url": "http://10.0.0.1/hook"}  # the egress guard applies
+    refused = client.post("/v1/annotations", headers=alice, json=private)
+    assert refused.status_code == 422
+    assert client.post("/v1/annotations", headers=auth(keys["jobs"]),
+                       json={"dataset": "field"}).status_code == 403  # fmt: skip
+    created = client.post(
+        "/v1/annotations", headers=alice, json={"dataset": "field", "items": items}
+    )
+    assert created.status_code == 202, created.text
+    job = created.json()
+    assert job["task"] == "annotate" and job["status"] == "queued" and job["params"]["items"] == 1
+    assert ("annotate", job["id"]) in ctx.enqueue.calls
+    stored = json.loads(ctx.storage.get_bytes(f"annotations/alice/{job['id']}/input.jsonl"))
+    assert stored == {"id": "a", "audio": f"datasets/alice/field/audio/{digest}", "split": "test"}
+    other = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["bob"]))
+    assert other.status_code in (403, 404)  # bob's key has no jobs scope, and it is alice's job
