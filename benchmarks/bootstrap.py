@@ -6,7 +6,7 @@ training split never uses (pipelines.speech.VOICES_HELDOUT).
 A direct run of the trainer (no MLflow, no Kubeflow): the same data, recipe and time budget as
 the first run of `mossctl up`, so its figures are what that run reaches on this machine.
 
-    .venv/bin/python benchmarks/bootstrap.py [--minutes 9.9] [--clips 600] [--speech-share 0.35]
+    .venv/bin/python benchmarks/bootstrap.py [--minutes 9.9] [--clips 600] [--speech-share 0.5]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=9.9)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--clips", type=int, default=600)
-    parser.add_argument("--speech-share", type=float, default=0.35)
+    parser.add_argument("--speech-share", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-kind", type=int, default=100)
     args = parser.parse_args()

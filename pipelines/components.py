@@ -39,7 +39,7 @@ def tracking_uri() -> str:
 
 
 def prepare_data(
-    name: str, num_clips: int, seed: int, manifest: str = "", speech_share: float = 0.35
+    name: str, num_clips: int, seed: int, manifest: str = "", speech_share: float = 0.5
 ) -> tuple[str, str]:
     """The dataset to use: `manifest` when given, else the generated dataset `name` (made once;
     `speech_share` of its clips are spoken commands, the rest sound events).

@@ -150,7 +150,7 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
         flavor: str = "instruct",
         dataset: str = "events-speech-v2",
         num_clips: int = 600,
-        speech_share: float = 0.35,
+        speech_share: float = 0.5,
         manifest: str = "",
         base_model: str = "",
         steps: int = 300,
@@ -239,7 +239,7 @@ def evaluate_pipeline(gpu: bool, local: bool = False):
         version: str = "1",
         dataset: str = "events-speech-v2",
         num_clips: int = 600,
-        speech_share: float = 0.35,
+        speech_share: float = 0.5,
         manifest: str = "",
         promote_to: str = "",
     ) -> None:

@@ -59,10 +59,10 @@ def test_unsafe_keys_are_refused(tmp_path, key) -> None:
         LocalStorage(tmp_path).put_bytes(key, b"x")
 
 
-def _job(store, tenant="acme"):
+def _job(store, tenant="acme", task="caption"):
     return store.create_job(
         tenant=tenant,
-        task="caption",
+        task=task,
         prompt=None,
         model="tiny",
         params={},
@@ -118,6 +118,21 @@ def test_stale_stages_are_released_once(job_store) -> None:
     assert job_store.get_job(job.id).stage == "queued"
     assert (job.id, "encode") in job_store.waiting(older_than_s=-1)
     assert job_store.claim_stage(job.id, "encode")
+
+
+def test_annotation_jobs_take_their_own_stage_only(job_store) -> None:
+    job = _job(job_store, task="annotate")
+    assert not job_store.claim_stage(job.id, "encode")  # a stray encode message: not its job
+    assert (job.id, "annotate") in job_store.waiting(older_than_s=-1)  # what the sweeper sends
+    assert job_store.claim_stage(job.id, "annotate")
+    assert (job.id, "annotate") in job_store.release_stale(older_than_s=-1)
+    assert job_store.get_job(job.id).stage == "queued"
+    assert job_store.claim_stage(job.id, "annotate")
+    assert job_store.complete_stage(job.id, "annotate", result={"items": 1})
+    done = job_store.get_job(job.id)
+    assert done.status == "succeeded" and done.stage == "done" and done.progress == 1.0
+    model_job = _job(job_store)
+    assert not job_store.claim_stage(model_job.id, "annotate")
 
 
 def test_api_keys(job_store) -> None:
