@@ -21,6 +21,7 @@ from services.jobs.stages import encode_job, generate_job
 from services.jobs.submit import submit_job
 from services.stack import LocalStack, free_port, start_predictor, wait_predictor_ready
 from tests.audio_files import encode, stereo_tone
+from tests.integration.conftest import redis_db
 from tests.integration.test_stack import submit, wait
 from tests.jobs_env import make_context, write_checkpoint
 
@@ -58,7 +59,7 @@ def kserve_api(request, home, predictors, redis_url, mlflow_uri):
     settings = Settings(
         home=home / protocol,
         port=free_port(),
-        redis_url=redis_url.rsplit("/", 1)[0] + "/5",  # apart from other modules' queues
+        redis_url=redis_db(redis_url, 8),  # apart from other modules' queues (the session stack: 5)
         mlflow_uri=mlflow_uri,
         models=f"{MODEL}={home / 'models' / MODEL}",
         default_model=MODEL,
