@@ -69,5 +69,6 @@ def test_worker_answers_worker_ping(tmp_path, redis_url) -> None:
 
 
 def test_worker_refuses_an_unknown_queue() -> None:
-    run = mossctl("worker", "annotate", env={"MOSS_REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert run.returncode == 2 and "queue must be one of encode, generate" in run.stderr
+    run = mossctl("worker", "transcode", env={"MOSS_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert run.returncode == 2
+    assert "queue must be one of encode, generate, annotate, pipelines" in run.stderr
