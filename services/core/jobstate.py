@@ -64,7 +64,9 @@ def first_task(task: str) -> Stage:
 
 def next_stage_after(waiting: str, task: str) -> Stage:
     """The stage a job waiting in `waiting` goes to next (what the sweeper re-enqueues)."""
-    return first_task(task) if waiting == Stage.QUEUED else Stage.GENERATE
+    if waiting == Stage.QUEUED:  # two stages wait there: the job's task says which
+        return first_task(task)
+    return next(stage for stage, before in WAITING_FOR.items() if before == waiting)
 
 
 Enqueue = Callable[[str, str], None]  # (stage, job_id): a message that carries only the id
