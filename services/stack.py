@@ -128,7 +128,7 @@ def admin_key(settings: Settings, store: JobStore) -> str:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch(mode=0o600)
             path.write_text(plain + "\n")
-    store.create_key(ADMIN_TENANT, ["admin", "jobs"], name="admin", plain=plain)
+    store.restore_key(ADMIN_TENANT, ["admin", "jobs"], "admin", plain)
     return plain
 
 

@@ -79,8 +79,8 @@ def migrate() -> None:
     out.print("job store schema is current")
     if settings.api_key is not None:
         plain = settings.api_key.get_secret_value()
-        store.create_key(ADMIN_TENANT, ["admin", "jobs"], name="admin", plain=plain)
-        out.print("admin API key (MOSS_API_KEY) is registered")
+        store.restore_key(ADMIN_TENANT, ["admin", "jobs"], "admin", plain)
+        out.print("admin API key (MOSS_API_KEY) is registered and live")
 
 
 @app.command()

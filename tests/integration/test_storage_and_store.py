@@ -143,3 +143,18 @@ def test_api_keys(job_store) -> None:
     assert job_store.authenticate(plain + "x") is None
     assert job_store.revoke_key(record.id)
     assert job_store.authenticate(plain) is None
+
+
+def test_the_bootstrap_key_comes_back_on_start(job_store) -> None:
+    """An admin may revoke (or narrow) the configured admin key; the next start restores it, so
+    the operator is never locked out. A key no longer configured stays revoked."""
+    plain = "moss_bootstrap_" + uuid.uuid4().hex
+    record = job_store.restore_key("admin", ["admin", "jobs"], "admin", plain)
+    assert job_store.authenticate(plain).can("admin")
+    assert job_store.revoke_key(record.id) and job_store.authenticate(plain) is None
+    again = job_store.restore_key("admin", ["admin", "jobs"], "admin", plain)
+    assert again.id == record.id and job_store.authenticate(plain).can("admin")
+    old, old_record = job_store.create_key("admin", ["admin", "jobs"], name="admin")
+    assert job_store.revoke_key(old_record.id)
+    job_store.restore_key("admin", ["admin", "jobs"], "admin", plain)  # another start
+    assert job_store.authenticate(old) is None

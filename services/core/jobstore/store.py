@@ -455,6 +455,21 @@ class JobStore(DeliveryStore):
             session.add(record)
         return plain, record
 
+    def restore_key(self, tenant: str, scopes: list[str], name: str, plain: str) -> ApiKey:
+        """The operator's bootstrap key as configured, whatever happened to it through the API.
+
+        An admin can revoke the key that MOSS_API_KEY (or MOSS_HOME/admin.key) names, or it can
+        be created with other scopes by an older release; either way the operator would be locked
+        out until someone edits the database. On every start it is made live again with at least
+        `scopes`. Rotation is therefore a configuration change: set a new key, restart, then
+        revoke the old one (which, no longer configured, stays revoked)."""
+        _, record = self.create_key(tenant, scopes, name, plain=plain)
+        with self.sessions.begin() as session:
+            record = session.get(ApiKey, record.id)
+            record.revoked_at = None
+            record.scopes = sorted(set(record.scopes) | set(scopes))
+        return record
+
     def authenticate(self, plain: str) -> Principal | None:
         with self.sessions() as session:
             record = session.scalar(
