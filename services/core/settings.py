@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     task_max_retries: int = 5
     sweep_after_s: int = 120  # a running job whose heartbeat is older than this is re-enqueued
     heartbeat_s: float = 5.0
+    # how often the sweeper pings the workers and gives back the stages of those gone
+    orphan_check_s: float = 5.0
     device: str = "cpu"
     # The weights' dtype in workers and predictors. auto: bfloat16 on CUDA (as the release
     # runs), float32 elsewhere: a CPU without bf16 units prefills ~4x slower in bfloat16 and

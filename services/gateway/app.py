@@ -20,6 +20,7 @@ from ..core.queue import (
     QUEUES,
     PipelineEnqueue,
     enqueuer,
+    live_workers,
     make_celery,
     pipeline_enqueuer,
     queues_with_workers,
@@ -59,6 +60,7 @@ def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], 
         store=store,
         storage=make_storage(settings),
         enqueue=enqueuer(celery, priority_of=store.priority_of),
+        live_workers=lambda: live_workers(celery),
     )
     return ctx, lambda: queues_with_workers(celery), pipeline_enqueuer(celery)
 

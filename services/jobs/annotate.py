@@ -39,7 +39,7 @@ def engine_for(settings, model: str) -> Engine:
 
 def annotate_job(ctx: Context, job_id: str) -> bool:
     """Annotate every item of the job; the outputs become datasets of its tenant."""
-    if not ctx.store.claim_stage(job_id, "annotate"):
+    if not ctx.store.claim_stage(job_id, "annotate", ctx.worker):
         return False
     with heartbeat(ctx, job_id):
         job = ctx.store.get_job(job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,3 +24,6 @@ class Context:
     enqueue: Enqueue
     backend: Backend | None = None  # workers only
     metrics: JobMetrics | None = None  # workers: stage latency, tokens, audio seconds
+    worker: str | None = None  # workers: this process's Celery node name, recorded on claims
+    # gateways: the node names of the workers that answer a ping now (None: cannot tell)
+    live_workers: Callable[[], set[str] | None] | None = None

@@ -39,7 +39,7 @@ def encode_job(ctx: Context, job_id: str) -> bool:
     audio skips the encoder. Returns True when the generator should run next, False when this
     delivery had nothing to do (stage already taken, job cancelled or gone).
     """
-    if not ctx.store.claim_stage(job_id, "encode"):
+    if not ctx.store.claim_stage(job_id, "encode", ctx.worker):
         return False
     # The heartbeat covers the whole stage, model loading included: a first load from the
     # registry can outlast MOSS_SWEEP_AFTER_S, and the sweeper would give the stage to another
@@ -93,7 +93,7 @@ def _encode_claimed(ctx: Context, job_id: str, started: float) -> bool:
 
 def generate_job(ctx: Context, job_id: str) -> bool:
     """Features -> adapter/mergers -> prompt -> decoder (local or a predictor) -> result."""
-    if not ctx.store.claim_stage(job_id, "generate"):
+    if not ctx.store.claim_stage(job_id, "generate", ctx.worker):
         return False
     with heartbeat(ctx, job_id):  # from the claim on, model loading included (see encode_job)
         return _generate_claimed(ctx, job_id, started=time.monotonic())

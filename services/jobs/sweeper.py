@@ -18,23 +18,55 @@ log = logging.getLogger("moss.jobs")
 
 
 def sweep(ctx: Context) -> list[tuple[str, str]]:
-    """Re-enqueue what a dead worker left: stale running stages, and jobs never picked up."""
+    """Re-enqueue what a dead worker left: stages of workers that no longer answer a ping (within
+    seconds), stale running stages (heartbeat older than MOSS_SWEEP_AFTER_S: a worker that lost
+    its name too), and jobs never picked up (their message lost)."""
     settings = ctx.settings
-    actions = ctx.store.release_stale(older_than_s=settings.sweep_after_s)
+    actions = _orphans(ctx)
+    actions += ctx.store.release_stale(older_than_s=settings.sweep_after_s)
     actions += ctx.store.waiting(older_than_s=settings.sweep_after_s * 5)
+    _enqueue(ctx, actions)
+    return actions
+
+
+def recover_own(ctx: Context) -> list[tuple[str, str]]:
+    """A worker that has just started gives back what its name still holds: the stages its
+    previous life was running when it died (SIGKILL, OOM). They go back on the queue at once."""
+    if ctx.worker is None:
+        return []
+    actions = ctx.store.release_orphans(worker=ctx.worker)
+    _enqueue(ctx, actions)
+    return actions
+
+
+def _orphans(ctx: Context) -> list[tuple[str, str]]:
+    if ctx.live_workers is None:
+        return []
+    try:
+        live = ctx.live_workers()
+    except Exception:  # the broker is away: nobody can be told dead
+        log.warning("sweeper could not ping the workers", exc_info=True)
+        return []
+    if live is None:
+        return []
+    # a claim younger than two heartbeats is spared: its worker may have missed one ping
+    return ctx.store.release_orphans(live=live, older_than_s=2 * ctx.settings.heartbeat_s)
+
+
+def _enqueue(ctx: Context, actions: list[tuple[str, str]]) -> None:
     for job_id, stage in actions:
         try:
             ctx.enqueue(stage, job_id)
             ctx.store.touch(job_id)
         except Exception:
             log.warning("sweeper could not enqueue %s for %s", stage, job_id, exc_info=True)
-    return actions
 
 
 def run_sweeper(ctx: Context, stop: threading.Event) -> None:
-    """Sweep every quarter of MOSS_SWEEP_AFTER_S until `stop` is set (a gateway thread)."""
-    interval = max(1.0, ctx.settings.sweep_after_s / 4)
-    while not stop.wait(interval):
+    """Sweep at start, then every MOSS_ORPHAN_CHECK_S (at most a quarter of
+    MOSS_SWEEP_AFTER_S) until `stop` is set (a gateway thread)."""
+    interval = max(1.0, min(ctx.settings.sweep_after_s / 4, ctx.settings.orphan_check_s))
+    while True:  # the first sweep at once: a gateway (re)started after a crash recovers now
         try:
             for job_id, stage in sweep(ctx):
                 log.warning("re-enqueued %s of job %s (worker lost or message lost)", stage, job_id)
@@ -43,3 +75,5 @@ def run_sweeper(ctx: Context, stop: threading.Event) -> None:
                          ctx.settings.retention_days)  # fmt: skip
         except Exception:
             log.exception("sweep failed")
+        if stop.wait(interval):
+            return

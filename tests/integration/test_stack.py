@@ -150,10 +150,14 @@ def test_killed_worker_mid_job_then_new_worker_finishes_it(api, stack) -> None:
     stack.stop_workers("generate", kill=True)  # SIGKILL: no goodbye, the message stays unacked
     time.sleep(1)
     assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
-    stack.start_worker("generate")
+    stack.start_worker("generate")  # the same slot, so the same node name
     done = wait(api, job["id"], timeout=120)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 3  # encode once, generate twice
+    # Given back by the restarted worker itself (or, if the gateway's ping came first, by the
+    # sweeper that saw the worker gone), not by the heartbeat timeout.
+    logs = "".join((stack.logs / f).read_text() for f in ("worker-generate.log", "gateway.log"))
+    assert f"re-enqueued generate of job {job['id']}" in logs
 
 
 def test_job_accepted_while_workers_are_down_completes_later(api, stack) -> None:

@@ -120,6 +120,30 @@ def test_stale_stages_are_released_once(job_store) -> None:
     assert job_store.claim_stage(job.id, "encode")
 
 
+def test_orphaned_stages_are_given_back_when_their_worker_is_gone(job_store) -> None:
+    """Not after the heartbeat timeout: at once for the restarted worker of the same name, and
+    after two quiet heartbeats for a worker that no longer answers a ping."""
+    node = f"generate-1@{uuid.uuid4().hex[:6]}"
+    mine, theirs, unnamed = _job(job_store), _job(job_store), _job(job_store)
+    assert job_store.claim_stage(mine.id, "encode", node)
+    assert job_store.claim_stage(theirs.id, "encode", "encode-2@elsewhere")
+    assert job_store.claim_stage(unnamed.id, "encode")
+    assert job_store.get_job(mine.id).claimed_by == node
+    assert job_store.release_orphans(worker=node) == [(mine.id, "encode")]
+    assert job_store.get_job(mine.id).stage == "queued"
+    assert job_store.get_job(mine.id).claimed_by is None
+    # The other worker answers a ping: nothing; it stops answering: still spared while its
+    # last heartbeat is recent, given back once it is older than the grace.
+    assert job_store.release_orphans(live={"encode-2@elsewhere"}, older_than_s=-1) == []
+    assert job_store.release_orphans(live=set(), older_than_s=3600) == []
+    assert job_store.release_orphans(live=set(), older_than_s=-1) == [(theirs.id, "encode")]
+    assert job_store.release_orphans(live=set(), older_than_s=-1) == []  # once
+    assert job_store.get_job(unnamed.id).stage == "encode"  # no name: the heartbeat rule only
+    assert job_store.claim_stage(mine.id, "encode", node)  # runs again
+    assert job_store.complete_stage(mine.id, "encode")
+    assert job_store.get_job(mine.id).claimed_by is None
+
+
 def test_annotation_jobs_take_their_own_stage_only(job_store) -> None:
     job = _job(job_store, task="annotate")
     assert not job_store.claim_stage(job.id, "encode")  # a stray encode message: not its job
@@ -158,3 +182,39 @@ def test_the_bootstrap_key_comes_back_on_start(job_store) -> None:
     assert job_store.revoke_key(old_record.id)
     job_store.restore_key("admin", ["admin", "jobs"], "admin", plain)  # another start
     assert job_store.authenticate(old) is None
+
+
+def test_the_stacks_valkey_keeps_its_queue_across_a_crash(tmp_path) -> None:
+    """`mossctl up`'s Valkey appends to a file under MOSS_HOME: queued messages survive a
+    SIGKILL (after its one-second fsync) and a restart."""
+    import signal
+    import subprocess
+    import time
+
+    import redis
+
+    from services.stack import free_port, valkey_argv, wait_for_port
+
+    port = free_port()
+    argv = valkey_argv(port, tmp_path / "valkey")
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        redis.Redis(port=port).lpush("encode", "job-1", "job-2")
+        time.sleep(1.5)  # appendfsync everysec
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        wait_for_port(port)
+        deadline = time.monotonic() + 10
+        while True:  # it answers LOADING while it replays the file
+            try:
+                queued = redis.Redis(port=port).lrange("encode", 0, -1)
+                break
+            except redis.exceptions.BusyLoadingError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert sorted(queued) == [b"job-1", b"job-2"]
+    finally:
+        server.kill()
+        server.wait(10)

@@ -14,7 +14,7 @@ from services.core.errors import ApiError
 from services.core.jobstore import Principal
 from services.jobs.stages import encode_job, generate_job
 from services.jobs.submit import submit_job
-from services.jobs.sweeper import sweep
+from services.jobs.sweeper import recover_own, sweep
 from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import make_context, write_checkpoint
 
@@ -194,6 +194,26 @@ def test_sweep_reenqueues_a_dead_workers_stage(home) -> None:
     assert (job.id, "encode") in actions
     assert ("encode", job.id) in ctx.enqueue.calls
     assert ctx.store.get_job(job.id).stage == "queued"
+
+
+def test_a_stage_of_a_worker_that_stopped_answering_is_back_in_seconds(home) -> None:
+    """MOSS_SWEEP_AFTER_S is two minutes; a worker that no longer answers a ping loses its
+    stage after two quiet heartbeats; one that answers keeps it; a restarted worker of the same
+    node name gives back what its previous process held, at once."""
+    live: set[str] = {"encode-1@a"}
+    ctx = make_context(home, sweep_after_s=120, heartbeat_s=0.2)
+    ctx.live_workers = lambda: live
+    job = submit(ctx, wav(1.0, freq=610.0))
+    assert ctx.store.claim_stage(job.id, "encode", "encode-1@a")
+    time.sleep(0.5)  # two heartbeats and more, without one
+    assert sweep(ctx) == []  # it still answers: a long stage, not a dead worker
+    live.clear()
+    ctx.enqueue.calls.clear()
+    assert sweep(ctx) == [(job.id, "encode")] and ("encode", job.id) in ctx.enqueue.calls
+    assert ctx.store.claim_stage(job.id, "encode", "encode-1@a")
+    restarted = make_context(home, worker="encode-1@a")
+    assert recover_own(restarted) == [(job.id, "encode")]
+    assert ("encode", job.id) in restarted.enqueue.calls
 
 
 class SlowLoading:

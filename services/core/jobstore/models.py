@@ -46,6 +46,8 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     priority: Mapped[str] = mapped_column(String(8), default="normal")  # normal | high
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the Celery node name of the worker running the current stage (None: nobody, or unnamed)
+    claimed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     __table_args__ = (Index("ix_jobs_tenant_created", "tenant", "created_at"),)
 

@@ -242,11 +242,13 @@ class JobStore(DeliveryStore):
             self.events.changed(job_id, {name: values[name] for name in fields})
         return changed
 
-    def claim_stage(self, job_id: str, stage: str) -> bool:
+    def claim_stage(self, job_id: str, stage: str, worker: str | None = None) -> bool:
         """Take `stage` ("encode" or "generate") of a job: True for exactly one caller.
 
         A redelivered or duplicated task finds the stage already taken (or the job finished or
-        cancelled) and must skip its work.
+        cancelled) and must skip its work. `worker` (the Celery node name) is recorded so that
+        the stage can be given back as soon as that worker is known to be gone
+        (`release_orphans`).
         """
         job = self.get_job(job_id)
         if job is None or (
@@ -264,6 +266,7 @@ class JobStore(DeliveryStore):
             heartbeat_at=utcnow(),
             timings=timings,
             attempts=job.attempts + 1,
+            claimed_by=worker,
         )
 
     def complete_stage(self, job_id: str, stage: str, **values: Any) -> bool:
@@ -287,6 +290,7 @@ class JobStore(DeliveryStore):
             stage=COMPLETES_TO[Stage(stage)],
             timings=timings,
             heartbeat_at=utcnow(),
+            claimed_by=None,
             **values,
         )
 
@@ -298,6 +302,7 @@ class JobStore(DeliveryStore):
             Job.status == Status.RUNNING,
             stage=WAITING_FOR[Stage(stage)],
             heartbeat_at=None,
+            claimed_by=None,
         )
 
     def reencode(self, job_id: str) -> bool:
@@ -310,6 +315,7 @@ class JobStore(DeliveryStore):
             status=Status.QUEUED,
             features_key=None,
             heartbeat_at=None,
+            claimed_by=None,
         )
 
     def heartbeat(self, job_id: str, progress: float | None = None) -> bool:
@@ -366,6 +372,48 @@ class JobStore(DeliveryStore):
                 Job.heartbeat_at < cutoff,
                 stage=WAITING_FOR[Stage(stage)],
                 heartbeat_at=None,
+                claimed_by=None,
+            ):
+                released.append((job_id, stage))
+        return released
+
+    def release_orphans(
+        self,
+        worker: str | None = None,
+        live: set[str] | None = None,
+        older_than_s: float = 0.0,
+    ) -> list[tuple[str, str]]:
+        """Give back the stages whose worker is known to be gone, without waiting for their
+        heartbeat to go stale (`release_stale`, minutes).
+
+        `worker`: a worker that has just started under this name; whatever that name still holds
+        was its previous life's (a node name is unique among live workers). `live`: the names
+        that answered a ping just now; a named claim outside it, whose heartbeat is also older
+        than `older_than_s` (a ping can be missed), is orphaned. Returns (job id, stage to
+        enqueue again); guarded like `release_stale`.
+        """
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Job.id, Job.stage, Job.claimed_by, Job.heartbeat_at).where(
+                    Job.status == Status.RUNNING,
+                    Job.stage.in_(WAITING_FOR),
+                    Job.claimed_by.is_not(None),
+                )
+            ).all()
+        released = []
+        for job_id, stage, holder, beat in rows:
+            mine = worker is not None and holder == worker
+            quiet = beat is None or _aware(beat) < cutoff
+            gone = live is not None and holder not in live and quiet
+            if (mine or gone) and self._update(
+                job_id,
+                Job.stage == stage,
+                Job.status == Status.RUNNING,
+                Job.claimed_by == holder,
+                stage=WAITING_FOR[Stage(stage)],
+                heartbeat_at=None,
+                claimed_by=None,
             ):
                 released.append((job_id, stage))
         return released
