@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     engine_slot_tokens: int = 4096
     # Keys/values of audio prefixes kept for further questions about the same audio (0: off).
     prefix_cache_mb: int = 256
+    # Share the feature cache and the prompt-prefix cache across tenants: saves the encoder on
+    # audio another tenant sent, but tells a tenant (cache_hit, timing) that someone did.
+    shared_cache: bool = False
     generator_concurrency: int = 8
     # Jobs one encoder process holds at once (Celery threads); their clips, waiting together, are
     # encoded in one pass of at most this many seconds of audio.

@@ -90,6 +90,7 @@ class Backend(Protocol):
         max_new_tokens: int,
         temperature: float | None,  # None: the checkpoint's generation_config.json
         features_version: str,
+        cache_scope: str = "",  # requests of one scope only share prompt-prefix caches
     ) -> Generation: ...
 
     def close(self) -> None: ...

@@ -52,6 +52,9 @@ class GenerationRequest:
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k filter
     seed: int | None = None
+    # prefixes are reused only between requests of one scope (a tenant, unless the operator
+    # shares caches): a hit is faster, and the speed would tell one tenant what another asked
+    cache_scope: str = ""
 
     def sampling(self) -> SamplingParams:
         sampled = self.temperature > 0
@@ -149,8 +152,10 @@ class PrefixCache:
 
 
 def prefix_key(request: GenerationRequest, length: int) -> str:
-    """A digest of the prefix tokens and the audio embeddings (DeepStack included)."""
+    """A digest of the cache scope, the prefix tokens and the audio embeddings (DeepStack
+    included)."""
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(request.cache_scope.encode() + b"\0")
     digest.update(torch.tensor(request.prompt_ids[:length]).numpy().tobytes())
     for tensor in (request.audio.embeds, *request.audio.deepstack):
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())

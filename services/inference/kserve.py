@@ -204,6 +204,7 @@ class KServeBackend:
         max_new_tokens: int,
         temperature: float | None,
         features_version: str,
+        cache_scope: str = "",
     ) -> RemoteGeneration:
         tensors = {
             "features": encoded.features.float().numpy(),
@@ -213,6 +214,7 @@ class KServeBackend:
             "temperature": np.array([temperature or 0.0], dtype=np.float32),
             "sampling": np.array([b"model" if temperature is None else b"greedy"], np.object_),
             "features_version": np.array([features_version.encode()], dtype=np.object_),
+            "cache_scope": np.array([cache_scope.encode()], dtype=np.object_),
         }
 
         def call() -> tuple[str, list[int], int]:

@@ -36,10 +36,12 @@ def submit_generation(
     instruction: str,
     max_new_tokens: int,
     temperature: float | None,
+    cache_scope: str = "",
 ) -> RequestHandle:
     """Project one segment's features, build its prompt (with time markers), queue it.
 
-    `temperature` None: sample as the checkpoint's generation_config.json says."""
+    `temperature` None: sample as the checkpoint's generation_config.json says. `cache_scope`:
+    whose requests may share this one's prompt prefix (see GenerationRequest)."""
     weight = loaded.model.lm_head.weight  # features may come in another dtype (FP32 on the wire)
     device, dtype = weight.device, weight.dtype
     with torch.inference_mode():
@@ -62,7 +64,13 @@ def submit_generation(
             "top_k": own.top_k,
         }
     return engine.submit(
-        GenerationRequest(prompt_ids=ids, audio=audio, max_new_tokens=max_new_tokens, **sampling)
+        GenerationRequest(
+            prompt_ids=ids,
+            audio=audio,
+            max_new_tokens=max_new_tokens,
+            cache_scope=cache_scope,
+            **sampling,
+        )
     )
 
 
@@ -183,12 +191,19 @@ class LocalBackend:
         max_new_tokens: int,
         temperature: float | None,
         features_version: str,
+        cache_scope: str = "",
     ) -> LocalGeneration:
         loaded = self.models.get(served.handle)
         if features_version != loaded.version:
             raise StaleFeatures(f"features of {features_version}, model {loaded.version}")
         handle = submit_generation(
-            loaded, self.engines(loaded), encoded, instruction, max_new_tokens, temperature
+            loaded,
+            self.engines(loaded),
+            encoded,
+            instruction,
+            max_new_tokens,
+            temperature,
+            cache_scope,
         )
         return LocalGeneration(handle, loaded.processor)
 

@@ -137,13 +137,16 @@ class OpenAIServerBackend:
         max_new_tokens: int,
         temperature: float | None,
         features_version: str,
+        cache_scope: str = "",
     ) -> ServerGeneration:
         clip = base64.b64encode(float_wav(encoded.features[:, 0].float().numpy())).decode()
         messages = [{"role": "user", "content": [
             {"type": "text", "text": instruction},
             {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
         ]}]  # fmt: skip
-        options = {} if temperature is None else {"temperature": temperature}
+        options: dict = {} if temperature is None else {"temperature": temperature}
+        if cache_scope:  # vLLM keeps prefix-cache blocks of different salts apart
+            options["extra_body"] = {"cache_salt": cache_scope}
 
         def call(generation: ServerGeneration) -> None:
             stream = self.client.chat.completions.create(

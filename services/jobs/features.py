@@ -8,6 +8,7 @@ version made it (the generator refuses features of another version).
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import torch
@@ -17,11 +18,21 @@ from safetensors.torch import save as save_safetensors
 from model import EncoderOutput
 
 
-def features_key(audio_sha256: str, version: str, segment_seconds: float | None) -> str:
-    """Content-addressed: the audio, the weights, and how the audio was cut (a caption of a
-    clip needs it whole, its transcription may have been split)."""
+def cache_scope(tenant: str, shared: bool) -> str:
+    """Whose jobs share cached work: one tenant's own (the default), or everyone's
+    (MOSS_SHARED_CACHE). A per-tenant scope keeps a tenant from learning, by a cache hit or a
+    faster answer, that another tenant sent the same audio. A digest, so the tenant's name goes
+    neither into object keys nor to an outside server (vLLM's cache_salt)."""
+    if shared:
+        return "shared"
+    return "t" + hashlib.blake2b(tenant.encode(), digest_size=10).hexdigest()
+
+
+def features_key(audio_sha256: str, version: str, segment_seconds: float | None, scope: str) -> str:
+    """Content-addressed within a cache scope: the audio, the weights, and how the audio was
+    cut (a caption of a clip needs it whole, its transcription may have been split)."""
     plan = "whole" if segment_seconds is None else f"seg{segment_seconds:g}"
-    return f"features/{audio_sha256}-{version}-{plan}.safetensors"
+    return f"features/{scope}/{audio_sha256}-{version}-{plan}.safetensors"
 
 
 def cache_plan(plan: float | None, audio_seconds: float | None) -> float | None:

@@ -23,7 +23,14 @@ from ..core.modelref import ModelSpec, describe
 from ..core.storage import ObjectNotFound
 from ..inference import ContextExceeded, StaleFeatures
 from .context import Context
-from .features import cache_plan, features_key, load_features, metadata, pack_features
+from .features import (
+    cache_plan,
+    cache_scope,
+    features_key,
+    load_features,
+    metadata,
+    pack_features,
+)
 
 log = logging.getLogger("moss.jobs")
 # How often a generating job reports progress and checks for cancellation: each is a job-store
@@ -63,7 +70,8 @@ def _encode_claimed(ctx: Context, job_id: str, started: float) -> bool:
     ctx.store.set_params(job_id, params)
     plan = segment_seconds_for(job.task, ctx.settings.max_segment_seconds)
     lookup = cache_plan(plan, job.audio_seconds)
-    key = features_key(job.audio_sha256, served.version, lookup) if served.version else None
+    scope = cache_scope(job.tenant, ctx.settings.shared_cache)
+    key = features_key(job.audio_sha256, served.version, lookup, scope) if served.version else None
     cached = key is not None and ctx.storage.exists(key)
     if not cached:
         try:
@@ -80,7 +88,7 @@ def _encode_claimed(ctx: Context, job_id: str, started: float) -> bool:
         else:
             segments = split_audio(audio, max_seconds=plan)
         version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
-        key = features_key(job.audio_sha256, version, plan if len(segments) > 1 else None)
+        key = features_key(job.audio_sha256, version, plan if len(segments) > 1 else None, scope)
         ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.record_timing(job_id, Stage.ENCODE, cache_hit=cached)
     if advance(ctx.store, ctx.enqueue, job_id, Stage.ENCODE, features_key=key, progress=0.1):
@@ -116,12 +124,19 @@ def _generate_claimed(ctx: Context, job_id: str, started: float) -> bool:
         if params.get("sampling") == "model"
         else float(params.get("temperature", 0.0))
     )
+    scope = cache_scope(job.tenant, ctx.settings.shared_cache)
     generations = []
     try:
         for output in encoded:
             generations.append(
                 ctx.backend.generate(
-                    served, output, instruction, max_new_tokens, temperature, features_version
+                    served,
+                    output,
+                    instruction,
+                    max_new_tokens,
+                    temperature,
+                    features_version,
+                    cache_scope=scope,
                 )
             )
     except (StaleFeatures, ContextExceeded) as exc:

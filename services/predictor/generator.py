@@ -65,6 +65,7 @@ class GeneratorModel(Model):
             {"name": "temperature", "datatype": "FP32", "shape": [1]},
             {"name": "sampling", "datatype": "BYTES", "shape": [1]},  # greedy | model
             {"name": "features_version", "datatype": "BYTES", "shape": [1]},
+            {"name": "cache_scope", "datatype": "BYTES", "shape": [1]},  # optional
         ]
 
     def get_output_types(self) -> list[dict]:
@@ -115,6 +116,7 @@ class GeneratorModel(Model):
                 instruction,
                 max_new_tokens,
                 temperature,
+                _text(payload, "cache_scope", default=""),
             )
         except ContextExceeded as exc:
             raise InvalidInput(str(exc)) from exc

@@ -3,6 +3,7 @@ tokens it would get alone (greedy and seeded sampling), whatever shares the batc
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -153,6 +154,15 @@ def test_questions_about_the_same_audio_reuse_its_prefix(processor, tiny_model) 
     assert [off.submit(r).result(60) for r in requests] == expected
     assert off.prefixes.hits == 0
     off.close()
+    # Another scope (another tenant) never reuses a prefix it did not prefill itself.
+    scoped = BatchingEngine(tiny_model, max_batch=2)
+    for scope in ("ta", "tb"):
+        for r in requests[:2]:
+            assert scoped.submit(dataclasses.replace(r, cache_scope=scope)).result(60) == alone(
+                tiny_model, r
+            )
+    assert (scoped.prefixes.misses, scoped.prefixes.hits) == (2, 2)
+    scoped.close()
 
 
 def test_the_prefix_cache_stays_within_its_budget() -> None:

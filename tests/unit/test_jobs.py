@@ -84,6 +84,22 @@ def test_second_job_on_the_same_audio_reuses_features(ctx) -> None:
     assert generate_job(ctx, second.id)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_feature_cache_is_per_tenant_unless_the_operator_shares_it(home, shared) -> None:
+    """A hit would tell tenant B that tenant A sent this audio (cache_hit, and a faster job)."""
+    ctx = make_context(home, shared_cache=shared)
+    data = wav(1.5, freq=320.0 + 7 * shared)
+    first = submit(ctx, data)
+    globex = Principal("k2", "globex", ("jobs",))
+    second = submit_job(ctx, globex, io.BytesIO(data), len(data), "caption", None, None, 6, 0.0)
+    encode_job(ctx, first.id)
+    encode_job(ctx, second.id)
+    a, b = ctx.store.get_job(first.id), ctx.store.get_job(second.id)
+    assert b.timings["encode"]["cache_hit"] is shared
+    assert (a.features_key == b.features_key) is shared
+    assert generate_job(ctx, second.id) and ctx.store.get_job(second.id).status == "succeeded"
+
+
 def test_caption_and_transcription_of_a_short_clip_share_features(ctx) -> None:
     """A clip shorter than one transcription segment is encoded whole for both tasks."""
     data = wav(1.5, freq=350.0)

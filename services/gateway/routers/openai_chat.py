@@ -47,6 +47,9 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     user: str | None = None
+    # vLLM's prefix-cache isolation field, accepted so that a client written for vLLM works
+    # here; the platform already keeps each tenant's caches apart (MOSS_SHARED_CACHE).
+    cache_salt: str | None = Field(default=None, max_length=256)
 
 
 def _conversation(messages: list[dict[str, Any]], max_bytes: int) -> tuple[str, bytes]:
