@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = 100.0
     max_audio_seconds: float = 3600.0
+    # Load shedding and slow clients (gateway.overload, gateway.limits, gateway.server):
+    # requests running at once, and long polls/event streams held at once; how long a request
+    # may wait for a slot before a 503; the time a request head and each body chunk may take.
+    gateway_max_inflight: int = Field(default=64, ge=1)
+    gateway_max_waiting: int = Field(default=1000, ge=1)
+    gateway_queue_wait_s: float = Field(default=0.5, ge=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
     # The OpenAI-compatible routes answer synchronously up to this much audio (longer: /v1/jobs),
     # waiting at most sync_timeout_s for the job.
     sync_max_audio_seconds: float = 600.0

@@ -34,6 +34,7 @@ from .admission import Admission
 from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics, MetricsMiddleware
+from .overload import Overload
 from .requestid import RequestId
 from .routers import (
     annotations,
@@ -117,7 +118,17 @@ def create_app(
         redoc_url=None,
     )
     app.state.gateway = state
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_upload_bytes + 1024 * 1024,
+        idle_timeout_s=settings.body_idle_timeout_s,
+    )
+    app.add_middleware(
+        Overload,
+        max_inflight=settings.gateway_max_inflight,
+        max_waiting=settings.gateway_max_waiting,
+        queue_wait_s=settings.gateway_queue_wait_s,
+    )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestId)  # outermost: every response, errors included, gets the id
     errors.install(app)

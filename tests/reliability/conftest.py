@@ -1,0 +1,3 @@
+"""The reliability suite's servers: the integration suite's Valkey, reused."""
+
+from tests.integration.conftest import redis_url  # noqa: F401  (a fixture)
