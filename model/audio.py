@@ -68,8 +68,9 @@ class AudioInfo:
 # --- opening ---------------------------------------------------------------------------------
 
 
-def _check_wav_size(head: bytes, total_size: int) -> None:
-    """WAV headers declare the data size; FFmpeg quietly decodes what is there, so compare."""
+def _check_wav_header(head: bytes, total_size: int) -> None:
+    """WAV headers declare the data size; FFmpeg quietly decodes what is there, so compare.
+    They declare the channel count too, which FFmpeg reports as 0 past what it can lay out."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return
     offset = 12
@@ -78,6 +79,10 @@ def _check_wav_size(head: bytes, total_size: int) -> None:
             head[offset : offset + 4],
             int.from_bytes(head[offset + 4 : offset + 8], "little"),
         )
+        if chunk == b"fmt " and offset + 12 <= len(head):
+            channels = int.from_bytes(head[offset + 10 : offset + 12], "little")
+            if channels > MAX_CHANNELS:
+                raise _too_many_channels(channels)
         if chunk == b"data":
             available = total_size - (offset + 8)
             if size not in (0, 0xFFFFFFFF) and available < size:  # 0 / -1: streamed, size unknown
@@ -133,7 +138,7 @@ def _open(source: AudioSource) -> av.container.InputContainer:
     container_format = sniff_container(head)
     if container_format is None:
         raise _not_audio()
-    _check_wav_size(head, size)
+    _check_wav_header(head, size)
     _check_ogg_end(head, tail)
     try:
         return av.open(
@@ -146,10 +151,18 @@ def _open(source: AudioSource) -> av.container.InputContainer:
         raise _not_audio() from exc
 
 
+def _too_many_channels(channels: int) -> AudioDecodeError:
+    return AudioDecodeError(
+        "too_many_channels", f"the audio has {channels} channels; at most {MAX_CHANNELS}"
+    )
+
+
 def _audio_stream(container: av.container.InputContainer) -> av.AudioStream:
     if not container.streams.audio:
         raise AudioDecodeError("not_audio", "the data has no audio stream")
     stream = container.streams.audio[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for it (an unknown format tag)
+        raise AudioDecodeError("unsupported_codec", "the audio codec is unknown")
     codec = stream.codec_context.name
     if not codec_allowed(codec):
         raise AudioDecodeError("unsupported_codec", f"audio codec {codec!r} is not accepted")
@@ -160,10 +173,10 @@ def _audio_stream(container: av.container.InputContainer) -> av.AudioStream:
             f"the sample rate is {rate} Hz; accepted: {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz",
         )
     channels = stream.codec_context.channels
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise AudioDecodeError(
-            "too_many_channels", f"the audio has {channels} channels; at most {MAX_CHANNELS}"
-        )
+    if channels < 1:
+        raise AudioDecodeError("not_audio", "the audio declares no channels")
+    if channels > MAX_CHANNELS:
+        raise _too_many_channels(channels)
     return stream
 
 
@@ -173,6 +186,10 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.AudioSt
     if container.duration is not None:
         return container.duration / av.time_base
     return 0.0
+
+
+def _not_finite() -> AudioDecodeError:
+    return AudioDecodeError("not_audio", "the audio decodes to non-finite samples (NaN, inf)")
 
 
 def _too_long(seconds: float, max_seconds: float) -> AudioDecodeError:
@@ -276,7 +293,7 @@ def load_audio(
     audio = np.concatenate(decoder.blocks)
     _check_declared(declared, decoder.seconds(), "decoded")
     if not np.isfinite(audio).all():
-        raise AudioDecodeError("not_audio", "the audio decodes to non-finite samples")
+        raise _not_finite()
     return audio
 
 
@@ -313,6 +330,8 @@ def probe_audio(
         _decode(container, stream, decoder, until_seconds=probe_seconds)
         if not decoder.samples:
             raise AudioDecodeError("empty_audio", "the audio stream has no samples")
+        if not all(np.isfinite(block).all() for block in decoder.blocks):
+            raise _not_finite()
         return AudioInfo(
             container=container.format.name,
             codec=stream.codec_context.name,

@@ -18,6 +18,7 @@ from model.audio_sandbox import (
     load_audio_isolated,
     probe_audio_isolated,
 )
+from tests.reliability.hostile_corpus import float_wav, pcm16, wav
 
 RATE = 44_100
 SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "ALAW", "ULAW"]
@@ -255,3 +256,41 @@ def test_concurrent_requests_each_get_their_own_samples() -> None:
         got = list(pool.map(load_audio_isolated, clips))
     for clip, samples in zip(clips, got, strict=True):
         np.testing.assert_array_equal(samples, load_audio(clip))
+
+
+# --- found by the hostile corpus (tests/reliability) ------------------------------------------
+
+
+@pytest.mark.parametrize("header", [{"tag": 0x1234}, {"bits": 0}])
+def test_a_wav_format_ffmpeg_has_no_decoder_for_is_an_unsupported_codec(header) -> None:
+    """PyAV gives such a stream no codec context: reading its name was an AttributeError (the
+    sandbox's catch-all reported a vague `not_audio`; in-process it escaped)."""
+    data = wav(pcm16(1.0), **header)
+    for fn in (load_audio, probe_audio):
+        with pytest.raises(AudioDecodeError) as info:
+            fn(data)
+        assert info.value.code == "unsupported_codec"
+
+
+@pytest.mark.parametrize(("channels", "code"), [(0, "not_audio"), (1000, "too_many_channels")])
+def test_channel_counts_ffmpeg_cannot_lay_out(channels, code) -> None:
+    """FFmpeg reports both as 0 channels ("the audio has 0 channels; at most 64" was the
+    message for 1000): the WAV header's own count is read first."""
+    data = wav(pcm16(0.01, channels=max(channels, 1)), channels=channels, block_align=2)
+    for fn in (load_audio, probe_audio):
+        with pytest.raises(AudioDecodeError) as info:
+            fn(data)
+        assert info.value.code == code
+        assert str(channels) in info.value.message or channels == 0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_the_probe_refuses_non_finite_samples_too(value) -> None:
+    """load_audio refused them, the gateway's probe accepted them: the job failed in the
+    worker instead of a 415 at upload."""
+    samples = 0.3 * np.sin(np.arange(16_000) / 10.0)
+    samples[100] = value
+    for fn in (load_audio, probe_audio):
+        with pytest.raises(AudioDecodeError) as info:
+            fn(float_wav(samples))
+        assert info.value.code == "not_audio" and "non-finite" in info.value.message
