@@ -304,8 +304,11 @@ def probe_audio(
 
     Reads the header, measures the duration from the packet timestamps (a demux pass: no
     decoding), checks it against `max_seconds` and the declared duration, then decodes the first
-    `probe_seconds` to make sure the stream really decodes.
+    `probe_seconds` to make sure the stream really decodes: from a second, fresh demuxer, as
+    seeking back to the start fails on some damaged files (FFmpeg's EPERM, a PermissionError).
     """
+    if not isinstance(source, bytes | bytearray | memoryview | str | os.PathLike):
+        source = source.read()  # a file object: read once, opened twice
     with _open(source) as container:
         stream = _audio_stream(container)
         declared = _declared_seconds(container, stream)
@@ -325,7 +328,8 @@ def probe_audio(
         if seconds == 0.0 and declared == 0.0:
             raise AudioDecodeError("empty_audio", "the audio stream has no samples")
         _check_declared(declared, seconds, "present")
-        container.seek(0)
+    with _open(source) as container:
+        stream = _audio_stream(container)
         decoder = _MonoDecoder(SAMPLE_RATE, None)
         _decode(container, stream, decoder, until_seconds=probe_seconds)
         if not decoder.samples:

@@ -294,3 +294,31 @@ def test_the_probe_refuses_non_finite_samples_too(value) -> None:
         with pytest.raises(AudioDecodeError) as info:
             fn(float_wav(samples))
         assert info.value.code == "not_audio" and "non-finite" in info.value.message
+
+
+# --- found by fuzzing (tests/reliability/fuzz_decode.py) ---------------------------------------
+
+
+def test_a_file_ffmpeg_cannot_seek_back_in_is_probed_from_a_fresh_demuxer() -> None:
+    """atheris: a FLAC cut in half, 91 zero bytes inserted in its first frame and 6.8 KB cut
+    from its middle. After the demux pass, seeking back to the start raised FFmpeg's EPERM as a
+    PermissionError, which escaped probe_audio (the sandbox reported a vague `not_audio`)."""
+    import av
+
+    from tests.reliability.hostile_corpus import valid
+
+    flac = valid("flac")
+    data = flac[:595] + b"\0" * 91 + flac[595:8560] + flac[15329:17043]
+    with av.open(io.BytesIO(data), format="flac") as container:
+        for _ in container.demux(container.streams.audio[0]):
+            pass
+        try:
+            container.seek(0)
+        except av.error.FFmpegError:
+            pass
+        else:
+            pytest.skip("this FFmpeg seeks back in it: the input no longer reproduces the bug")
+    for source in (data, io.BytesIO(data)):
+        with pytest.raises(AudioDecodeError) as info:
+            probe_audio(source)
+        assert info.value.code == "not_audio" and "cannot be decoded" in info.value.message
