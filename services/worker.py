@@ -20,12 +20,14 @@ from celery.exceptions import Retry
 from celery.signals import setup_logging, worker_init, worker_ready
 from minio.error import S3Error
 from sqlalchemy.exc import OperationalError
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .core import tracing
 from .core.events import events_for
 from .core.jobmetrics import JobMetrics
 from .core.jobstore import JobStore
 from .core.logs import JOB_ID, configure
+from .core.patience import Patient
 from .core.queue import enqueuer, make_celery
 from .core.settings import get_settings
 from .core.storage import make_storage
@@ -67,8 +69,9 @@ def _recover(**_) -> None:
         log.warning("could not recover this worker's orphaned stages", exc_info=True)
 
 
-# Failures worth retrying: the database, the object store or the network briefly away.
-TRANSIENT = (OperationalError, S3Error, ConnectionError, TimeoutError)
+# Failures worth retrying the task for: the database, the object store or the network away for
+# longer than the store's and the storage's own patience (core.patience).
+TRANSIENT = (OperationalError, S3Error, ConnectionError, TimeoutError, Urllib3Error)
 
 
 _context_lock = threading.Lock()
@@ -85,10 +88,11 @@ def context() -> Context:
 @functools.cache
 def _make_context() -> Context:
     store = JobStore.connect(settings.resolved_database_url, events=events_for(settings.redis_url))
+    patience = settings.dependency_retry_s
     return Context(
         settings=settings,
-        store=store,
-        storage=make_storage(settings),
+        store=Patient(store, patience),  # type: ignore[arg-type]  # a JobStore, retried
+        storage=Patient(make_storage(settings), patience),  # type: ignore[arg-type]
         enqueue=enqueuer(app, priority_of=store.priority_of),
         backend=make_backend(settings),
         metrics=JobMetrics(settings.redis_url),

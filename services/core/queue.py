@@ -100,6 +100,11 @@ def queues_with_workers(app: Celery, timeout: float = 1.0) -> set[str]:
     return {queue["name"] for queues in replies.values() for queue in queues}
 
 
+def queue_depth(redis: Any, queue: str) -> int:
+    """Messages waiting in a job queue (its high-priority list included); `redis` a client."""
+    return int(redis.llen(queue)) + int(redis.llen(f"{queue}{HIGH}"))
+
+
 def live_workers(app: Celery, timeout: float = 1.0) -> set[str]:
     """The node names of the workers that answer a ping within `timeout`."""
     return {name for reply in app.control.ping(timeout=timeout) or [] for name in reply}

@@ -142,8 +142,12 @@ class Settings(BaseSettings):
     task_max_retries: int = 5
     sweep_after_s: int = 120  # a running job whose heartbeat is older than this is re-enqueued
     heartbeat_s: float = 5.0
+    # workers: how long a job-store or object-store call keeps retrying while its server is away
+    dependency_retry_s: float = 60.0
     # how often the sweeper pings the workers and gives back the stages of those gone
     orphan_check_s: float = 5.0
+    # a job waiting this long for a stage whose queue is empty is sent again (its message lost)
+    lost_message_after_s: float = 15.0
     device: str = "cpu"
     # The weights' dtype in workers and predictors. auto: bfloat16 on CUDA (as the release
     # runs), float32 elsewhere: a CPU without bf16 units prefills ~4x slower in bfloat16 and

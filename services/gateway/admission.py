@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from ..core.errors import ApiError
 from ..core.jobstore import JobStore, Principal
+from ..core.queue import queue_depth
 from ..core.settings import Settings
 
 log = logging.getLogger("moss.gateway")
@@ -76,7 +77,7 @@ class Admission:
         if self.redis is None:
             return
         try:
-            depth = self.redis.llen("encode") + self.redis.llen("encode.high")
+            depth = queue_depth(self.redis, "encode")
         except RedisError as exc:  # the job is durable without the broker; the sweeper sends it
             log.warning("queue depth unknown: %s", exc)
             return

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI
 
 from ..core import tracing
@@ -23,13 +24,14 @@ from ..core.queue import (
     live_workers,
     make_celery,
     pipeline_enqueuer,
+    queue_depth,
     queues_with_workers,
 )
 from ..core.settings import Settings, get_settings
 from ..core.storage import make_storage
 from ..jobs import sweeper
 from ..jobs.context import Context
-from . import docs, errors, webhooks, webui
+from . import docs, errors, unavailable, webhooks, webui
 from .admission import Admission
 from .deps import Gateway
 from .limits import BodySizeLimit
@@ -55,6 +57,7 @@ from .watch import JobWatch
 def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], PipelineEnqueue]:
     """The real collaborators: the job store, the object store and the queue."""
     celery = make_celery(settings)
+    broker = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
     store = JobStore.connect(settings.resolved_database_url, events=events_for(settings.redis_url))
     ctx = Context(
         settings=settings,
@@ -62,6 +65,7 @@ def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], 
         storage=make_storage(settings),
         enqueue=enqueuer(celery, priority_of=store.priority_of),
         live_workers=lambda: live_workers(celery),
+        queue_depth=lambda queue: queue_depth(broker, queue),
     )
     return ctx, lambda: queues_with_workers(celery), pipeline_enqueuer(celery)
 
@@ -132,6 +136,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestId)  # outermost: every response, errors included, gets the id
     errors.install(app)
+    unavailable.install(app)
     if tracing.setup("moss-gateway", settings):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -27,3 +27,5 @@ class Context:
     worker: str | None = None  # workers: this process's Celery node name, recorded on claims
     # gateways: the node names of the workers that answer a ping now (None: cannot tell)
     live_workers: Callable[[], set[str] | None] | None = None
+    # gateways: the messages waiting in a stage's queue now
+    queue_depth: Callable[[str], int] | None = None

@@ -88,6 +88,8 @@ def _encode_claimed(ctx: Context, job_id: str, started: float) -> bool:
         else:
             segments = split_audio(audio, max_seconds=plan)
         version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
+        # one line per encoder run: the reliability suite counts them (no job encoded twice)
+        log.info("encoded %d segment(s), %.1f s of audio", len(segments), job.audio_seconds)
         key = features_key(job.audio_sha256, version, plan if len(segments) > 1 else None, scope)
         ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.record_timing(job_id, Stage.ENCODE, cache_hit=cached)
@@ -164,6 +166,8 @@ def _generate_claimed(ctx: Context, job_id: str, started: float) -> bool:
         shown = _show_text(ctx, job_id, generations, shown)
     try:
         texts = [g.text() for g in generations]
+        log.info("generated %d token(s) in %d segment(s)",  # one line per decoder run
+                 sum(g.produced for g in generations), len(generations))  # fmt: skip
     except StaleFeatures:  # a remote generator changed version after the encoder ran
         return _encode_again(ctx, job_id)
     except ContextExceeded as exc:  # a remote generator checked the context

@@ -24,9 +24,26 @@ def sweep(ctx: Context) -> list[tuple[str, str]]:
     settings = ctx.settings
     actions = _orphans(ctx)
     actions += ctx.store.release_stale(older_than_s=settings.sweep_after_s)
+    actions += _lost(ctx)
     actions += ctx.store.waiting(older_than_s=settings.sweep_after_s * 5)
-    _enqueue(ctx, actions)
+    _enqueue(ctx, list(dict.fromkeys(actions)))
     return actions
+
+
+def _lost(ctx: Context) -> list[tuple[str, str]]:
+    """Jobs waiting for a stage whose queue is empty: their message is gone (the broker lost
+    it, or the enqueue failed), since a message in an empty queue is taken within moments. Sent
+    again after MOSS_LOST_MESSAGE_AFTER_S, not after five times MOSS_SWEEP_AFTER_S (the rule
+    below, for when the queue is never empty). A message that did exist makes a duplicate,
+    which the stage claim turns into a no-op."""
+    if ctx.queue_depth is None:
+        return []
+    waiting = ctx.store.waiting(older_than_s=ctx.settings.lost_message_after_s)
+    try:
+        empty = {stage for stage in {s for _, s in waiting} if ctx.queue_depth(stage) == 0}
+    except Exception:  # the broker is away: its messages cannot be counted
+        return []
+    return [(job_id, stage) for job_id, stage in waiting if stage in empty]
 
 
 def recover_own(ctx: Context) -> list[tuple[str, str]]:
