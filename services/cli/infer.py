@@ -15,7 +15,13 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from model.sampling import MAX_NEW_TOKENS, MAX_TEMPERATURE
+from model.sampling import (
+    MAX_NEW_TOKENS,
+    MAX_TEMPERATURE,
+    TEMPERATURE_RULE,
+    SamplingError,
+    check_sampling,
+)
 
 from .common import err, fail
 
@@ -57,7 +63,7 @@ def infer(
     ] = DEFAULT_PROMPT,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS)] = 256,
     temperature: Annotated[
-        float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help="0 = greedy.")
+        float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help=f"{TEMPERATURE_RULE}.")
     ] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
@@ -83,6 +89,10 @@ def infer(
         fail(f"{model} is not a checkpoint directory (no config.json)")
     if dtype not in {"auto", "float32", "bfloat16", "float16"}:
         fail(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    try:
+        check_sampling(max_new_tokens, temperature)  # the API's rule: 1e-300 is refused here too
+    except SamplingError as exc:
+        fail(f"--{exc.message.replace('_', '-')}")
     try:
         waveform = load_audio(audio)
     except FileNotFoundError:
