@@ -164,7 +164,9 @@ def env(tmp_path_factory):
         Path("/proc/self/clear_refs").write_text("5")  # the peak RSS starts again from here
         env.gateway_start_kb = rss_kb(field="VmRSS")
         yield env
-        audio_sandbox._zygotes.get(command).process.kill()
+        zygote = audio_sandbox._zygotes.get(command).process
+        zygote.kill()
+        zygote.wait()
     listener.close()
 
 
