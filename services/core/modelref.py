@@ -29,6 +29,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^[0-9]{1,9}$")
 _DIGEST_FILE = ".moss-digest.json"
 REGISTRY_PREFIX = "models:/"
+ALIASES = ("candidate", "staging", "production")  # a registered model's aliases (registry.py)
 DEFAULT_ALIAS = "production"
 LOCAL_TRAINED_FOR = "not recorded (a local checkpoint directory)"
 

@@ -22,7 +22,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-ALIASES = ("candidate", "staging", "production")
+from .modelref import ALIASES
+
 # Every metric the evaluation writes (pipelines.evaluate): the label family it measures and
 # whether higher is better. The gate groups thresholds by family: a candidate evaluated on a
 # manifest without speech has no `wer`, so the speech thresholds are skipped, not failed.

@@ -7,7 +7,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.jobstate import Stage, Status
+from model.sampling import MAX_NEW_TOKENS, MAX_TEMPERATURE, SAMPLING_MODES, TEMPERATURE_RULE
+from model.tasks import TASKS
+
+from ..core.jobstate import ANNOTATION_TASK, Stage, Status
+from ..core.modelref import ALIASES
+from ..core.queue import PRIORITIES
+
+# The choices of the API's fields, each from its one definition (the OpenAPI document lists
+# them as enums; a value outside them is 422 `invalid_<field>`).
+Task = Literal[TASKS]  # what POST /v1/jobs takes
+JobTask = Literal[(*TASKS, ANNOTATION_TASK)]  # what a job is (annotation jobs too)
+Sampling = Literal[SAMPLING_MODES]
+Priority = Literal[PRIORITIES]
+Alias = Literal[ALIASES]
+SCOPES = ("jobs", "priority", "datasets", "admin")  # what an API key may carry (deps.principal)
+Scope = Literal[SCOPES]
+# Documented ranges of the sampling fields; model.sampling.check_sampling enforces them (for
+# every entry point, with its own codes: `invalid_max_new_tokens`, `invalid_temperature`).
+MAX_NEW_TOKENS_RANGE = {"minimum": 1, "maximum": MAX_NEW_TOKENS}
+TEMPERATURE_RANGE = {"minimum": 0, "maximum": MAX_TEMPERATURE}
+TEMPERATURE_HELP = f"{TEMPERATURE_RULE}; other values are refused (422 `invalid_temperature`)."
 
 
 class ErrorDetail(BaseModel):
@@ -126,7 +146,7 @@ class JobOut(BaseModel):
     status: Status
     stage: Stage = Field(description="queued, encode, encoded, generate, annotate or done.")
     progress: float = Field(ge=0, le=1)
-    task: str
+    task: JobTask
     prompt: str | None
     model: str
     audio_seconds: float
@@ -135,7 +155,7 @@ class JobOut(BaseModel):
     error: ErrorDetail | None
     timings: dict[str, Any] = Field(description="Per stage: started_at, finished_at, seconds.")
     attempts: int = Field(description="Stage runs so far (more than 2: a stage was retried).")
-    priority: Literal["normal", "high"] = "normal"
+    priority: Priority = "normal"
     webhook: WebhookOut | None = None
     created_at: datetime
     updated_at: datetime
@@ -190,9 +210,7 @@ class JobList(BaseModel):
 
 class KeyCreate(BaseModel):
     tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
-    scopes: list[Literal["jobs", "priority", "datasets", "admin"]] = Field(
-        default_factory=lambda: ["jobs"]
-    )
+    scopes: list[Scope] = Field(default_factory=lambda: ["jobs"])
     name: str = Field(default="", max_length=128)
 
 
@@ -249,7 +267,7 @@ class AliasMove(BaseModel):
 
 
 class Rollback(BaseModel):
-    alias: Literal["candidate", "staging", "production"] = "production"
+    alias: Alias = "production"
 
 
 class PipelineRun(BaseModel):
@@ -266,7 +284,7 @@ class PipelineRunOut(BaseModel):
 
 class RollbackOut(BaseModel):
     name: str
-    alias: str
+    alias: Alias
     version: str = Field(description="The version the alias points at now.")
 
 
@@ -275,7 +293,7 @@ class Decision(BaseModel):
 
     model: str
     version: str
-    alias: str
+    alias: Alias
     accepted: bool
     reason: str
     actor: str

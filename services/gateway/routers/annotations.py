@@ -7,14 +7,20 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ...jobs.annotations import submit_annotation
+from ..bodies import StrictRoute
 from ..deps import Ctx, Datasets
-from ..errors import ERRORS
+from ..errors import AUTHENTICATED, BODY, responses
 from ..schemas import AnnotationCreate, JobOut
 
-router = APIRouter(prefix="/v1/annotations", tags=["annotations"])
+router = APIRouter(
+    prefix="/v1/annotations",
+    tags=["annotations"],
+    route_class=StrictRoute,
+    responses=AUTHENTICATED,
+)
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=ERRORS)
+@router.post("", status_code=202, response_model=JobOut, responses={**BODY, **responses(404)})
 def create_annotation(ctx: Ctx, body: AnnotationCreate, who: Datasets) -> JobOut:
     """Annotate the dataset's clips (or `items`, audio uploaded to it): a job whose result names
     two new datasets, `NAME-captions` (one unified caption per clip) and `NAME-sft` (instruction

@@ -12,14 +12,25 @@ from fastapi.responses import PlainTextResponse
 
 from ...core import dataset_store as store
 from ...core.errors import ApiError
+from ..bodies import StrictRoute
 from ..deps import Ctx, Datasets
-from ..errors import ERRORS
-from ..schemas import AudioCheck, AudioMissing, DatasetOut, ErrorBody
+from ..errors import AUTHENTICATED, BODY, PARAMS, SENDS, responses
+from ..schemas import AudioCheck, AudioMissing, DatasetOut
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], route_class=StrictRoute, responses=AUTHENTICATED
+)
 MANIFEST_LIMIT = 64 * 1024 * 1024
 STATUS = {"not_found": 404, "upload_too_large": 413}
-RESPONSES = {**ERRORS, 413: {"model": ErrorBody}}
+NAMED = {**PARAMS, **responses(404)}  # a dataset by name: 422 for a bad name, 404 for none
+UPLOAD = {**PARAMS, **SENDS}  # a raw body, read as a stream (never parsed: no 400)
+
+
+def raw_body(media_type: str, description: str) -> dict:
+    """`openapi_extra` of a route that reads its body as a stream (FastAPI cannot see it)."""
+    schema = {"type": "string", "format": "binary"}
+    content = {media_type: {"schema": schema}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
 def _error(exc: store.DatasetError) -> ApiError:
@@ -38,13 +49,13 @@ async def _spool(request: Request, limit: int) -> tempfile.SpooledTemporaryFile:
     return spool
 
 
-@router.get("", response_model=list[DatasetOut], responses=ERRORS)
+@router.get("", response_model=list[DatasetOut])
 def list_datasets(ctx: Ctx, who: Datasets) -> list[DatasetOut]:
     """The tenant's committed datasets."""
     return [DatasetOut(**vars(d)) for d in store.list_datasets(ctx.storage, who.tenant)]
 
 
-@router.get("/{name}", response_model=DatasetOut, responses=ERRORS)
+@router.get("/{name}", response_model=DatasetOut, responses=NAMED)
 def get_dataset(ctx: Ctx, name: str, who: Datasets) -> DatasetOut:
     try:
         return DatasetOut(**vars(store.get_dataset(ctx.storage, who.tenant, name)))
@@ -52,7 +63,14 @@ def get_dataset(ctx: Ctx, name: str, who: Datasets) -> DatasetOut:
         raise _error(exc) from None
 
 
-@router.get("/{name}/manifest", response_class=PlainTextResponse, responses=ERRORS)
+@router.get(
+    "/{name}/manifest",
+    response_class=Response,  # not PlainTextResponse: its errors are JSON, not text/plain
+    responses={
+        **NAMED,
+        200: {"description": "The manifest", "content": {"application/x-ndjson": {}}},
+    },
+)
 def get_manifest(ctx: Ctx, name: str, who: Datasets) -> PlainTextResponse:
     """The committed manifest (JSONL), as training reads it."""
     try:
@@ -64,7 +82,7 @@ def get_manifest(ctx: Ctx, name: str, who: Datasets) -> PlainTextResponse:
                              headers={"X-Dataset-Digest": info.digest})  # fmt: skip
 
 
-@router.post("/{name}/audio-check", response_model=AudioMissing, responses=ERRORS)
+@router.post("/{name}/audio-check", response_model=AudioMissing, responses=BODY)
 def check_audio(ctx: Ctx, name: str, body: AudioCheck, who: Datasets) -> AudioMissing:
     """Which of these clips (by sha256) still have to be sent."""
     try:
@@ -74,7 +92,12 @@ def check_audio(ctx: Ctx, name: str, body: AudioCheck, who: Datasets) -> AudioMi
         raise _error(exc) from None
 
 
-@router.put("/{name}/audio/{digest}", status_code=204, responses=RESPONSES)
+@router.put(
+    "/{name}/audio/{digest}",
+    status_code=204,
+    responses=UPLOAD,
+    openapi_extra=raw_body("application/octet-stream", "The clip's bytes, as they are."),
+)
 async def put_audio(ctx: Ctx, name: str, digest: str, request: Request, who: Datasets) -> Response:
     """One clip, as the raw body, stored under its sha256 (checked: a body that does not match
     its digest is refused and nothing is stored)."""
@@ -90,8 +113,13 @@ async def put_audio(ctx: Ctx, name: str, digest: str, request: Request, who: Dat
     return Response(status_code=204)
 
 
-@router.put("/{name}/manifest", status_code=201, response_model=DatasetOut,
-            responses=RESPONSES)  # fmt: skip
+@router.put(
+    "/{name}/manifest",
+    status_code=201,
+    response_model=DatasetOut,
+    responses=UPLOAD,
+    openapi_extra=raw_body("application/x-ndjson", "The manifest: JSON lines (UTF-8)."),
+)
 async def put_manifest(
     ctx: Ctx, name: str, request: Request, who: Datasets, default_prompt: str = "",
     strict: bool = False,
@@ -112,7 +140,7 @@ async def put_manifest(
     return DatasetOut(**vars(info))
 
 
-@router.delete("/{name}", status_code=204, responses=ERRORS)
+@router.delete("/{name}", status_code=204, responses=NAMED)
 def delete_dataset(ctx: Ctx, name: str, who: Datasets) -> Response:
     """The dataset and its audio (models trained on it keep its digest in their lineage)."""
     try:

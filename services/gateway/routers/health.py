@@ -9,12 +9,13 @@ from fastapi import APIRouter, Response
 
 from ...core.bootstrap import describe, read_status
 from ...core.queue import QUEUES
+from ..bodies import StrictRoute
 from ..deps import Admin, App
-from ..errors import ERRORS
+from ..errors import AUTHENTICATED
 from ..metrics import CONTENT_TYPE
 from ..schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictRoute)  # /metrics alone takes a key
 
 
 @router.get("/healthz", response_model=Health)
@@ -47,7 +48,14 @@ def readyz(app: App, response: Response) -> Health:
     return Health(status="ok" if ready else "unavailable", checks=checks)
 
 
-@router.get("/metrics", response_class=Response, responses=ERRORS)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        **AUTHENTICATED,
+        200: {"description": "Prometheus' text format", "content": {CONTENT_TYPE: {}}},
+    },
+)
 def prometheus_metrics(app: App, _who: Admin) -> Response:
     """Prometheus metrics (admin keys only): HTTP traffic, jobs by status, queue depths, stage
     latency, generated tokens, audio seconds, webhook outcomes."""

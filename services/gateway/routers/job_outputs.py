@@ -13,14 +13,27 @@ from ...core.errors import ApiError
 from ...core.jobstate import Status
 from ...core.storage import ObjectNotFound
 from .. import transcripts
+from ..bodies import StrictRoute
 from ..deps import Ctx, Jobs
-from ..errors import ERRORS
+from ..errors import AUTHENTICATED, PARAMS, responses
 from .jobs import own_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], route_class=StrictRoute, responses=AUTHENTICATED
+)
 
 
-@router.get("/{job_id}/transcript", responses={**ERRORS, 409: {}})
+@router.get(
+    "/{job_id}/transcript",
+    responses={
+        **PARAMS,
+        **responses(404, 409),
+        200: {
+            "description": "The transcript (`text`, `srt` and `vtt` as text)",
+            "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}},
+        },
+    },
+)
 def transcript(
     ctx: Ctx,
     job_id: str,
@@ -46,7 +59,15 @@ def transcript(
     return PlainTextResponse(transcripts.vtt(items), media_type="text/vtt")
 
 
-@router.get("/{job_id}/audio", responses=ERRORS, response_class=Response)
+@router.get(
+    "/{job_id}/audio",
+    responses={
+        **PARAMS,
+        **responses(404),
+        200: {"description": "The audio's bytes", "content": {"application/octet-stream": {}}},
+    },
+    response_class=Response,
+)
 def audio(ctx: Ctx, job_id: str, who: Jobs) -> Response:
     """The audio as it was uploaded (404 `not_found` once purged)."""
     job = own_job(ctx.store, job_id, who)

@@ -21,22 +21,31 @@ from fastapi import (
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from model.sampling import SAMPLING_MODES
-from model.tasks import TASKS
-
 from ...core.egress import EgressRefused, check_audio_url
 from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
 from ...core.jobstore import Job, JobStore, Principal
 from ...jobs.retention import purge_job
 from ...jobs.submit import accept_job
+from ..bodies import StrictRoute
 from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job, only_form_fields
-from ..errors import ERRORS
+from ..errors import AUTHENTICATED, BODY, PARAMS, responses
 from ..outbound import fetch_audio
-from ..schemas import ErrorBody, JobList, JobOut
+from ..schemas import (
+    MAX_NEW_TOKENS_RANGE,
+    TEMPERATURE_HELP,
+    TEMPERATURE_RANGE,
+    JobList,
+    JobOut,
+    Priority,
+    Sampling,
+    Task,
+)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-STATUSES = tuple(str(s) for s in Status)
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], route_class=StrictRoute, responses=AUTHENTICATED
+)
+MAX_OFFSET = 10**9  # past any tenant's job count; a bigger one overflowed the database's integer
 JOB_FIELDS = (
     "file", "audio_url", "task", "prompt", "model", "max_new_tokens", "temperature", "sampling",
     "webhook_url", "priority",
@@ -47,19 +56,14 @@ JOB_FIELDS = (
     "",
     status_code=202,
     response_model=JobOut,
-    responses={
-        **ERRORS,
-        409: {"model": ErrorBody},
-        413: {"model": ErrorBody},
-        415: {"model": ErrorBody},
-    },
+    responses={**BODY, **responses(409, 415, 503)},
     dependencies=[Depends(only_form_fields(*JOB_FIELDS)), Depends(creates_job)],
 )
 def create_job(
     ctx: Ctx,
     who: Jobs,
     response: Response,
-    task: Annotated[str, Form(description=f"One of {', '.join(TASKS)}.")],
+    task: Annotated[Task, Form(description="What to do with the audio.")],
     file: Annotated[
         UploadFile | None, File(description="The audio (wav, flac, ogg, mp3, m4a...).")
     ] = None,
@@ -73,14 +77,22 @@ def create_job(
     ] = None,
     prompt: Annotated[str | None, Form(max_length=8000)] = None,
     model: Annotated[str | None, Form(description="`name` or `name@alias`.")] = None,
-    max_new_tokens: Annotated[int | None, Form()] = None,
-    temperature: Annotated[float, Form()] = 0.0,
-    sampling: Annotated[
-        str,
+    max_new_tokens: Annotated[
+        int | None,
         Form(
-            description=f"One of {', '.join(SAMPLING_MODES)}. `greedy` (default; `temperature` "
-            "applies) or `model`: the checkpoint's own generation_config.json (the release: "
-            "sampling, temperature 1.0, top_p 1.0, top_k 50)."
+            description="The answer's budget (default MOSS_MAX_NEW_TOKENS).",
+            json_schema_extra=MAX_NEW_TOKENS_RANGE,
+        ),
+    ] = None,
+    temperature: Annotated[
+        float, Form(description=TEMPERATURE_HELP, json_schema_extra=TEMPERATURE_RANGE)
+    ] = 0.0,
+    sampling: Annotated[
+        Sampling,
+        Form(
+            description="`greedy` (default; `temperature` applies) or `model`: the "
+            "checkpoint's own generation_config.json (the release: sampling, temperature 1.0, "
+            "top_p 1.0, top_k 50)."
         ),
     ] = "greedy",
     webhook_url: Annotated[
@@ -92,7 +104,7 @@ def create_job(
         ),
     ] = None,
     priority: Annotated[
-        str,
+        Priority,
         Form(
             description="`normal` or `high` (its own queues, served first; needs a key with "
             "the `priority` scope)."
@@ -126,7 +138,7 @@ def create_job(
     return JobOut.of(job)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+@router.get("/{job_id}", response_model=JobOut, responses={**PARAMS, **responses(404)})
 async def get_job(
     ctx: Ctx,
     gw: App,
@@ -157,7 +169,11 @@ async def get_job(
 
 @router.get(
     "/{job_id}/events",
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
+    responses={
+        **PARAMS,
+        **responses(404),
+        200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
+    },
     response_class=StreamingResponse,
 )
 async def job_events(
@@ -203,22 +219,20 @@ async def _stream(ctx, gw, job_id: str, who: Principal, after: str):
             yield ": keep-alive\n\n"  # proxies close silent connections
 
 
-@router.get("", response_model=JobList, responses=ERRORS)
+@router.get("", response_model=JobList, responses=PARAMS)
 def list_jobs(
     ctx: Ctx,
     who: Jobs,
-    status: Annotated[str | None, Query(description=" | ".join(STATUSES))] = None,
+    status: Annotated[Status | None, Query(description="Only the jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     """The caller's jobs, newest first."""
-    if status is not None and status not in STATUSES:
-        raise ApiError(422, "invalid_status", f"status must be one of {', '.join(STATUSES)}")
     rows, total = ctx.store.list_jobs(who.tenant, status, limit, offset)
     return JobList(jobs=[JobOut.of(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={**ERRORS, 409: {"model": ErrorBody}})
+@router.delete("/{job_id}", response_model=JobOut, responses={**PARAMS, **responses(404, 409)})
 def cancel_job(
     ctx: Ctx,
     job_id: str,

@@ -11,21 +11,24 @@ from fastapi.concurrency import run_in_threadpool
 
 from ...core import lifecycle
 from ...core.errors import ApiError
+from ..bodies import StrictRoute
 from ..deps import App, Jobs
-from ..errors import ERRORS
+from ..errors import AUTHENTICATED, PARAMS, responses
 from ..schemas import OpenAIModel, OpenAIModelList
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(
+    prefix="/v1/models", tags=["models"], route_class=StrictRoute, responses=AUTHENTICATED
+)
 
 
-@router.get("", response_model=OpenAIModelList, responses=ERRORS)
+@router.get("", response_model=OpenAIModelList)
 async def list_models(app: App, _: Jobs) -> OpenAIModelList:
     """The model ids a job (or an OpenAI-compatible request) can name, the default first."""
     ids = await run_in_threadpool(lifecycle.model_ids, app.settings)
     return OpenAIModelList(data=[OpenAIModel(**entry) for entry in ids])
 
 
-@router.get("/{model_id}", response_model=OpenAIModel, responses=ERRORS)
+@router.get("/{model_id}", response_model=OpenAIModel, responses={**PARAMS, **responses(404)})
 async def get_model(app: App, model_id: str, _: Jobs) -> OpenAIModel:
     for entry in await run_in_threadpool(lifecycle.model_ids, app.settings):
         if entry["id"] == model_id:

@@ -17,12 +17,16 @@ from ...core.errors import ApiError
 from ...core.jobstate import ACTIVE, Status
 from ...jobs.submit import accept_job
 from .. import transcripts
+from ..bodies import StrictRoute
 from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job, only_form_fields
-from ..errors import ERRORS
+from ..errors import AUTHENTICATED, SYNC_JOB
+from ..schemas import TEMPERATURE_HELP, TEMPERATURE_RANGE
 from ..streaming import job_error, sse, text_deltas
 from .jobs import upload_size
 
-router = APIRouter(prefix="/v1/audio", tags=["openai"])
+router = APIRouter(
+    prefix="/v1/audio", tags=["openai"], route_class=StrictRoute, responses=AUTHENTICATED
+)
 Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
@@ -32,7 +36,19 @@ FIELDS = ("file", "model", "prompt", "language", "temperature", "response_format
 
 @router.post(
     "/transcriptions",
-    responses=ERRORS,
+    responses={
+        **SYNC_JOB,
+        200: {
+            "description": "The transcript in `response_format`; with `stream=true`, "
+            "server-sent events",
+            "content": {
+                "application/json": {},
+                "text/plain": {},
+                "text/vtt": {},
+                "text/event-stream": {},
+            },
+        },
+    },
     dependencies=[Depends(only_form_fields(*FIELDS)), Depends(creates_job)],
 )
 async def transcriptions(
@@ -45,7 +61,9 @@ async def transcriptions(
     language: Annotated[
         str | None, Form(max_length=32, description="The speech's language (ISO-639-1), a hint.")
     ] = None,
-    temperature: Annotated[float, Form()] = 0.0,
+    temperature: Annotated[
+        float, Form(description=TEMPERATURE_HELP, json_schema_extra=TEMPERATURE_RANGE)
+    ] = 0.0,
     response_format: Annotated[Format, Form()] = "json",
     stream: Annotated[bool, Form()] = False,
     granularities: Annotated[

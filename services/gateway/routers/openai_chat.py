@@ -18,15 +18,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.sampling import MAX_NEW_TOKENS
+
 from ...core.errors import ApiError
 from ...core.jobstate import Status
 from ...core.jobstore import Job
 from ...jobs.submit import accept_job
+from ..bodies import StrictRoute
 from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job
-from ..errors import ERRORS
+from ..errors import AUTHENTICATED, SYNC_JOB
+from ..schemas import TEMPERATURE_HELP, TEMPERATURE_RANGE
 from ..streaming import job_error, sse, text_deltas
 
-router = APIRouter(prefix="/v1/chat", tags=["openai"])
+router = APIRouter(
+    prefix="/v1/chat", tags=["openai"], route_class=StrictRoute, responses=AUTHENTICATED
+)
 
 
 class StreamOptions(BaseModel):
@@ -40,9 +46,11 @@ class ChatRequest(BaseModel):
 
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(
+        default=None, description=TEMPERATURE_HELP, json_schema_extra=TEMPERATURE_RANGE
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
@@ -91,7 +99,18 @@ def _conversation(messages: list[dict[str, Any]], max_bytes: int) -> tuple[str, 
     return "\n".join(t for t in texts if t.strip()), audio
 
 
-@router.post("/completions", responses=ERRORS, dependencies=[Depends(creates_job)])
+@router.post(
+    "/completions",
+    responses={
+        **SYNC_JOB,
+        200: {
+            "description": "A `chat.completion`; with `stream=true`, `chat.completion.chunk` "
+            "server-sent events",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+    },
+    dependencies=[Depends(creates_job)],
+)
 async def completions(
     ctx: Ctx, gw: App, who: Jobs, body: ChatRequest, idempotency_key: IdempotencyKey = None
 ) -> Response:

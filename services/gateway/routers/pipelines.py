@@ -10,18 +10,21 @@ from fastapi import APIRouter, Response
 from ...core import lifecycle
 from ...core.errors import ApiError
 from ...core.jobstore import IdempotencyConflict
+from ..bodies import StrictRoute
 from ..deps import Admin, App, IdempotencyKey
-from ..errors import ERRORS
-from ..schemas import ErrorBody, PipelineRun, PipelineRunOut
+from ..errors import AUTHENTICATED, BODY, responses
+from ..schemas import PipelineRun, PipelineRunOut
 
-router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
+router = APIRouter(
+    prefix="/v1/pipelines", tags=["pipelines"], route_class=StrictRoute, responses=AUTHENTICATED
+)
 
 
 @router.post(
     "/{name}/runs",
     status_code=202,
     response_model=PipelineRunOut,
-    responses={**ERRORS, 503: {"model": ErrorBody}},
+    responses={**BODY, **responses(404, 409, 503)},
 )
 def run_pipeline(
     app: App,
