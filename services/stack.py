@@ -51,10 +51,11 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 def start_predictor(
-    role: str, model: str | Path, name: str, log
+    role: str, model: str | Path, name: str, log, ports: tuple[int, int] | None = None
 ) -> tuple[subprocess.Popen, int, int]:
-    """`mossctl predictor ROLE` as a process on free loopback ports: (process, http, grpc)."""
-    http, grpc = free_port(), free_port()
+    """`mossctl predictor ROLE` as a process on loopback: (process, http, grpc). On free ports,
+    or on `ports` (a predictor started again where its clients expect it)."""
+    http, grpc = ports or (free_port(), free_port())
     argv = [sys.executable, "-m", "services.cli", "predictor", role, "--model", str(model)]
     argv += ["--model-name", name, "--http-port", str(http), "--grpc-port", str(grpc)]
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), http, grpc

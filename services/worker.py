@@ -120,7 +120,7 @@ def _run_stage(task, stage: str, job_id: str, work) -> None:
         if task.request.retries >= ctx.settings.task_max_retries:
             ctx.store.fail(job_id, f"{stage}_failed", f"gave up after retries: {exc}")
             return
-        raise task.retry(exc=exc, countdown=min(60, 2**task.request.retries)) from exc
+        raise task.retry(exc=exc, countdown=min(30, 2**task.request.retries)) from exc
     except Exception as exc:
         log.exception("%s failed for job %s", stage, job_id)
         ctx.store.fail(job_id, f"{stage}_failed", f"{type(exc).__name__}: {exc}")

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     # the cores a worker may use; `mossctl up` splits the machine's cores between its workers.
     torch_threads: int | None = None
     task_time_limit_s: int = 1800
-    task_max_retries: int = 5
+    task_max_retries: int = 10  # 1, 2, 4, ... 30 s apart: about 3 minutes in all
     sweep_after_s: int = 120  # a running job whose heartbeat is older than this is re-enqueued
     heartbeat_s: float = 5.0
     # workers: how long a job-store or object-store call keeps retrying while its server is away

@@ -15,6 +15,7 @@ must never import `kserve` (its protobuf symbols clash with `tritonclient.grpc`)
 
 from __future__ import annotations
 
+import http.client
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -86,6 +87,11 @@ class _Protocol:
             result = self.client().infer(model, inputs, outputs=requested, **kwargs)
         except InferenceServerException as exc:
             raise _translate(exc, model, self.url) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            # The predictor went away mid-request (killed, restarted, its pod moved): the worker
+            # retries the stage. A fresh client next time, not this one's dead connection.
+            self._local.__dict__.pop("client", None)
+            raise ConnectionError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
         response = result.get_response()
         version = response.model_version if self.grpc else response.get("model_version", "")
         return {name: result.as_numpy(name) for name in outputs}, str(version or "")
