@@ -29,17 +29,35 @@ def _not_utf8(what: str) -> RequestRefused:
     return RequestRefused(422, "invalid_utf8", f"{what} is not valid UTF-8")
 
 
+def _no_nul(text: str, what: str) -> str:
+    """Text with a NUL is refused: PostgreSQL cannot store one, and no prompt needs it."""
+    if "\x00" in text:
+        raise RequestRefused(422, "invalid_request", f"{what} holds a NUL character")
+    return text
+
+
 class _StrictMultiPart(MultiPartParser):
     _ended = False
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is None and len(part.data) + end - start > self.max_part_size:
+            raise RequestRefused(  # a well-formed field, only too long: not a malformed body
+                422,
+                "field_too_large",
+                f"form field {part.field_name!r} is over {self.max_part_size // 1024} KB",
+            )
+        super().on_part_data(data, start, end)
 
     def on_part_end(self) -> None:
         part = self._current_part
         if part.file is None:
+            what = f"form field {part.field_name!r}"
             try:
                 text = bytes(part.data).decode(self._charset)  # utf-8 unless the client says
             except UnicodeDecodeError:
-                raise _not_utf8(f"form field {part.field_name!r}") from None
-            self.items.append((part.field_name, text))
+                raise _not_utf8(what) from None
+            self.items.append((part.field_name, _no_nul(text, what)))
             return
         super().on_part_end()
 
@@ -67,9 +85,10 @@ class _StrictUrlencoded(FormParser):
     @staticmethod
     def _decode(raw: bytes, what: str) -> str:
         try:
-            return unquote_to_bytes(bytes(raw).replace(b"+", b" ")).decode("utf-8")
+            text = unquote_to_bytes(bytes(raw).replace(b"+", b" ")).decode("utf-8")
         except UnicodeDecodeError:
             raise _not_utf8(what) from None
+        return _no_nul(text, what)
 
 
 _PARSERS = {
@@ -90,6 +109,16 @@ def _has_surrogate(value: Any) -> bool:
         return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
         return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
     return False
 
 
@@ -129,6 +158,8 @@ class StrictRequest(Request):
                 ) from None
             if _ESCAPED_SURROGATE.search(body) and _has_surrogate(value):
                 raise _not_utf8("a string of the JSON body (a lone surrogate escape)")
+            if b"\\u0000" in body and _has_nul(value):
+                raise RequestRefused(422, "invalid_request", "a string of the JSON body holds NUL")
             self._json = value
         return self._json
 

@@ -209,7 +209,7 @@ class JobList(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     scopes: list[Scope] = Field(default_factory=lambda: ["jobs"])
     name: str = Field(default="", max_length=128)
 

@@ -430,3 +430,11 @@ def test_pipeline_runs_take_an_idempotency_key(tmp_path) -> None:
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
     assert down.status_code == 503 and back.status_code == 202  # nothing queued: key free again
     assert [q[0] for q in queued] == [first.json()["run_id"], back.json()["run_id"]]
+
+
+@pytest.mark.parametrize("tenant", ["..", ".", "-x", "a/b", "../admin", ""])
+def test_a_tenant_name_cannot_be_a_path(env, tenant) -> None:
+    """Tenant names become object-key segments (audio/<tenant>/, datasets/<tenant>/)."""
+    client, _, keys = env
+    response = client.post("/v1/keys", headers=auth(keys["admin"]), json={"tenant": tenant})
+    assert response.status_code == 422, response.text
