@@ -40,11 +40,14 @@ class Overload:
             self._slots[loop] = tuple(asyncio.Semaphore(n) for n in self.limits)  # type: ignore[assignment]
         running, waiting = self._slots[loop]
         slots = waiting if _holds(scope) else running
-        try:
-            await asyncio.wait_for(slots.acquire(), self.queue_wait_s)
-        except TimeoutError:
-            await _refuse(send)
-            return
+        if not slots.locked():
+            await slots.acquire()  # a free slot: taken at once (even with no wait allowed)
+        else:
+            try:
+                await asyncio.wait_for(slots.acquire(), self.queue_wait_s)
+            except TimeoutError:
+                await _refuse(send)
+                return
         try:
             await self.app(scope, receive, send)
         finally:
