@@ -217,3 +217,42 @@ def test_the_stacks_valkey_keeps_its_queue_across_a_crash(tmp_path) -> None:
     finally:
         server.kill()
         server.wait(10)
+
+
+def _migrate_once(url: str) -> None:
+    from services.core.jobstore.store import make_engine, migrate
+
+    migrate(make_engine(url))
+
+
+def test_processes_starting_together_migrate_one_at_a_time() -> None:
+    """Gateways, workers and the chart's migrate Job all migrate as they start; on a fresh
+    PostgreSQL database, four at once must all come up (without the lock: UniqueViolation)."""
+    import multiprocessing
+    import os
+
+    from sqlalchemy import create_engine, text
+
+    base = os.environ.get("MOSS_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("MOSS_TEST_DATABASE_URL is not set (CI sets it to the machine's PostgreSQL)")
+    name = f"migrate_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        url = base.rsplit("/", 1)[0] + f"/{name}"
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=_migrate_once, args=(url,)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(120)
+        assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+        from services.core.jobstore import JobStore
+
+        assert JobStore.connect(url).list_jobs("nobody")[1] == 0
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
