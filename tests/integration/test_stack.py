@@ -204,11 +204,11 @@ def test_a_webhook_and_a_purge_through_the_workers(api, stack) -> None:
     objects = stack.settings.resolved_storage_dir
     sha = hashlib.sha256(data).hexdigest()
     assert list((objects / "audio").rglob(job["id"]))
-    assert list((objects / "features").glob(f"{sha}-*"))
+    assert list((objects / "features").rglob(f"{sha}-*"))
     purged = api.delete(f"/v1/jobs/{job['id']}", params={"purge": "true"}).json()
     assert purged["purged_at"] and purged["result"] is None
     assert not list((objects / "audio").rglob(job["id"])), "audio left behind"
-    assert not list((objects / "features").glob(f"{sha}-*")), "features left behind"
+    assert not list((objects / "features").rglob(f"{sha}-*")), "features left behind"
 
 
 def test_a_pipeline_run_goes_through_the_queue_to_the_pipeline_worker(api, stack) -> None:
