@@ -34,13 +34,15 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The reliability and security suite (tests/reliability, docs/reliability.md) at its full size,
-# then coverage-guided fuzzing of the decode path (atheris, one process) for FUZZ_SECONDS; its
+# The reliability and security suite (tests/reliability, docs/reliability.md) at its full size
+# (its tables written into docs/reliability.md; the load test needs MOSS_TEST_DATABASE_URL, a
+# PostgreSQL), then coverage-guided fuzzing of the decode path (atheris, one process) for FUZZ_SECONDS; its
 # findings land in .fuzz/ (crash-*, timeout-*, oom-*) and fail the target.
 FUZZ_SECONDS ?= 120
 .PHONY: test-reliability
 test-reliability: $(STAMP)
-	MOSS_RELIABILITY_FULL=1 $(PY) -m pytest tests/reliability -m reliability $(PYTEST_ARGS)
+	MOSS_RELIABILITY_FULL=1 MOSS_RELIABILITY_REPORT=docs/reliability.md \
+		$(PY) -m pytest tests/reliability -m reliability $(PYTEST_ARGS)
 	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) -m tests.reliability.fuzz_decode -max_total_time=$(FUZZ_SECONDS)
 

@@ -44,7 +44,7 @@ from tests.reliability.faults import Client, Outage, Outcome, percentile
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 FULL = os.environ.get("MOSS_RELIABILITY_FULL") == "1"
-JOBS, CLIENTS, KILLS = (500, 32, 3) if FULL else (40, 8, 1)
+JOBS, CLIENTS, KILLS = (500, 32, 3) if FULL else (32, 8, 1)
 TENANTS = 4
 S3_SECRET = "s3secret-" + uuid.uuid4().hex
 
@@ -165,7 +165,7 @@ def test_every_accepted_job_ends_once_through_faults(platform) -> None:
         schedule[1:1] = [("valkey", None)]
         schedule += [("database", 5.0), ("object store", 10.0)]
         for name, seconds in schedule:
-            time.sleep(6.0 if FULL else 4.0)
+            time.sleep(6.0 if FULL else 3.0)
             fault = {"fault": name, "at": time.time(), "seconds": seconds or 0.0}
             if name == "database":
                 platform["db"].cut(seconds)
