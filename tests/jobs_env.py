@@ -22,9 +22,12 @@ def write_checkpoint(directory: Path, seed: int = 5) -> Path:
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.fronts: list[tuple[str, str]] = []  # sent ahead of the backlog
 
-    def __call__(self, stage: str, job_id: str) -> None:
+    def __call__(self, stage: str, job_id: str, front: bool = False) -> None:
         self.calls.append((stage, job_id))
+        if front:
+            self.fronts.append((stage, job_id))
 
 
 _backends: dict[Path, LocalBackend] = {}  # one per home: models load once per test module

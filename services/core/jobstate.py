@@ -18,7 +18,6 @@ the one function that decides which task is enqueued next.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -69,7 +68,11 @@ def next_stage_after(waiting: str, task: str) -> Stage:
     return next(stage for stage, before in WAITING_FOR.items() if before == waiting)
 
 
-Enqueue = Callable[[str, str], None]  # (stage, job_id): a message that carries only the id
+class Enqueue(Protocol):
+    """(stage, job_id): a message that carries only the id. `front`: ahead of the queue's
+    backlog (a stage given back after its worker died has waited its turn already)."""
+
+    def __call__(self, stage: str, job_id: str, front: bool = False) -> None: ...
 
 
 class _Completes(Protocol):

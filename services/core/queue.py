@@ -71,10 +71,13 @@ def queue_for(stage: str, priority: str | None) -> str:
 def enqueuer(app: Celery, priority_of: Callable[[str], str | None] | None = None):
     """enqueue(stage, job_id): a message that carries only the job id, on the queue of the
     job's priority (`priority_of(job_id)`, the job store's; every caller enqueues the same
-    way, so a retried or swept stage keeps its priority)."""
+    way, so a retried stage keeps its priority). `front=True` (the sweeper, for a stage whose
+    worker died) sends it on the high-priority queue: it has waited its turn once, and a
+    backlog of hundreds must not make it wait again."""
 
-    def enqueue(stage: str, job_id: str) -> None:
-        queue = queue_for(stage, priority_of(job_id) if priority_of else None)
+    def enqueue(stage: str, job_id: str, front: bool = False) -> None:
+        priority = "high" if front else (priority_of(job_id) if priority_of else None)
+        queue = queue_for(stage, priority)
         app.send_task(TASK_NAMES[stage], args=[job_id], queue=queue, task_id=task_id(stage, job_id))
 
     return enqueue

@@ -22,12 +22,11 @@ def sweep(ctx: Context) -> list[tuple[str, str]]:
     seconds), stale running stages (heartbeat older than MOSS_SWEEP_AFTER_S: a worker that lost
     its name too), and jobs never picked up (their message lost)."""
     settings = ctx.settings
-    actions = _orphans(ctx)
-    actions += ctx.store.release_stale(older_than_s=settings.sweep_after_s)
-    actions += _lost(ctx)
-    actions += ctx.store.waiting(older_than_s=settings.sweep_after_s * 5)
-    _enqueue(ctx, list(dict.fromkeys(actions)))
-    return actions
+    given_back = _orphans(ctx) + ctx.store.release_stale(older_than_s=settings.sweep_after_s)
+    _enqueue(ctx, given_back, front=True)  # they had their turn: ahead of the backlog
+    resent = _lost(ctx) + ctx.store.waiting(older_than_s=settings.sweep_after_s * 5)
+    _enqueue(ctx, list(dict.fromkeys(resent)))
+    return given_back + resent
 
 
 def _lost(ctx: Context) -> list[tuple[str, str]]:
@@ -52,7 +51,7 @@ def recover_own(ctx: Context) -> list[tuple[str, str]]:
     if ctx.worker is None:
         return []
     actions = ctx.store.release_orphans(worker=ctx.worker)
-    _enqueue(ctx, actions)
+    _enqueue(ctx, actions, front=True)
     return actions
 
 
@@ -70,10 +69,10 @@ def _orphans(ctx: Context) -> list[tuple[str, str]]:
     return ctx.store.release_orphans(live=live, older_than_s=2 * ctx.settings.heartbeat_s)
 
 
-def _enqueue(ctx: Context, actions: list[tuple[str, str]]) -> None:
+def _enqueue(ctx: Context, actions: list[tuple[str, str]], front: bool = False) -> None:
     for job_id, stage in actions:
         try:
-            ctx.enqueue(stage, job_id)
+            ctx.enqueue(stage, job_id, front=front)
             ctx.store.touch(job_id)
         except Exception:
             log.warning("sweeper could not enqueue %s for %s", stage, job_id, exc_info=True)

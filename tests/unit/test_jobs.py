@@ -226,10 +226,11 @@ def test_a_stage_of_a_worker_that_stopped_answering_is_back_in_seconds(home) -> 
     live.clear()
     ctx.enqueue.calls.clear()
     assert sweep(ctx) == [(job.id, "encode")] and ("encode", job.id) in ctx.enqueue.calls
+    assert ("encode", job.id) in ctx.enqueue.fronts  # ahead of any backlog: it waited once
     assert ctx.store.claim_stage(job.id, "encode", "encode-1@a")
     restarted = make_context(home, worker="encode-1@a")
     assert recover_own(restarted) == [(job.id, "encode")]
-    assert ("encode", job.id) in restarted.enqueue.calls
+    assert ("encode", job.id) in restarted.enqueue.fronts
 
 
 class SlowLoading:
