@@ -27,7 +27,7 @@ from .core.events import events_for
 from .core.jobmetrics import JobMetrics
 from .core.jobstore import JobStore
 from .core.logs import JOB_ID, configure
-from .core.patience import Patient
+from .core.patience import Patient, patiently
 from .core.queue import enqueuer, make_celery
 from .core.settings import get_settings
 from .core.storage import make_storage
@@ -87,12 +87,21 @@ def context() -> Context:
 
 @functools.cache
 def _make_context() -> Context:
-    store = JobStore.connect(settings.resolved_database_url, events=events_for(settings.redis_url))
+    # A worker restarted while the database or the object store is away waits for them here,
+    # in its first task, rather than failing that task (its message would be gone).
     patience = settings.dependency_retry_s
+    store = patiently(
+        lambda: JobStore.connect(
+            settings.resolved_database_url, events=events_for(settings.redis_url)
+        ),
+        patience,
+        "connecting to the job store",
+    )
+    storage = patiently(lambda: make_storage(settings), patience, "connecting to the object store")
     return Context(
         settings=settings,
         store=Patient(store, patience),  # type: ignore[arg-type]  # a JobStore, retried
-        storage=Patient(make_storage(settings), patience),  # type: ignore[arg-type]
+        storage=Patient(storage, patience),  # type: ignore[arg-type]
         enqueue=enqueuer(app, priority_of=store.priority_of),
         backend=make_backend(settings),
         metrics=JobMetrics(settings.redis_url),
@@ -110,7 +119,10 @@ def _run(task, stage: str, job_id: str, work) -> None:
 
 
 def _run_stage(task, stage: str, job_id: str, work) -> None:
-    ctx = context()
+    try:
+        ctx = context()
+    except TRANSIENT as exc:  # still away after MOSS_DEPENDENCY_RETRY_S: the task, later
+        raise task.retry(exc=exc, countdown=30) from exc
     try:
         work(ctx)  # a stage that finishes enqueues the next one itself (core.jobstate.advance)
     except Retry:

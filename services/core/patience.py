@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -40,6 +41,20 @@ def unavailable(exc: BaseException) -> bool:
     return type(exc).__name__ == "S3Error" and code in ("ServiceUnavailable", "SlowDown")
 
 
+def patiently(call: Callable[[], Any], budget_s: float, name: str = "call") -> Any:
+    """`call()`, tried again while `unavailable` says its server is away, for `budget_s`."""
+    for attempt in Retrying(
+        retry=retry_if_exception(unavailable),
+        stop=stop_after_delay(budget_s),
+        wait=wait_exponential(multiplier=0.2, max=5.0),
+        before_sleep=functools.partial(_say, name),
+        reraise=True,
+    ):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable")
+
+
 class Patient:
     """`target`'s methods, each retried while `unavailable` says its server is away."""
 
@@ -54,16 +69,7 @@ class Patient:
 
         @functools.wraps(attribute)
         def call(*args: Any, **kwargs: Any) -> Any:
-            for attempt in Retrying(
-                retry=retry_if_exception(unavailable),
-                stop=stop_after_delay(self._budget_s),
-                wait=wait_exponential(multiplier=0.2, max=5.0),
-                before_sleep=functools.partial(_say, name),
-                reraise=True,
-            ):
-                with attempt:
-                    return attribute(*args, **kwargs)
-            raise AssertionError("unreachable")
+            return patiently(lambda: attribute(*args, **kwargs), self._budget_s, name)
 
         return call
 
