@@ -8,6 +8,7 @@ what comes next.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -88,8 +89,10 @@ def _encode_claimed(ctx: Context, job_id: str, started: float) -> bool:
         else:
             segments = split_audio(audio, max_seconds=plan)
         version, outputs = ctx.backend.encode(served, [s.audio for s in segments])
-        # one line per encoder run: the reliability suite counts them (no job encoded twice)
-        log.info("encoded %d segment(s), %.1f s of audio", len(segments), job.audio_seconds)
+        # one line per encoder run, with the process: the reliability suite counts them (a job
+        # encoded twice is a bug unless the first run's worker died before it could commit)
+        log.info("encoded %d segment(s), %.1f s of audio (pid %d)", len(segments),
+                 job.audio_seconds, os.getpid())  # fmt: skip
         key = features_key(job.audio_sha256, version, plan if len(segments) > 1 else None, scope)
         ctx.storage.put_bytes(key, pack_features(segments, outputs, version))
     ctx.store.record_timing(job_id, Stage.ENCODE, cache_hit=cached)
@@ -166,8 +169,8 @@ def _generate_claimed(ctx: Context, job_id: str, started: float) -> bool:
         shown = _show_text(ctx, job_id, generations, shown)
     try:
         texts = [g.text() for g in generations]
-        log.info("generated %d token(s) in %d segment(s)",  # one line per decoder run
-                 sum(g.produced for g in generations), len(generations))  # fmt: skip
+        log.info("generated %d token(s) in %d segment(s) (pid %d)",  # one per decoder run
+                 sum(g.produced for g in generations), len(generations), os.getpid())  # fmt: skip
     except StaleFeatures:  # a remote generator changed version after the encoder ran
         return _encode_again(ctx, job_id)
     except ContextExceeded as exc:  # a remote generator checked the context

@@ -174,6 +174,8 @@ def test_every_accepted_job_ends_once_through_faults(platform) -> None:
             else:
                 node = f"{name}-1@" if name != "valkey" else None
                 fault["orphans"] = held_by(store, node) if node else []
+                if name != "valkey":
+                    fault["pid"] = stack.workers[name][0].pid
                 kill(stack, name)
             fault["end"] = fault["at"] + fault["seconds"]
             faults.append(fault)
@@ -192,12 +194,14 @@ def test_every_accepted_job_ends_once_through_faults(platform) -> None:
     lost = [o.job_id for o in accepted if not o.status]
     failed = Counter(o.error for o in final if o.status != "succeeded")
     runs = model_runs(stack.logs)
-    duplicated = sorted(j for j, counts in runs.items() if max(counts.values()) > 1)
+    duplicated, rerun = classify(runs, {f["pid"] for f in faults if "pid" in f})
     succeeded = [o for o in final if o.status == "succeeded"]
-    never_ran = [o.job_id for o in succeeded if runs.get(o.job_id, {}).get("generated") != 1]
+    never_ran = [o.job_id for o in succeeded if not runs.get(o.job_id, {}).get("generated")]
     jobs = {o.job_id: store.get_job(o.job_id) for o in accepted}
     latencies = [o.ended_at - o.submitted_at for o in succeeded]
-    table = report(outcomes, accepted, succeeded, failed, lost, duplicated, latencies, elapsed)
+    table = report(
+        outcomes, accepted, succeeded, failed, lost, duplicated, rerun, latencies, elapsed
+    )
     table += "\n\n" + fault_table(faults, jobs, platform["restarts"])
     print("\n" + table)
     if target := os.environ.get("MOSS_RELIABILITY_REPORT"):
@@ -218,21 +222,38 @@ def test_every_accepted_job_ends_once_through_faults(platform) -> None:
 
 
 LINE = re.compile(
-    r"\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b.*\b(encoded|generated) \d"
+    r"\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b.*\b(encoded|generated) "
+    r"\d.*\(pid (\d+)\)"
 )
 
 
-def model_runs(logs: Path) -> dict[str, Counter]:
-    """Per job, how many times the encoder and the decoder ran to the end (worker log lines)."""
-    runs: dict[str, Counter] = {}
+def model_runs(logs: Path) -> dict[str, dict[str, list[int]]]:
+    """Per job and model ("encoded", "generated"): the pid of each run that went to the end
+    (one worker log line per run)."""
+    runs: dict[str, dict[str, list[int]]] = {}
     for name in ("worker-encode.log", "worker-generate.log"):
         for line in (logs / name).read_text(errors="replace").splitlines():
             if found := LINE.search(line):
-                runs.setdefault(found.group(1), Counter())[found.group(2)] += 1
+                job, model, pid = found.groups()
+                runs.setdefault(job, {}).setdefault(model, []).append(int(pid))
     return runs
 
 
-def report(outcomes, accepted, succeeded, failed, lost, duplicated, latencies, elapsed) -> str:
+def classify(runs: dict[str, dict[str, list[int]]], killed: set[int]) -> tuple[list, list]:
+    """(duplicated, rerun): jobs a model ran for twice in workers that lived on (a bug), and
+    jobs a model ran for again because the worker of an earlier run was SIGKILLed before it
+    could record the result (at-least-once: the work of a killed process is done again)."""
+    duplicated, rerun = [], []
+    for job, models in runs.items():
+        for pids in models.values():
+            if sum(pid not in killed for pid in pids) > 1:
+                duplicated.append(job)
+            elif len(pids) > 1:
+                rerun.append(job)
+    return sorted(set(duplicated)), sorted(set(rerun) - set(duplicated))
+
+
+def report(outcomes, accepted, succeeded, failed, lost, duplicated, rerun, latencies, elapsed):
     refusals = Counter(code for o in outcomes for code in o.refusals)
     failed_text = ", ".join(f"{k}: {v}" for k, v in failed.items()) or "0"
     rows = [
@@ -242,7 +263,11 @@ def report(outcomes, accepted, succeeded, failed, lost, duplicated, latencies, e
         ("succeeded", len(succeeded)),
         ("failed, by code", failed_text),
         ("lost (accepted, never ended)", len(lost)),
-        ("duplicated (encoder or decoder ran twice)", len(duplicated)),
+        ("duplicated (encoder or decoder ran twice in live workers)", len(duplicated)),
+        (
+            "run again: the first run's worker was SIGKILLed before it recorded the result",
+            len(rerun),
+        ),
         (
             "job latency p50 / p99",
             f"{percentile(latencies, 0.5):.1f} s / {percentile(latencies, 0.99):.1f} s",
