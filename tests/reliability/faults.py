@@ -107,6 +107,21 @@ class Outage:
                     sock.close()
 
 
+def start_services(settings, queues: tuple[str, ...] = ("encode", "generate")):
+    """The stack's Valkey (unless MOSS_REDIS_URL), gateway and one worker per queue: what the
+    suite fails, without the MLflow server and the pipeline workers it does not exercise."""
+    from services.stack import LocalStack
+
+    stack = LocalStack(settings)
+    stack.prepare()
+    stack.start_redis()
+    stack.choose_default_model()
+    stack.start_gateway()
+    for queue in queues:
+        stack.start_worker(queue)
+    return stack
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import subprocess
 import threading
 import time
 import uuid
@@ -37,9 +36,9 @@ import pytest
 from services.core.jobstore import JobStore
 from services.core.settings import Settings
 from services.core.storage import make_storage
-from services.stack import LocalStack, free_port, wait_for_port
+from services.stack import LocalStack, free_port
 from tests.jobs_env import write_checkpoint
-from tests.reliability.faults import Client, Outage, Outcome, percentile
+from tests.reliability.faults import Client, Outage, Outcome, percentile, start_services
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -50,21 +49,14 @@ S3_SECRET = "s3secret-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
+def platform(tmp_path_factory, s3_endpoint):
     database = os.environ.get("MOSS_TEST_DATABASE_URL")
     if not database:
         pytest.skip("MOSS_TEST_DATABASE_URL is not set (CI sets it to the machine's PostgreSQL)")
     db = urlsplit(database)
     db_proxy = Outage((db.hostname or "127.0.0.1", db.port or 5432))
-    s3_port = free_port()
-    moto = subprocess.Popen(
-        ["moto_server", "-H", "127.0.0.1", "-p", str(s3_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"},
-    )
-    wait_for_port(s3_port)
-    s3_proxy = Outage(("127.0.0.1", s3_port))
+    s3_host, s3_port = s3_endpoint.rsplit(":", 1)
+    s3_proxy = Outage((s3_host, int(s3_port)))
     home = tmp_path_factory.mktemp("reliability-home")
     write_checkpoint(home / "models" / "tiny")
     netloc = f"{db.username or 'postgres'}@127.0.0.1:{db_proxy.port}"
@@ -84,13 +76,7 @@ def platform(tmp_path_factory):
         max_queue_depth=JOBS // 2,  # some submissions meet 503 queue_full and come back
         gateway_max_inflight=16,
     )
-    stack = LocalStack(settings)
-    stack.prepare()
-    stack.start_redis()
-    stack.choose_default_model()
-    stack.start_gateway()
-    for queue in ("encode", "generate"):
-        stack.start_worker(queue)
+    stack = start_services(settings)
     stop = threading.Event()
     restarts: list[tuple[float, str]] = []
 
@@ -109,8 +95,6 @@ def platform(tmp_path_factory):
         stack.stop()
         for proxy in (db_proxy, s3_proxy):
             proxy.close()
-        moto.terminate()
-        moto.wait(10)
 
 
 def wav(index: int) -> bytes:
@@ -278,11 +262,12 @@ def report(outcomes, accepted, succeeded, failed, lost, duplicated, rerun, laten
 
 
 def fault_table(faults: list[dict], jobs: dict, restarts: list[tuple[float, str]]) -> str:
-    """Per fault: how long until the work it stopped ran again."""
+    """Per fault: how long until the supervisor restarted what was killed, and until the work
+    the fault stopped ran again."""
     lines = [
-        "| fault | at (s into the run) | stages held then | back on a worker after "
-        "| work resumed after |",
-        "|---|---|---|---|---|",
+        "| fault | at (s into the run) | restarted after | stages held then "
+        "| back on a worker after | work resumed after |",
+        "|---|---|---|---|---|---|",
     ]
     t0 = faults[0]["at"] if faults else 0.0
     for fault in faults:
@@ -305,9 +290,15 @@ def fault_table(faults: list[dict], jobs: dict, restarts: list[tuple[float, str]
         ]
         resumed = f"{min(finished) - fault['end']:.1f} s" if finished else "n/a"
         name = fault["fault"] + (f" ({fault['seconds']:g} s)" if fault["seconds"] else " (SIGKILL)")
+        restarted = [
+            at - fault["at"]
+            for at, line in restarts
+            if at > fault["at"] and line.startswith(fault["fault"]) and " restarted " in line
+        ]
         lines.append(
-            f"| {name} | {fault['at'] - t0:.0f} | {len(orphans)} | "
-            f"{f'{max(back):.1f} s' if back else '-'} | {resumed} |"
+            f"| {name} | {fault['at'] - t0:.0f} | "
+            f"{f'{min(restarted):.1f} s' if restarted and not fault['seconds'] else '-'} | "
+            f"{len(orphans)} | {f'{max(back):.1f} s' if back else '-'} | {resumed} |"
         )
     return "\n".join(lines)
 

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from services.core.settings import Settings
-from services.stack import LocalStack, free_port, start_predictor, wait_predictor_ready
+from services.stack import free_port, start_predictor, wait_predictor_ready
 from tests.integration.conftest import redis_db
 from tests.jobs_env import write_checkpoint
+from tests.reliability.faults import start_services
 from tests.reliability.test_load_and_faults import model_runs, wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -42,16 +43,11 @@ def test_jobs_outlast_a_killed_generator_predictor(tmp_path, redis_url) -> None:
         kserve_generator_url=f"http://127.0.0.1:{predictors['generator'][1]}",
         heartbeat_s=1.0,
     )
-    stack = LocalStack(settings)
+    stack = None
     try:
         for process, http, _ in predictors.values():
             wait_predictor_ready(http, MODEL, process)
-        stack.prepare()
-        stack.start_redis()
-        stack.choose_default_model()
-        stack.start_gateway()
-        for queue in ("encode", "generate"):
-            stack.start_worker(queue)
+        stack = start_services(settings)
         stack.wait_ready()
         headers = {"Authorization": f"Bearer {stack.api_key}"}
         with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as client:
@@ -92,7 +88,8 @@ def test_jobs_outlast_a_killed_generator_predictor(tmp_path, redis_url) -> None:
         runs = model_runs(stack.logs)
         assert all(len(runs[i]["generated"]) == 1 for i in ids), {i: runs.get(i) for i in ids}
     finally:
-        stack.stop()
+        if stack is not None:
+            stack.stop()
         for process, _, _ in predictors.values():
             process.terminate()
             process.wait(20)
