@@ -1,9 +1,11 @@
-"""The sweeper: what a dead worker left behind goes back on the queue.
+"""The sweeper: what a dead worker or a lost message left behind goes back on the queue.
 
-A running stage whose heartbeat stopped is released and enqueued again; a job that waited too
-long for its first (or next) stage is enqueued again. Jobs past the retention period are
-purged (services.jobs.retention). The job store's guarded updates make this
-safe with several sweepers (one per gateway replica).
+Within seconds: the stages of a worker that no longer answers a ping, and what a restarted
+worker's node name still held (both ahead of the backlog: they had their turn), and jobs waiting
+on an empty queue (their message was lost). After minutes, the rules that need no broker: a
+running stage whose heartbeat stopped, a job that waited too long. Jobs past the retention
+period are purged (services.jobs.retention). The job store's guarded updates make this safe
+with several sweepers (one per gateway replica), and a duplicate message is a no-op (claims).
 """
 
 from __future__ import annotations
