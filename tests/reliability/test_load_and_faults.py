@@ -16,13 +16,11 @@ between the `reliability-results` markers (`make test-reliability` writes docs/r
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import threading
 import time
 import uuid
-import wave
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -30,13 +28,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pytest
 
 from services.core.jobstore import JobStore
 from services.core.settings import Settings
 from services.core.storage import make_storage
 from services.stack import LocalStack, free_port
+from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import write_checkpoint
 from tests.reliability.faults import Client, Outage, Outcome, percentile, start_services
 
@@ -99,15 +97,7 @@ def platform(tmp_path_factory, s3_endpoint):
 
 def wav(index: int) -> bytes:
     """A distinct 1 s clip per job (no feature-cache hits between jobs)."""
-    t = np.arange(16_000) / 16_000
-    samples = (0.3 * np.sin(2 * np.pi * (180 + 7 * index) * t) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16_000)
-        out.writeframes(samples.tobytes())
-    return buffer.getvalue()
+    return encode(*stereo_tone(1.0, rate=16_000, freq=180 + 7 * index), 16_000, "wav")
 
 
 def kill(stack: LocalStack, name: str) -> None:
