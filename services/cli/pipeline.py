@@ -9,9 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
+from ..core.queue import PIPELINE_NAMES
 from .common import err, fail, out
 
 app = typer.Typer(help="Kubeflow pipelines: compile, run locally, submit.", no_args_is_help=True)
+
+
+# The pipelines NAME can be, from their one list (a new pipeline shows up in --help by itself).
+NAME_HELP = ", ".join(PIPELINE_NAMES[:-1]) + f" or {PIPELINE_NAMES[-1]}"
 
 
 def _params(pairs: list[str] | None, raw: str | None) -> dict[str, Any]:
@@ -55,7 +60,7 @@ def compile_(
 
 @app.command("run")
 def run(
-    name: Annotated[str, typer.Argument(help="pretrain, sft or evaluate")],
+    name: Annotated[str, typer.Argument(help=NAME_HELP)],
     local: Annotated[bool, typer.Option("--local", help="Run here with kfp.local.")] = False,
     param: Annotated[list[str] | None, typer.Option(help="key=value; repeatable.")] = None,
     params: Annotated[str | None, typer.Option(help="Parameters as a JSON object.")] = None,
@@ -78,7 +83,7 @@ def run(
 
 @app.command("submit")
 def submit_(
-    name: Annotated[str, typer.Argument(help="pretrain, sft or evaluate")],
+    name: Annotated[str, typer.Argument(help=NAME_HELP)],
     host: Annotated[str, typer.Option(help="The Kubeflow Pipelines endpoint.")],
     gpu: Annotated[bool, typer.Option(help="Request a GPU for training and evaluation.")] = False,
     param: Annotated[list[str] | None, typer.Option(help="key=value; repeatable.")] = None,
