@@ -11,12 +11,15 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .settings import Settings
 
 PART_SIZE = 16 * 1024 * 1024
+CHUNK = 1024 * 1024
+Progress = Callable[[int, int], None]  # (bytes so far, bytes in all)
 
 
 class ObjectNotFound(KeyError):
@@ -29,6 +32,11 @@ class Storage(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     def get_bytes(self, key: str) -> bytes: ...
+
+    def download(self, key: str, path: Path, progress: Progress | None = None) -> int:
+        """Stream an object into the file `path` (never whole in memory: a checkpoint is
+        gigabytes); returns its size."""
+        ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -83,6 +91,15 @@ class LocalStorage:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+
+    def download(self, key: str, path: Path, progress: Progress | None = None) -> int:
+        source = self._path(key)
+        try:
+            handle = source.open("rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        with handle, Path(path).open("wb") as out:
+            return _copy(handle, out, source.stat().st_size, progress)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -153,6 +170,23 @@ class S3Storage:
             response.close()
             response.release_conn()
 
+    def download(self, key: str, path: Path, progress: Progress | None = None) -> int:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, _check_key(key))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(key) from None
+            raise
+        try:
+            total = int(response.headers.get("Content-Length") or 0)
+            with Path(path).open("wb") as out:
+                return _copy(response, out, total, progress)
+        finally:
+            response.close()
+            response.release_conn()
+
     def exists(self, key: str) -> bool:
         from minio.error import S3Error
 
@@ -174,6 +208,16 @@ class S3Storage:
 
     def ping(self) -> None:
         self.client.bucket_exists(self.bucket)
+
+
+def _copy(source, out: BinaryIO, total: int, progress: Progress | None) -> int:
+    done = 0
+    while block := source.read(CHUNK):
+        out.write(block)
+        done += len(block)
+        if progress:
+            progress(done, total)
+    return done
 
 
 def make_storage(settings: Settings) -> Storage:
