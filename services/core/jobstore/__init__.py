@@ -1,7 +1,8 @@
-"""The job store: jobs and API keys in SQLite or PostgreSQL, schema by Alembic."""
+"""The job store: jobs, API keys and pipeline runs in SQLite or PostgreSQL, schema by Alembic."""
 
 from .deliveries import EVENTS, DueDelivery
-from .models import ApiKey, Job, WebhookDelivery
+from .models import ApiKey, Job, PipelineRun, WebhookDelivery
+from .runs import RunStore
 from .store import (
     ACTIVE,
     IdempotencyConflict,
@@ -20,7 +21,9 @@ __all__ = [
     "IdempotencyConflict",
     "Job",
     "JobStore",
+    "PipelineRun",
     "Principal",
+    "RunStore",
     "WebhookDelivery",
     "hash_key",
     "make_engine",

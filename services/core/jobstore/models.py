@@ -1,4 +1,5 @@
-"""Tables of the job store: jobs and API keys. The schema is owned by Alembic migrations."""
+"""Tables of the job store: jobs, API keys and pipeline runs. The schema is owned by Alembic
+migrations."""
 
 from __future__ import annotations
 
@@ -92,3 +93,34 @@ class WebhookDelivery(Base):
     attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PipelineRun(Base):
+    """A pipeline run (services.core.jobstore.runs): queued by the gateway, run by the pipeline
+    worker, which merges the run's progress lines into `progress` as they come."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(64))  # the pipeline: sft, evaluate, ...
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    mode: Mapped[str] = mapped_column(String(16))  # local | kubeflow
+    status: Mapped[str] = mapped_column(String(16), index=True)  # core.runstate
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    kubeflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    log_key: Mapped[str] = mapped_column(String(512))  # a folder of log chunks
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_pipeline_runs_tenant_created", "tenant", "created_at"),)
