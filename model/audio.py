@@ -39,6 +39,7 @@ AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 MIN_SAMPLE_RATE = 4_000  # below this no real recording exists; 1 Hz WAVs are amplifiers
 MAX_SAMPLE_RATE = 768_000
 MAX_CHANNELS = 64  # libswresample's limit (SWR_CH_MAX)
+MIN_AUDIO_SECONDS = 0.1  # the shortest audio a job takes; shorter is 422 `audio_too_short`
 
 # A stream that ends earlier than its declared duration by more than this share (or than the
 # slack, for short clips: encoder delay, header rounding) was cut short.

@@ -17,6 +17,7 @@ from ..core.jobstate import Status
 from .common import client, err, fail, guard, out
 from .datasets import send_audio
 from .jobs import follow_job
+from .render import show_annotation
 
 app = typer.Typer()
 OUT_HELP = "Where to write the two manifests (default: ./NAME-annotations)."
@@ -81,12 +82,8 @@ def annotate(
     for kind in ("captions", "sft"):
         (target / f"{kind}.jsonl").write_bytes(guard(api.dataset_manifest,
                                                      result[kind]["dataset"]))  # fmt: skip
-    for failure in result["failures"]:
-        err.print(f"[red]{failure['id']}[/]: {failure['message']} [{failure['code']}]",
-                  highlight=False)  # fmt: skip
+    show_annotation(result)  # the counts, the two datasets, the failed items (as `jobs get`)
     out.print(
-        f"annotated {result['annotated']} of {result['items']} clips ({result['failed']} failed) "
-        f"in {result.get('seconds', 0):.0f} s\n"
         f"{target / 'captions.jsonl'}: unified captions (dataset {result['captions']['dataset']})\n"
         f"{target / 'sft.jsonl'}: instruction pairs (dataset {result['sft']['dataset']}); train: "
         f"mossctl pipeline run sft --local --param manifest={result['sft']['manifest']}",

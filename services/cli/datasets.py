@@ -120,7 +120,8 @@ def upload(
     name = name or manifest.resolve().parent.name.lower()
     checked = _check(manifest, True, 20, default_prompt)
     if not checked.clips or (strict and checked.problems):
-        fail("nothing uploaded: fix the lines above (or leave out --strict)")
+        # Bad lines exit 1 in every datasets command (as `validate`); 2 is a command called wrong.
+        fail("nothing uploaded: fix the lines above (or leave out --strict)", 1)
     root = manifest.resolve().parent
     paths = {c["audio"]: root / c["audio"] for c in checked.clips}
     api = client()

@@ -11,8 +11,9 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..core.jobstate import FINAL, Status
+from ..core.jobstate import Status
 from .common import ClientError, client, err, fail, guard, out
+from .render import ended_line, show_job
 
 app = typer.Typer()
 jobs_app = typer.Typer(help="Read, list and cancel jobs.", no_args_is_help=True)
@@ -61,6 +62,8 @@ def submit(
         out.print(job["id"])
         return
     job = follow_job(api, job)
+    if job["status"] != Status.SUCCEEDED and not as_json:
+        fail(ended_line(job), 1)  # failed or cancelled: what happened, on one line
     _print_job(job, as_json)
     if job["status"] != Status.SUCCEEDED:
         raise typer.Exit(1)
@@ -94,33 +97,19 @@ def follow_job(api, job: dict) -> dict:
 
 
 def _print_job(job: dict, as_json: bool) -> None:
+    """The job as JSON (`--json`: what the API sent), or shown by its shape (cli.render)."""
     if as_json:
         sys.stdout.write(json.dumps(job, indent=2, ensure_ascii=False) + "\n")
-        return
-    if job["status"] == Status.FAILED:
-        fail(f"job {job['id']} failed: {job['error']['message']} [{job['error']['code']}]", 1)
-    if job["status"] == Status.CANCELLED:
-        err.print(f"job {job['id']} was cancelled")
-        return
-    result = job.get("result") or {}
-    if result.get("thinking"):
-        err.print(f"[dim]thinking: {result['thinking']}[/]", highlight=False)
-    for segment in result.get("segments") or []:
-        out.print(
-            f"[{segment['start']:8.2f} - {segment['end']:8.2f}] {segment['text']}", highlight=False
-        )
-    if not result.get("segments"):
-        sys.stdout.write((result.get("text") or "") + "\n")
+    else:
+        show_job(job)
 
 
 @jobs_app.command("get")
 def jobs_get(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show one job (its result when it has one)."""
-    job = guard(client().job, job_id)
-    if as_json or job["status"] not in FINAL:
-        sys.stdout.write(json.dumps(job, indent=2, ensure_ascii=False) + "\n")
-    else:
-        _print_job(job, False)
+    """Show one job: its result, how it ended, or where it stands. Exits 0 whenever the job
+    could be read, whatever its status (a read, like `kubectl get`; `--json` and `.status` for
+    scripts); `submit` is the command whose exit code is the job's outcome."""
+    _print_job(guard(client().job, job_id), as_json)
 
 
 @jobs_app.command("list")

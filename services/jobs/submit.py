@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import BinaryIO
 
-from model.audio import AudioDecodeError
+from model.audio import MIN_AUDIO_SECONDS, AudioDecodeError
 from model.audio_sandbox import probe_audio_isolated
 from model.sampling import SamplingError, check_sampling
 from model.tasks import TASKS
@@ -123,8 +123,12 @@ def accept_job(
     except AudioDecodeError as exc:
         raise audio_error(exc.code, exc.message) from exc
     seconds = info.seconds
-    if seconds < 0.1:
-        raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
+    if seconds < MIN_AUDIO_SECONDS:
+        raise ApiError(
+            422,
+            "audio_too_short",
+            f"the audio lasts {seconds:.3f} s; the minimum is {MIN_AUDIO_SECONDS:g} s",
+        )
     if sync_limit_s is not None and seconds > sync_limit_s:
         raise ApiError(
             413,

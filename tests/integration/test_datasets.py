@@ -46,7 +46,7 @@ def test_validate_upload_reupload_list_delete(stack, tmp_path) -> None:
     assert "3 of 4 clips are valid (3 train)" in checked.stdout
 
     strict = mossctl(stack, "datasets", "upload", str(manifest), "--name", "tones", "--strict")
-    assert strict.returncode == 2 and "nothing uploaded" in strict.stderr
+    assert strict.returncode == 1 and "nothing uploaded" in strict.stderr  # bad lines: 1
     first = mossctl(stack, "datasets", "upload", str(manifest), "--name", "tones")
     assert first.returncode == 1, first.stderr  # committed, and the bad line reported
     assert "dataset tones: 3 clips (caption, events), 3 audio file(s) sent" in first.stdout

@@ -75,7 +75,8 @@ async def transcriptions(
     ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Transcribe audio; verbose_json, srt and vtt carry the model's time markers."""
+    """Transcribe audio; verbose_json, srt and vtt carry the model's time markers (verbose_json's
+    `text` is the answer as the model wrote it, markers included; its segments are without)."""
     if set(granularities or []) - {"segment"}:
         raise ApiError(
             422,
