@@ -38,6 +38,15 @@ class ModelNotFound(LookupError):
     pass
 
 
+def _unknown(name: str) -> ModelNotFound:
+    """A name that is neither a local checkpoint nor a registered model (`whisper-1`): say so,
+    and where the names that work are, rather than speak of an alias the caller never named."""
+    return ModelNotFound(
+        f"unknown model {name!r}: not a model of this platform; GET /v1/models lists the ids "
+        "a request can name"
+    )
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A parsed reference; exactly one of (name), (path) identifies the model."""
@@ -150,8 +159,19 @@ def _registry_version(parsed: ModelRef, settings: Settings) -> str:
     except Exception as exc:  # the registry unreachable, or no such model
         raise ModelNotFound(f"unknown model {parsed.name!r} ({type(exc).__name__})") from exc
     if version is None:
+        if not _registered(settings, parsed.name):
+            raise _unknown(parsed.name)
         raise ModelNotFound(f"no version of {parsed.name!r} holds alias {alias!r}")
     return version
+
+
+def _registered(settings: Settings, name: str) -> bool:
+    """Whether the registry has a model of that name (asked only once a lookup has failed)."""
+    try:
+        registry_client(settings).client.get_registered_model(name)
+    except Exception:  # MlflowException: no such model (or the registry gone: unknown too)
+        return False
+    return True
 
 
 def _local_dir(parsed: ModelRef, settings: Settings) -> Path | None:
@@ -170,7 +190,7 @@ def check(ref: str | None, settings: Settings) -> str:
     parsed = parse(ref or settings.default_model)
     if _local_dir(parsed, settings) is None:
         if not settings.mlflow_uri:
-            raise ModelNotFound(f"unknown model {parsed.name!r}")
+            raise _unknown(parsed.name)
         _registry_version(parsed, settings)
     return str(parsed)
 
@@ -191,7 +211,7 @@ def resolve(
     if path is not None:
         return ModelSpec(name=parsed.name, alias=parsed.alias, path=path)
     if not settings.mlflow_uri:
-        raise ModelNotFound(f"unknown model {parsed.name!r}")
+        raise _unknown(parsed.name)
     version = registry_version or _registry_version(parsed, settings)
     target = settings.home.resolve() / "registry-cache" / parsed.name / version
     path = registry_client(settings).download(parsed.name, version, target)
