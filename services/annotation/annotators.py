@@ -10,7 +10,9 @@ team can put an external ASR or tagger in place of ours:
      "general": ["signal-tags"]}
 
 The branch records keep every field each annotator returned; merge.py reads the fields named
-in docs/annotation.md (`transcript`, `words`/`lines`, `tags`, `caption`, `tempo_bpm`, `key`).
+in docs/annotation.md (`transcript`, `lines`, `tags`, and the descriptors `speaking_rate_wps`,
+`loudness_db`, `tempo_bpm`, `key`). An annotator may also carry a `version` (named in each
+field's provenance) and `synonyms` for its labels (vocabulary.py).
 """
 
 from __future__ import annotations
@@ -115,9 +117,18 @@ class MusicFeatures:
 
 class SignalTags:
     """Event tags from signal features, for sounds without a tagger model: a steady tone (low
-    or high, by its pitch), a rising or falling sweep, a noise burst, a click train."""
+    or high, by its pitch), a rising or falling sweep, a noise burst, a click train.
+
+    `synonyms`: what other vocabularies call the same sounds (the bootstrap model's training
+    labels among them, pipelines/data.py); the engine uses one only when the target vocabulary
+    has it (vocabulary.py)."""
 
     name = "signal-tags"
+    synonyms = {  # noqa: RUF012 (read only)
+        "low tone": ("low beep",),
+        "high tone": ("high beep",),
+        "rising sweep": ("chirp",),
+    }
 
     def annotate(self, audio: np.ndarray, record: dict[str, Any]) -> dict[str, Any]:
         import librosa
@@ -155,6 +166,7 @@ class MossTranscribe:
 
     def __init__(self, model_ref: str, settings: Any = None, max_new_tokens: int = 256) -> None:
         self.model_ref, self.settings, self.max_new_tokens = model_ref, settings, max_new_tokens
+        self.version = model_ref  # provenance names the model that wrote a transcript
         self._lock = threading.Lock()
 
     def annotate(self, audio: np.ndarray, record: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""The annotation engine: audio in, a unified-caption manifest and an SFT manifest out.
+"""The annotation engine: audio (with whatever labels it already has) in, a unified-caption
+manifest and an SFT manifest out.
 
 For each clip: decode it in the sandbox (an upload is hostile), segment it at event boundaries,
-send each segment to its branch's annotators, merge the branch records into one line of the
-dataset format, and build that line's instruction pairs (services.core.sft, the builder the
-trainer uses) for the SFT manifest. A clip that fails (it will not decode, an annotator
-raises) fails alone, with a code and a message; the others go on.
+send each segment to its branch's annotators, merge the branch records with the labels the
+clip already had (given labels win; merge.py) into one line of the dataset format, and build
+that line's instruction pairs (services.core.sft, the builder the trainer uses) for the SFT
+manifest. A clip that fails (it will not decode, an annotator raises) fails alone, with a code
+and a message; the others go on.
 
-The annotate worker (services.jobs.annotate), `mossctl annotate` and the pipelines' data step
-(pipelines.components.annotate_step) all run `annotate_items`.
+The annotate worker (services.jobs.annotate), `mossctl annotate` (through that worker) and the
+pipelines' data step (pipelines.components.annotate_step) all run `annotate_all`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from ..core.datasets import LABEL_FIELDS
+from ..core.labels import model_event_labels
 from ..core.sft import build_examples
 from .annotators import DEFAULT_ANNOTATORS, build
 from .branches import classify, event_audio, measure
 from .merge import clip_line
 from .segmentation import SAMPLE_RATE, SegmentationConfig, segment
+from .vocabulary import Vocabulary
 
 
 @dataclass
@@ -42,11 +47,30 @@ class Outcome:
     error: dict[str, str] | None = None  # {code, message} when the clip failed
 
 
+def signature(annotator: Any) -> str:
+    """How provenance names an annotator: `name`, or `name/version` when it has one."""
+    version = getattr(annotator, "version", None)
+    return f"{annotator.name}/{version}" if version else annotator.name
+
+
 class Engine:
     def __init__(self, config: AnnotationConfig | None = None, settings: Any = None) -> None:
         self.config = config or AnnotationConfig()
+        self.settings = settings
         model = self.config.model or (settings.default_model if settings is not None else "")
         self.annotators = build(self.config.annotators, model, settings)
+
+    def vocabulary(
+        self, label_map: dict[str, str] | None = None, labels: list[str] | None = None
+    ) -> Vocabulary:
+        """A run's vocabulary: `labels`, by default the event labels the served model
+        (MOSS_DEFAULT_MODEL) was trained on, if its checkpoint records them; `label_map` first."""
+        source = "given"
+        if labels is None and self.settings is not None:
+            source = self.settings.default_model
+            labels = model_event_labels(source, self.settings)
+        annotators = [a for listed in self.annotators.values() for a in listed]
+        return Vocabulary.of(labels, source if labels is not None else "", label_map, annotators)
 
     def records(self, audio: np.ndarray) -> list[dict[str, Any]]:
         """One branch record per segment, in time order."""
@@ -76,10 +100,19 @@ class Engine:
                 found = annotator.annotate(sound, record)
                 record.update(found)
                 record.setdefault("annotators", []).append(annotator.name)
+                made = record.setdefault("produced_by", {})
+                made.update(dict.fromkeys(found, signature(annotator)))
             out.append(record)
         return out
 
-    def annotate(self, clip: dict[str, Any], data: bytes, seed: int = 0) -> Outcome:
+    def annotate(
+        self,
+        clip: dict[str, Any],
+        data: bytes,
+        seed: int = 0,
+        vocabulary: Vocabulary | None = None,
+    ) -> Outcome:
+        """One clip (`clip`: its manifest line; the labels it has are kept) -> its lines."""
         from model.audio import AudioDecodeError
         from model.audio_sandbox import load_audio_isolated
 
@@ -94,9 +127,18 @@ class Engine:
         except Exception as exc:  # an annotator plug-in's failure is the clip's, not the run's
             message = f"{type(exc).__name__}: {exc}"
             return Outcome(clip, error={"code": "annotator_failed", "message": message})
-        line = clip_line(clip, records, len(audio) / SAMPLE_RATE)
-        rng = random.Random(f"{seed}:{clip.get('id', clip['audio'])}")
-        return Outcome(clip, line=line, sft={**line, "examples": build_examples(line, rng)})
+        line = clip_line(clip, records, len(audio) / SAMPLE_RATE, vocabulary)
+        return Outcome(clip, line=line, sft=sft_line(line, seed))
+
+
+def sft_line(line: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """The line with its instruction pairs; `examples` it was given are kept as they are."""
+    if "examples" in line:
+        return line
+    rng = random.Random(f"{seed}:{line.get('id', line['audio'])}")
+    sources = [k for k in LABEL_FIELDS if k in line]
+    provenance = {**line["provenance"], "examples": "derived:" + ",".join(sources)}
+    return {**line, "examples": build_examples(line, rng), "provenance": provenance}
 
 
 def annotate_items(
@@ -104,9 +146,10 @@ def annotate_items(
     items: Iterable[dict[str, Any]],
     read: Callable[[str], bytes],
     should_stop: Callable[[], bool] | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> Iterator[Outcome]:
-    """Annotate each item (`{"audio": key, "id"?, "split"?}`) in turn; an item whose audio
-    cannot be read or decoded fails alone."""
+    """Annotate each item (a manifest line: `{"audio": key, "id"?, "split"?, labels...}`) in
+    turn; an item whose audio cannot be read or decoded fails alone."""
     for item in items:
         if should_stop is not None and should_stop():
             return
@@ -116,4 +159,39 @@ def annotate_items(
             yield Outcome(item, error={"code": "audio_not_found", "message": f"{item['audio']}: "
                                        f"{exc}"})  # fmt: skip
             continue
-        yield engine.annotate(item, data)
+        yield engine.annotate(item, data, vocabulary=vocabulary)
+
+
+@dataclass
+class Annotated:
+    """A run over many items: the lines of both manifests, the failures, the label report."""
+
+    captions: list[dict[str, Any]] = field(default_factory=list)
+    sft: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {id, code, message}
+    labels: dict[str, Any] = field(default_factory=dict)  # Vocabulary.report()
+
+
+def annotate_all(
+    engine: Engine,
+    items: list[dict[str, Any]],
+    read: Callable[[str], bytes],
+    vocabulary: Vocabulary | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, Annotated], None] | None = None,
+) -> Annotated:
+    """The loop the annotate worker and the pipeline step share: every item, collected, with
+    `progress(items done, so far)` after each."""
+    vocabulary = vocabulary if vocabulary is not None else engine.vocabulary()
+    run = Annotated()
+    outcomes = annotate_items(engine, items, read, should_stop, vocabulary)
+    for done, outcome in enumerate(outcomes, 1):
+        if outcome.error is not None:
+            run.failures.append({"id": outcome.clip.get("id"), **outcome.error})
+        else:
+            run.captions.append(outcome.line)
+            run.sft.append(outcome.sft)
+        if progress is not None:
+            progress(done, run)
+    run.labels = vocabulary.report()
+    return run

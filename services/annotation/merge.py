@@ -1,40 +1,76 @@
-"""One unified, time-stamped caption per clip from the branch records, and the clip's line in
-the platform's dataset format (docs/datasets.md):
+"""A clip's line in the platform's dataset format (docs/datasets.md) from what the manifest
+already said about it and what the branch records found:
 
-    0.0-3.2 s: someone says "open the red door" (2.5 words/s, moderately loud);
-    3.2-5.0 s: a noise burst; 5.0-9.0 s: loud tonal music at about 120 BPM in C major.
+- Given labels win. Each label family the input line has (`transcript`, `segments`, `events`,
+  `caption`, `instructions`, `examples`) is kept as it is, never replaced or merged with a
+  guess; the engine fills in only the families that are absent.
+- Provenance per field (`provenance`): `given` (the input had it), `annotator:NAME[/VERSION],...`
+  (the annotators whose output it is), or `derived:FIELD,...` (built from those fields of the
+  line). A field the input already had keeps the provenance the input gave it, so annotating an
+  annotated manifest again never turns a guess into truth.
+- Speech becomes timed `segments` (the transcript's lines shifted to clip time, or the
+  segment's span), other sounds timed `events` (the first tag of each record, in the
+  vocabulary's words, vocabulary.py); speech without a transcript is an event `speech` when
+  the line has no segments.
+- The unified caption is built from the line's own `segments` and `events`, in time order
+  with their times, so the two never disagree:
 
-Speech becomes timed `segments` (from the transcript's lines, shifted to clip time, or the
-segment's own span), other sounds timed `events` (the first tag, over the events the segmenter
-found), the unified text the `caption`; every branch record is kept under `annotation`.
+    0.7-1.9 s: someone says "open the red door" (2.5 words/s, moderately loud);
+    2.7-3.5 s: a low beep (loud); 5.9-8.9 s: a melody (moderately loud, about 120 BPM, C major).
+
+  The parenthesised descriptors come from the records of the items the engine found; given
+  items have none. Every branch record is kept under `annotation`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.datasets import LABEL_FIELDS
+from ..core.sft import article
+from .vocabulary import Vocabulary
 
-def describe(record: dict[str, Any]) -> str:
-    """One record in words."""
-    if record["branch"] == "speech":
-        said = record.get("transcript", "").strip()
-        details = []
-        if "speaking_rate_wps" in record:
-            details.append(f"{record['speaking_rate_wps']:g} words/s")
-        if "loudness_db" in record:
-            db = record["loudness_db"]
-            details.append("loud" if db > -12 else "quiet" if db < -30 else "moderately loud")
-        text = f'someone says "{said}"' if said else "someone speaks"
-        return text + (f" ({', '.join(details)})" if details else "")
-    return record.get("caption") or ", ".join(record.get("tags", [])) or record["branch"]
+GIVEN = "given"
+SPEECH_EVENT = "speech"  # the label of speech the engine could not transcribe
 
 
-def unified_caption(records: list[dict[str, Any]]) -> str:
-    parts = [
-        f"{r['start']:.1f}-{r['end']:.1f} s: {describe(r)}"
-        for r in records
-        if r.get("events") and r.get("tags") != ["silence"]
-    ]
+def level_word(db: float) -> str:
+    return "loud" if db > -12 else "quiet" if db < -30 else "moderately loud"
+
+
+def descriptors(record: dict[str, Any]) -> str:
+    """What the annotators measured, in a few words: rate, level, tempo, key."""
+    out = []
+    if "speaking_rate_wps" in record:
+        out.append(f"{record['speaking_rate_wps']:g} words/s")
+    if "loudness_db" in record:
+        out.append(level_word(record["loudness_db"]))
+    if "tempo_bpm" in record:
+        out.append(f"about {round(record['tempo_bpm'])} BPM")
+    if record.get("key"):
+        out.append(str(record["key"]))
+    return ", ".join(out)
+
+
+def phrase(item: dict[str, Any]) -> str:
+    """A segment or an event in words."""
+    if "text" in item:
+        return f'someone says "{item["text"].strip()}"'
+    return "someone speaks" if item["label"] == SPEECH_EVENT else article(item["label"])
+
+
+def timeline_caption(
+    segments: list[dict[str, Any]], events: list[dict[str, Any]], notes: dict[int, str]
+) -> str:
+    """One `start-end s: what` clause per segment and event, in time order (`notes`: an
+    item's descriptors, by the item's id())."""
+    items = sorted([*segments, *events], key=lambda i: (i["start"], i["end"]))
+    parts = []
+    for item in items:
+        note = notes.get(id(item))
+        text = phrase(item) + (f" ({note})" if note else "")
+        parts.append(f"{item['start']:.1f}-{item['end']:.1f} s: {text}")
     return "; ".join(parts) + "." if parts else "Silence."
 
 
@@ -48,29 +84,92 @@ def speech_segments(record: dict[str, Any]) -> list[dict[str, Any]]:
             if line["start"] <= line["end"] and start <= end:
                 out.append({"start": round(start, 2), "end": round(end, 2), "text": line["text"]})
         return out
-    if record.get("transcript"):
+    if record.get("transcript", "").strip():
         first, last = record["events"][0]["start"], record["events"][-1]["end"]
         return [{"start": first, "end": last, "text": record["transcript"]}]
     return []
 
 
-def clip_line(clip: dict[str, Any], records: list[dict[str, Any]], duration: float) -> dict:
-    """The clip in the dataset format: caption, segments, events, and the records."""
-    line: dict[str, Any] = {"audio": clip["audio"], "duration": round(duration, 3),
-                            "caption": unified_caption(records)}  # fmt: skip
+@dataclass
+class Found:
+    """The labels the records hold, with their descriptors and who produced them."""
+
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # sounds other than speech
+    speech: list[dict[str, Any]] = field(default_factory=list)  # untranscribed speech events
+    notes: dict[int, str] = field(default_factory=dict)
+    by: dict[str, set[str]] = field(default_factory=lambda: {"segments": set(), "events": set(),
+                                                             "speech": set()})  # fmt: skip
+
+    def add(self, kind: str, items: list[dict[str, Any]], record: dict, by: str) -> None:
+        getattr(self, kind).extend(items)
+        self.by[kind].add(by)
+        note = descriptors(record)
+        for item in items:
+            self.notes[id(item)] = note
+
+
+def found_labels(records: list[dict[str, Any]], vocabulary: Vocabulary) -> Found:
+    found = Found()
+    for r in records:
+        made = r.get("produced_by", {})
+        if r["branch"] == "speech":
+            segments = speech_segments(r)
+            if segments:
+                by = made.get("lines") or made.get("transcript") or "unknown"
+                found.add("segments", segments, r, by)
+            elif r.get("events"):
+                spans = [{"label": SPEECH_EVENT, "start": e["start"], "end": e["end"]}
+                         for e in r["events"]]  # fmt: skip
+                found.add("speech", spans, r, "voice-activity")
+        elif r.get("tags") and r["tags"] != ["silence"] and r.get("events"):
+            spans = [{"label": r["tags"][0], "start": e["start"], "end": e["end"]}
+                     for e in r["events"]]  # fmt: skip
+            found.add("events", spans, r, made.get("tags") or "unknown")
+    return found
+
+
+def _annotators(names: set[str]) -> str:
+    return "annotator:" + ",".join(sorted(names))
+
+
+def clip_line(
+    clip: dict[str, Any],
+    records: list[dict[str, Any]],
+    duration: float,
+    vocabulary: Vocabulary | None = None,
+) -> dict[str, Any]:
+    """The clip in the dataset format: its given labels as they are, the missing ones from the
+    records, a provenance per label field, and the records."""
+    vocabulary = vocabulary if vocabulary is not None else Vocabulary()
+    given = {k: clip[k] for k in LABEL_FIELDS if k in clip}
+    earlier = clip.get("provenance") or {}
+    provenance = {k: earlier.get(k, GIVEN) for k in given}
+    line: dict[str, Any] = {"audio": clip["audio"],
+                            "duration": clip.get("duration", round(duration, 3))}  # fmt: skip
     for key in ("id", "split", "language"):
         if key in clip:
             line[key] = clip[key]
-    segments = [s for r in records if r["branch"] == "speech" for s in speech_segments(r)]
-    events = [
-        {"label": r["tags"][0], "start": e["start"], "end": e["end"]}
-        for r in records
-        if r["branch"] != "speech" and r.get("tags") and r["tags"] != ["silence"]
-        for e in r.get("events", [])
-    ]
-    if segments:
-        line["segments"] = segments
-    if events:
-        line["events"] = events
+    found = found_labels(records, vocabulary)
+    if "segments" not in given and found.segments:
+        line["segments"] = found.segments
+        provenance["segments"] = _annotators(found.by["segments"])
+    segments = given.get("segments", line.get("segments", []))
+    if "events" not in given:
+        timed_speech = "segments" in given or "segments" in line  # speech is told there
+        events = found.events + ([] if timed_speech else found.speech)
+        for event in events:
+            event["label"] = vocabulary.name(event["label"])
+        by = found.by["events"] | (set() if timed_speech else found.by["speech"])
+        if events:
+            line["events"] = sorted(events, key=lambda e: (e["start"], e["end"]))
+            provenance["events"] = _annotators(by)
+    events = given.get("events", line.get("events", []))
+    if "caption" not in given and (segments or events or not given.get("transcript")):
+        line["caption"] = timeline_caption(segments, events, found.notes)
+        sources = [k for k in ("segments", "events") if k in given or k in line]
+        provenance["caption"] = "derived:" + ",".join(sources or ["annotation"])
+    line.update(given)
+    line["provenance"] = {k: provenance[k] for k in LABEL_FIELDS if k in provenance}
     line["annotation"] = {"segments": records}
     return line

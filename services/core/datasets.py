@@ -23,6 +23,11 @@ from typing import Any
 
 SCHEMA_PATH = Path(__file__).with_name("dataset.schema.json")
 TIMED = ("segments", "events")
+# The label families of a line: what a team knows about a clip. Annotation keeps each one a
+# line has and fills in only the others (docs/annotation.md).
+LABEL_FIELDS = ("transcript", "segments", "events", "caption", "instructions", "examples")
+# What an annotation item carries from its manifest line besides its audio.
+ITEM_FIELDS = ("id", "split", "language", "duration", "provenance", *LABEL_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,22 @@ def from_upstream(line: dict[str, Any], default_prompt: str = "") -> dict[str, A
     return {"audio": audio[0], "instructions": [{"prompt": prompt, "answer": answers[0]}]}
 
 
+def annotation_item(line: dict[str, Any], number: int, audio: str) -> dict[str, Any]:
+    """A manifest line as an item to annotate: its `audio` (as the caller resolved it), its id
+    (default: the line number) and every label and detail it has, so that none is lost."""
+    item = {k: line[k] for k in ITEM_FIELDS if k in line}
+    return {**item, "id": str(line.get("id") or number), "audio": audio}
+
+
 def check_line(
     number: int,
     text: str,
     duration_of: Callable[[str], float | None] | None = None,
     default_prompt: str = "",
+    need_label: bool = True,
 ):
-    """The problems of one manifest line, and the clip when there are none."""
+    """The problems of one manifest line, and the clip when there are none (`need_label`
+    False: a line without labels is good too, e.g. audio to annotate)."""
     try:
         clip = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -107,6 +121,7 @@ def check_line(
     problems = [
         Problem(number, _path(error.absolute_path), _message(error))
         for error in sorted(_validator().iter_errors(clip), key=lambda e: list(e.absolute_path))
+        if need_label or error.validator != "anyOf" or error.absolute_path
     ]
     if problems:
         return None, problems

@@ -100,12 +100,61 @@ class AnnotationResult(BaseModel):
     failures: list[AnnotationFailure] = Field(description="The first 20 failed items.")
     failures_key: str = Field(description="Every failed item, as JSONL in the object store.")
     seconds: float | None = None
+    labels: dict[str, Any] | None = Field(
+        None,
+        description="How the engine's event labels were named: the vocabulary and where it came "
+        "from, the labels mapped (from, to, events) and those kept unmapped (label: events).",
+    )
+
+
+class LabelSegment(BaseModel):
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    text: str = Field(min_length=1)
+    speaker: str | None = None
+
+
+class LabelEvent(BaseModel):
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
+    label: str = Field(min_length=1)
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+
+
+class LabelInstruction(BaseModel):
+    model_config = {"extra": "forbid"}
+    prompt: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+
+class LabelExample(BaseModel):
+    model_config = {"extra": "forbid"}
+    task: Literal["transcribe", "transcribe_timestamps", "caption", "ask", "chat"]
+    kind: str = Field(min_length=1)
+    prompt: str | None = None
+    answer: str = Field(min_length=1)
 
 
 class AnnotationItem(BaseModel):
+    """A manifest line (docs/datasets.md) whose audio is uploaded to the dataset: the labels it
+    has are kept as they are; the engine adds the others (docs/annotation.md)."""
+
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
     audio: str = Field(description="`audio/<sha256>` of audio uploaded to the dataset.")
     id: str | None = Field(None, max_length=256)
     split: Literal["train", "heldout", "test"] | None = None
+    language: str | None = Field(None, max_length=16)
+    duration: float | None = Field(None, gt=0)
+    transcript: str | None = None
+    segments: list[LabelSegment] | None = None
+    events: list[LabelEvent] | None = None
+    caption: str | None = Field(None, min_length=1)
+    instructions: list[LabelInstruction] | None = None
+    examples: list[LabelExample] | None = None
+    provenance: dict[str, str] | None = Field(
+        None, description="Where each label came from (an earlier annotation's); default `given`."
+    )
 
 
 class AnnotationCreate(BaseModel):
@@ -115,6 +164,11 @@ class AnnotationCreate(BaseModel):
         None, description="The clips to annotate (default: every clip of the dataset's manifest)."
     )
     webhook_url: str | None = Field(None, max_length=2048)
+    label_map: dict[str, str] | None = Field(
+        None,
+        description="Renames the engine's event labels, e.g. {\"low tone\": \"low beep\"} "
+        "(default: the served model's training labels; 422 `invalid_label_map`).",
+    )
 
 
 class WebhookAttempt(BaseModel):

@@ -2,9 +2,11 @@
 SFT manifest out, on the same job machinery as every job (durable, tenant-scoped, events,
 webhooks, the sweeper).
 
-`annotate_job` runs the annotation engine over the job's items with progress, and commits both
-outputs as datasets of the tenant (`NAME-captions`, `NAME-sft`), so they can be listed and
-trained on. services.jobs.annotations, the gateway's half, records the job.
+`annotate_job` runs the annotation engine over the job's items (manifest lines: the labels
+they carry are kept) with progress, and commits both outputs as datasets of the tenant
+(`NAME-captions`, `NAME-sft`), so they can be listed and trained on. Its result reports how the
+engine's event labels were mapped to the vocabulary (`labels`). services.jobs.annotations, the
+gateway's half, records the job.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from ..annotation.engine import AnnotationConfig, Engine, annotate_items
+from ..annotation.engine import Annotated, AnnotationConfig, Engine, annotate_all
 from ..core import dataset_store
 from ..core.jobstate import advance
 from ..core.jobstore import Job
@@ -46,36 +48,38 @@ def annotate_job(ctx: Context, job_id: str) -> bool:
         items = [json.loads(x) for x in ctx.storage.get_bytes(job.audio_key).decode().splitlines()
                  if x.strip()]  # fmt: skip
         engine = engine_for(ctx.settings, job.model)
-        captions, sft, failures = [], [], []
+        vocabulary = engine.vocabulary(job.params.get("label_map"))
         started, last_report = time.monotonic(), 0.0
-        stop = lambda: ctx.store.is_cancelled(job_id)  # noqa: E731
-        for n, outcome in enumerate(annotate_items(engine, items, ctx.storage.get_bytes, stop), 1):
-            if outcome.error is not None:
-                failures.append({"id": outcome.clip.get("id"), **outcome.error})
-            else:
-                captions.append(outcome.line)
-                sft.append(outcome.sft)
-            if time.monotonic() - last_report > 1.0 or n == len(items):
-                ctx.store.heartbeat(job_id, progress=0.99 * n / len(items))
+
+        def progress(done: int, _run: Annotated) -> None:
+            nonlocal last_report
+            if time.monotonic() - last_report > 1.0 or done == len(items):
+                ctx.store.heartbeat(job_id, progress=0.99 * done / len(items))
                 last_report = time.monotonic()
+
+        run = annotate_all(engine, items, ctx.storage.get_bytes, vocabulary,
+                           lambda: ctx.store.is_cancelled(job_id), progress)  # fmt: skip
         if ctx.store.is_cancelled(job_id):
             return False
-        result = _commit(ctx, job, captions, sft, failures)
+        result = _commit(ctx, job, run)
         result["seconds"] = round(time.monotonic() - started, 2)
-        if not captions:
+        if not run.captions:
+            failures = run.failures
             ctx.store.fail(job_id, "annotation_failed", f"no item could be annotated: "
                            f"{failures[0]['code']}: {failures[0]['message']}")  # fmt: skip
             return False
         return advance(ctx.store, ctx.enqueue, job_id, "annotate", result=result)
 
 
-def _commit(ctx: Context, job: Job, captions: list, sft: list, failures: list) -> dict:
+def _commit(ctx: Context, job: Job, run: Annotated) -> dict:
+    captions, sft, failures = run.captions, run.sft, run.failures
     base = f"annotations/{job.tenant}/{job.id}/"
     ctx.storage.put_bytes(base + "failures.jsonl",
                           "".join(json.dumps(f) + "\n" for f in failures).encode())  # fmt: skip
     result: dict[str, Any] = {"items": len(captions) + len(failures), "annotated": len(captions),
                               "failed": len(failures), "failures": failures[:20],
-                              "failures_key": base + "failures.jsonl"}  # fmt: skip
+                              "failures_key": base + "failures.jsonl",
+                              "labels": run.labels}  # fmt: skip
     if not captions:
         return result
     source = job.params.get("dataset", "annotated")

@@ -1,6 +1,7 @@
 """Annotation jobs, the gateway's half: check the items against the tenant's dataset, store
-them as the job's input and enqueue the `annotate` stage (the worker's half, which loads the
-engine, is services.jobs.annotate). Torch-free, like everything the gateway imports."""
+them as the job's input (each with every label it has: the worker keeps them) and enqueue the
+`annotate` stage (the worker's half, which loads the engine, is services.jobs.annotate).
+Torch-free, like everything the gateway imports."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import uuid
 from typing import Any
 
 from ..core import dataset_store
+from ..core.datasets import annotation_item, check_line
 from ..core.errors import ApiError
 from ..core.jobstate import ANNOTATION_TASK, Stage
 from ..core.jobstore import Job, Principal
+from ..core.labels import check_label_map
 from .context import Context
 from .submit import check_webhook
 
@@ -26,9 +29,11 @@ def submit_annotation(
     dataset: str,
     items: list[dict[str, Any]] | None,
     webhook_url: str | None = None,
+    label_map: dict[str, str] | None = None,
 ) -> Job:
-    """Record an annotation job over `items` ({"audio": "audio/<sha256>", "id"?, "split"?},
-    audio uploaded to the dataset) or, without items, every clip of the committed dataset."""
+    """Record an annotation job over `items` (manifest lines whose `audio` is
+    "audio/<sha256>", uploaded to the dataset, with any labels) or, without items, every clip
+    of the committed dataset; `label_map` renames the engine's event labels."""
     settings, storage = ctx.settings, ctx.storage
     try:
         base = dataset_store.prefix(principal.tenant, dataset)
@@ -48,6 +53,11 @@ def submit_annotation(
                        "job: split the set")  # fmt: skip
     if webhook_url is not None:
         check_webhook(ctx, principal, webhook_url)
+    if label_map is not None:
+        try:
+            label_map = check_label_map(label_map)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_label_map", str(exc)) from None
     clean, missing = [], []
     for n, item in enumerate(items, 1):
         audio = str(item.get("audio", "")).removeprefix(base)
@@ -55,9 +65,11 @@ def submit_annotation(
         if not audio.startswith("audio/") or not storage.exists(key):
             missing.append(f"item {n}: {item.get('audio')!r}")
             continue
-        entry = {"id": str(item.get("id") or n), "audio": key}
-        if item.get("split") in ("train", "heldout", "test"):
-            entry["split"] = item["split"]
+        entry = annotation_item(item, n, key)
+        _, problems = check_line(n, json.dumps(entry), need_label=False)
+        if problems:
+            raise ApiError(422, "invalid_item", f"item {n}: " + "; ".join(
+                f"{p.field or 'line'}: {p.message}" for p in problems[:5]))  # fmt: skip
         clean.append(entry)
     if missing:
         raise ApiError(422, "audio_not_found", f"{len(missing)} item(s) name audio not uploaded "
@@ -70,7 +82,9 @@ def submit_annotation(
         job = ctx.store.create_job(
             id=job_id, tenant=principal.tenant, task=ANNOTATION_TASK, prompt=None,
             model=settings.annotation_model or settings.default_model,
-            params={"dataset": dataset, "items": len(clean)}, audio_key=input_key,
+            params={"dataset": dataset, "items": len(clean),
+                    **({"label_map": label_map} if label_map else {})},
+            audio_key=input_key,
             audio_sha256=hashlib.sha256(raw).hexdigest(), audio_seconds=0.0,
             key_id=principal.key_id, webhook_url=webhook_url,
         )  # fmt: skip

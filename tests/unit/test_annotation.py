@@ -12,8 +12,10 @@ import pytest
 
 from pipelines.data import SAMPLE_RATE, wav_bytes
 from services.annotation.engine import AnnotationConfig, Engine, annotate_items
+from services.annotation.merge import clip_line
 from services.annotation.segmentation import segment
 from services.core.datasets import check_line
+from services.core.errors import ApiError
 from tests.annotation_clips import clip_set
 from tests.jobs_env import write_checkpoint
 
@@ -29,6 +31,13 @@ def clips():
 @pytest.fixture(scope="module")
 def engine():
     return Engine(AnnotationConfig(annotators=NO_MODEL))
+
+
+@pytest.fixture(scope="module")
+def annotated(clips, engine):
+    """Every test clip annotated once, without labels: (outcome, truths)."""
+    return [(engine.annotate({"id": f"c{n}", "audio": f"{n}.wav"}, wav_bytes(audio)), truths)
+            for n, (audio, truths) in enumerate(clips)]  # fmt: skip
 
 
 def test_segments_cover_every_sample_once_and_never_cut_a_word_or_sound(clips) -> None:
@@ -77,9 +86,8 @@ def test_branch_accuracy_is_reported_and_high(clips, engine) -> None:
     assert accuracy >= 0.9
 
 
-def test_lines_are_valid_and_sft_answers_follow_the_annotations(clips, engine) -> None:
-    for n, (audio, _) in enumerate(clips[:6]):
-        outcome = engine.annotate({"id": f"c{n}", "audio": f"{n}.wav"}, wav_bytes(audio))
+def test_lines_are_valid_and_sft_answers_follow_the_annotations(annotated) -> None:
+    for outcome, _ in annotated[:6]:
         assert outcome.error is None
         _line, problems = check_line(1, json.dumps(outcome.sft))
         assert not problems, problems
@@ -89,9 +97,7 @@ def test_lines_are_valid_and_sft_answers_follow_the_annotations(clips, engine) -
         for example in outcome.sft["examples"]:
             by_kind.setdefault(example["kind"], []).append(example)
         assert by_kind["caption"][0]["answer"] == outcome.line["caption"]
-        for record in records:  # the unified caption names every segment with its times
-            if record.get("tags") != ["silence"] and record["events"]:
-                assert f"{record['start']:.1f}-{record['end']:.1f} s:" in outcome.line["caption"]
+        assert records and outcome.line["provenance"]["caption"].startswith("derived:")
         for asked in by_kind.get("event_at", []):
             second = int(asked["prompt"].split()[3])
             assert any(asked["answer"].endswith(e["label"]) for e in events
@@ -148,3 +154,212 @@ class Shouting:
 
     def annotate(self, audio, record):
         return {"tags": ["shout"], "caption": "someone shouts"}
+
+
+# Annotation keeps the truth: given labels win, provenance per field, the vocabulary, and a
+# caption that always agrees with the line's segments and events.
+
+LABELS = ("transcript", "segments", "events", "caption", "instructions", "examples")
+
+
+def labelled_line(n: int, truths) -> dict:
+    """A line a team wrote: every label family, from the clip's ground truth."""
+    speech = [t for t in truths if t.branch == "speech"]
+    sounds = [t for t in truths if t.branch != "speech"]
+    line = {
+        "id": f"c{n}", "audio": f"{n}.wav", "split": "train",
+        "transcript": " ".join(t.label for t in speech) or "nothing is said",
+        "segments": [{"start": round(t.start, 3), "end": round(t.end, 3), "text": t.label,
+                      "speaker": "narrator"} for t in speech],
+        "events": [{"label": t.label, "start": round(t.start, 3), "end": round(t.end, 3)}
+                   for t in sounds],
+        "caption": f"Clip {n}: the team's own words, with no times.",
+        "instructions": [{"prompt": "Who made this?", "answer": "Our field team."}],
+    }  # fmt: skip
+    return {k: v for k, v in line.items() if v != []}
+
+
+def caption_clauses(caption: str) -> list[tuple[str, str, str]]:
+    """(start, end, text) of each `start-end s: text` clause of a built caption."""
+    import re
+
+    marks = list(re.finditer(r"(\d+\.\d)-(\d+\.\d) s: ", caption))
+    ends = [m.start() for m in marks[1:]] + [len(caption)]
+    return [(m[1], m[2], caption[m.end() : end]) for m, end in zip(marks, ends, strict=True)]
+
+
+def assert_caption_follows(line: dict) -> None:
+    items = sorted([*line.get("segments", []), *line.get("events", [])],
+                   key=lambda i: (i["start"], i["end"]))  # fmt: skip
+    clauses = caption_clauses(line["caption"])
+    assert [(a, b) for a, b, _ in clauses] == [
+        (f"{i['start']:.1f}", f"{i['end']:.1f}") for i in items
+    ], line["caption"]
+    for (_, _, text), item in zip(clauses, items, strict=True):
+        said = item.get("text") or ("someone speaks" if item["label"] == "speech" else "")
+        assert (said or f" {item['label']}") in text, (text, item)
+    if not items:
+        assert line["caption"] == "Silence."
+
+
+def test_the_unified_caption_is_built_from_the_segments_and_events_it_reports(annotated) -> None:
+    for outcome, _ in annotated:
+        line = outcome.line
+        assert line["provenance"]["caption"] == "derived:events" and "segments" not in line
+        assert_caption_follows(line)
+        assert sum(len(r["events"]) for r in line["annotation"]["segments"]) == len(line["events"])
+
+
+def test_a_labelled_manifest_keeps_every_given_label(clips, engine) -> None:
+    for n, (audio, truths) in enumerate(clips[:3]):
+        given = labelled_line(n, truths)
+        given["examples"] = [{"task": "ask", "kind": "instruction", "prompt": "Where?",
+                              "answer": "Outdoors."}] if n == 0 else None  # fmt: skip
+        given = {k: v for k, v in given.items() if v is not None}
+        outcome = engine.annotate(json.loads(json.dumps(given)), wav_bytes(audio))
+        assert outcome.error is None
+        for line in (outcome.line, outcome.sft):
+            for key in (*LABELS, "id", "split"):
+                if key in given:
+                    assert json.dumps(line[key]) == json.dumps(given[key]), key
+            assert not check_line(1, json.dumps(line))[1]
+        kept = [k for k in LABELS if k in given]
+        assert outcome.line["provenance"] == dict.fromkeys(kept, "given")
+        built = {} if "examples" in given else {"examples": "derived:" + ",".join(kept)}
+        assert outcome.sft["provenance"] == dict.fromkeys(kept, "given") | built
+        if "examples" not in given:  # the SFT pairs are built from the given labels
+            built = {e["kind"]: e["answer"] for e in outcome.sft["examples"]}
+            assert built["caption"] == given["caption"]
+            assert built["instruction"] == "Our field team."
+
+
+def test_a_partly_labelled_line_gets_only_the_missing_fields_with_provenance(clips, engine):
+    audio, truths = next(c for c in clips if {"speech", "general"} <= {t.branch for t in c[1]})
+    truth = labelled_line(0, truths)
+    # a transcript only: the engine adds the events it hears (speech too, having no segments)
+    only_text = engine.annotate({"audio": "a.wav", "transcript": truth["transcript"]},
+                                wav_bytes(audio)).line  # fmt: skip
+    assert only_text["transcript"] == truth["transcript"] and "segments" not in only_text
+    heard = {"general": "signal-tags", "music": "music-features", "speech": "voice-activity"}
+    by = ",".join(sorted({heard[t.branch] for t in truths}))
+    assert only_text["provenance"] == {
+        "transcript": "given",
+        "events": f"annotator:{by}",
+        "caption": "derived:events",
+    }
+    assert "speech" in {e["label"] for e in only_text["events"]}
+    assert_caption_follows(only_text)
+    # segments given: kept, the speech is not told twice as an event, the caption quotes them
+    timed = engine.annotate({"audio": "a.wav", "segments": truth["segments"],
+                             "provenance": {"segments": "annotator:acme-asr/2"}},
+                            wav_bytes(audio)).line  # fmt: skip
+    assert timed["segments"] == truth["segments"]
+    assert timed["provenance"]["segments"] == "annotator:acme-asr/2"  # a guess stays a guess
+    assert timed["provenance"]["caption"] == "derived:segments,events"
+    assert "speech" not in {e["label"] for e in timed["events"]}
+    assert_caption_follows(timed)
+    assert all(f'someone says "{s["text"]}"' in timed["caption"] for s in truth["segments"])
+
+
+def test_a_mapping_file_renames_the_engine_labels_not_the_given_ones(annotated, engine) -> None:
+    outcome = next(o for o, _ in annotated if any(e["label"] == "noise burst"
+                                                  for e in o.line["events"]))  # fmt: skip
+    records, duration = outcome.line["annotation"]["segments"], outcome.line["duration"]
+    vocabulary = engine.vocabulary({"noise burst": "static", "never heard": "x"})
+    mapped = clip_line({"id": "m", "audio": "m.wav"}, records, duration, vocabulary)
+    before = [e["label"] for e in outcome.line["events"]]
+    after = [e["label"] for e in mapped["events"]]
+    assert after == ["static" if b == "noise burst" else b for b in before]
+    assert "a static" in mapped["caption"] and "noise burst" not in mapped["caption"]
+    report = vocabulary.report()
+    assert {"from": "noise burst", "to": "static", "events": before.count("noise burst")} in (
+        report["mapped"]
+    )
+    assert report["label_map"] == 2
+    events = [{"label": "noise burst", "start": 0.0, "end": 0.5}]
+    given = clip_line({"audio": "g.wav", "events": events}, records, duration, vocabulary)
+    assert given["events"] == [{"label": "noise burst", "start": 0.0, "end": 0.5}]
+    assert given["caption"] == "0.0-0.5 s: a noise burst."  # from the given events only
+
+
+def test_the_default_vocabulary_is_the_served_models_training_labels(tmp_path, annotated) -> None:
+    from dataclasses import asdict
+
+    from pipelines.data import EVENT_TYPES, make_clip
+    from services.core.labels import read_event_labels, training_event_labels, write_event_labels
+    from services.core.settings import Settings
+
+    rng = np.random.default_rng(1)
+    trained_on = [{"events": [asdict(e) for e in make_clip(rng)[1]]} for _ in range(40)]
+    checkpoint = write_checkpoint(tmp_path / "models" / "tiny")
+    write_event_labels(checkpoint, training_event_labels(trained_on))  # what train_step writes
+    assert read_event_labels(checkpoint) == sorted(EVENT_TYPES)
+    engine = Engine(AnnotationConfig(annotators=NO_MODEL),
+                    Settings(home=tmp_path, default_model="tiny"))  # fmt: skip
+    vocabulary = engine.vocabulary()
+    assert vocabulary.labels == frozenset(EVENT_TYPES) and vocabulary.source == "tiny"
+    right = total = 0
+    for outcome, truths in annotated:  # the same records, merged in the model's vocabulary
+        records = outcome.line["annotation"]["segments"]
+        line = clip_line({"audio": "a.wav"}, records, outcome.line["duration"], vocabulary)
+        for truth in (t for t in truths if t.branch == "general"):
+            found = [e for e in line["events"] if e["start"] < truth.end and e["end"] > truth.start]
+            right += [e["label"] for e in found] == [truth.label]
+            total += 1
+        assert {e["label"] for e in line["events"]} <= {*EVENT_TYPES, "melody", "speech",
+                                                        "falling sweep"}  # fmt: skip
+    print(f"engine labels in the training vocabulary: {right} of {total} sounds right")
+    assert total and right == total
+    report = vocabulary.report()
+    assert {m["to"] for m in report["mapped"]} <= set(EVENT_TYPES) and report["mapped"]
+    assert set(report["unmapped"]) <= {"melody", "speech", "falling sweep"}
+    untrained = Engine(AnnotationConfig(annotators=NO_MODEL),
+                       Settings(home=tmp_path / "none", default_model="tiny"))  # fmt: skip
+    assert untrained.vocabulary().labels is None  # no checkpoint, no vocabulary: labels kept
+
+
+def test_the_job_path_keeps_every_given_label(tmp_path, clips) -> None:
+    import hashlib
+
+    from services.core import dataset_store
+    from services.core.jobstore import Principal
+    from services.jobs.annotate import annotate_job
+    from services.jobs.annotations import submit_annotation
+    from tests.jobs_env import make_context
+
+    ctx = make_context(tmp_path, annotators=json.dumps(NO_MODEL))
+    key_id = ctx.store.authenticate(ctx.store.create_key("acme", ["datasets"])[0]).key_id
+    who = Principal(key_id=key_id, tenant="acme", scopes=("datasets",))
+    items = []
+    spoken = [c for c in clips if any(t.branch == "speech" for t in c[1])]
+    for n, (audio, truths) in enumerate([*spoken[:2], clips[0]]):
+        data = wav_bytes(audio)
+        digest = hashlib.sha256(data).hexdigest()
+        ctx.storage.put_bytes(f"datasets/acme/field/audio/{digest}", data)
+        line = labelled_line(n, truths) if n < 2 else {"id": "bare"}
+        items.append({**line, "audio": f"audio/{digest}"})
+    del items[1]["caption"]  # partly labelled: the engine builds the caption from its segments
+    job = submit_annotation(ctx, who, "field", items, label_map={"noise burst": "static"})
+    assert annotate_job(ctx, job.id)
+    result = ctx.store.get_job(job.id).result
+    assert result["annotated"] == 3 and result["labels"]["label_map"] == 1
+    manifest = ctx.storage.get_bytes(dataset_store.get_dataset(
+        ctx.storage, "acme", result["captions"]["dataset"]).manifest).decode()  # fmt: skip
+    lines = {x["id"]: x for x in map(json.loads, manifest.splitlines())}
+    for item in items[:2]:
+        out = lines[item["id"]]
+        for key in LABELS:
+            if key in item:
+                assert out[key] == item[key] and out["provenance"][key] == "given", key
+    assert lines["c1"]["provenance"]["caption"] == "derived:segments,events"
+    assert_caption_follows(lines["c1"])
+    bare = lines["bare"]
+    assert bare["provenance"]["events"].startswith("annotator:")
+    assert "noise burst" not in {e["label"] for e in bare.get("events", [])}
+    with pytest.raises(ApiError) as refused:
+        submit_annotation(ctx, who, "field", items, label_map={"low tone": ""})
+    assert refused.value.code == "invalid_label_map"
+    bad = [{**items[0], "events": [{"label": "x", "start": 2.0, "end": 1.0}]}]
+    with pytest.raises(ApiError) as refused:
+        submit_annotation(ctx, who, "field", bad)
+    assert refused.value.code == "invalid_item" and "events[0].end" in refused.value.message

@@ -24,7 +24,8 @@ router = APIRouter(
 def create_annotation(ctx: Ctx, body: AnnotationCreate, who: Datasets) -> JobOut:
     """Annotate the dataset's clips (or `items`, audio uploaded to it): a job whose result names
     two new datasets, `NAME-captions` (one unified caption per clip) and `NAME-sft` (instruction
-    pairs for every task), with the items that failed and why."""
+    pairs for every task), with the items that failed and why. Labels the items already have
+    are kept; the engine adds only the missing ones."""
     items = None if body.items is None else [i.model_dump(exclude_none=True) for i in body.items]
-    job = submit_annotation(ctx, who, body.dataset, items, body.webhook_url)
+    job = submit_annotation(ctx, who, body.dataset, items, body.webhook_url, body.label_map)
     return JobOut.of(job)
