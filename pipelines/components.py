@@ -17,6 +17,7 @@ import mlflow
 import torch
 
 from model import MossAudioModel, MossAudioProcessor, preset_config
+from services.core.labels import read_event_labels, training_event_labels, write_event_labels
 from services.core.modelref import ModelNotFound, parse, resolve
 from services.core.registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
 from services.core.settings import Settings, get_settings
@@ -57,14 +58,19 @@ def prepare_data(
     return generate_dataset(storage, name, num_clips, seed=seed, speech_share=speech_share)
 
 
-def annotate_step(manifest: str, annotators: str = "", asr_model: str = "") -> tuple[str, str, str]:
+def annotate_step(
+    manifest: str, annotators: str = "", asr_model: str = "", label_map: str = ""
+) -> tuple[str, str, str]:
     """The annotation engine over a manifest's clips (the same code as the annotate worker):
     writes `annotated/captions.jsonl` and `annotated/sft.jsonl` beside the manifest and returns
-    (sft manifest key, its sha256, captions manifest key). Items that fail are reported."""
+    (sft manifest key, its sha256, captions manifest key). The labels a line has are kept;
+    `label_map` (JSON) renames the engine's event labels. Items that fail are reported."""
     import hashlib
     import posixpath
 
-    from services.annotation.engine import AnnotationConfig, Engine, annotate_items
+    from services.annotation.engine import AnnotationConfig, Engine, annotate_all
+    from services.annotation.vocabulary import check_label_map
+    from services.core.datasets import annotation_item
 
     settings = get_settings()
     storage = make_storage(settings)
@@ -77,39 +83,41 @@ def annotate_step(manifest: str, annotators: str = "", asr_model: str = "") -> t
         line = json.loads(text)
         audio = line["audio"] if line["audio"].startswith("datasets/") else posixpath.join(
             folder, line["audio"])  # fmt: skip
-        items.append({"id": str(line.get("id") or number), "audio": audio,
-                      **({"split": line["split"]} if "split" in line else {})})  # fmt: skip
+        items.append(annotation_item(line, number, audio))
     config = AnnotationConfig(model=asr_model, max_seconds=settings.annotation_max_seconds)
     if annotators:
         config.annotators = json.loads(annotators)
     engine = Engine(config, settings)
-    captions, sft, failed = [], [], 0
-    for n, outcome in enumerate(annotate_items(engine, items, storage.get_bytes), 1):
-        if outcome.error is not None:
-            failed += 1
-            print(f"{outcome.clip.get('id')}: {outcome.error['message']} "
-                  f"[{outcome.error['code']}]", flush=True)  # fmt: skip
-        else:
-            captions.append(json.dumps(outcome.line, ensure_ascii=False))
-            sft.append(json.dumps(outcome.sft, ensure_ascii=False))
-        if n % 10 == 0 or n == len(items):
-            print(f"annotated {n}/{len(items)} ({failed} failed)", flush=True)
-    if not sft:
-        raise ValueError(f"{manifest}: no clip could be annotated ({failed} failed)")
+    vocabulary = engine.vocabulary(check_label_map(json.loads(label_map)) if label_map else None)
+
+    reported = [0]  # failures printed so far
+
+    def progress(done: int, run: Any) -> None:
+        for failure in run.failures[reported[0] :]:
+            print(f"{failure['id']}: {failure['message']} [{failure['code']}]", flush=True)
+        reported[0] = len(run.failures)
+        if done % 10 == 0 or done == len(items):
+            print(f"annotated {done}/{len(items)} ({len(run.failures)} failed)", flush=True)
+
+    run = annotate_all(engine, items, storage.get_bytes, vocabulary, progress=progress)
+    print(f"event labels: {json.dumps(run.labels)}", flush=True)
+    if not run.sft:
+        raise ValueError(f"{manifest}: no clip could be annotated ({len(run.failures)} failed)")
     out = {}
-    for kind, lines in (("captions", captions), ("sft", sft)):
+    for kind, lines in (("captions", run.captions), ("sft", run.sft)):
         key = posixpath.join(folder, "annotated", f"{kind}.jsonl")
-        body = ("\n".join(lines) + "\n").encode()
+        body = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
         storage.put_bytes(key, body)
         out[kind] = (key, hashlib.sha256(body).hexdigest())
     return out["sft"][0], out["sft"][1], out["captions"][0]
 
 
-def _base_model(size: str, base: str, cache: Path) -> tuple[MossAudioModel, str | None]:
-    """A registry version (`models:/name@alias` or `models:/name/version`) or a fresh preset."""
+def _base_model(size: str, base: str, cache: Path) -> tuple[MossAudioModel, str | None, list[str]]:
+    """A registry version (`models:/name@alias` or `models:/name/version`) or a fresh preset,
+    with the event labels it was trained on (it keeps knowing them)."""
     if not base:
         torch.manual_seed(0)
-        return MossAudioModel(preset_config(size)), None
+        return MossAudioModel(preset_config(size)), None, []
     parsed = parse(base)
     if not parsed.registry:
         raise ValueError(f"{base}: a base model is models:/NAME@ALIAS or models:/NAME/N")
@@ -118,7 +126,8 @@ def _base_model(size: str, base: str, cache: Path) -> tuple[MossAudioModel, str 
         spec = resolve(parsed, settings)
     except ModelNotFound as exc:
         raise ValueError(f"{base}: {exc}") from exc
-    return MossAudioModel.from_pretrained(spec.path), f"models:/{spec.name}/{spec.registry_version}"
+    parent = f"models:/{spec.name}/{spec.registry_version}"
+    return MossAudioModel.from_pretrained(spec.path), parent, read_event_labels(spec.path) or []
 
 
 def train_step(
@@ -149,7 +158,7 @@ def train_step(
     processor = MossAudioProcessor.from_pretrained(None)
     work = Path(tempfile.mkdtemp(prefix="moss-train-"))
     torch.manual_seed(seed)  # a fresh model's initial weights are part of the run's recipe
-    model, parent = _base_model(size, base_model, work / "base")
+    model, parent, base_labels = _base_model(size, base_model, work / "base")
     thinking = flavor == "thinking" and stage.startswith("sft")
     if parent is None and train_encoder is None:
         train_encoder = True  # a fresh model has no trained encoder to keep frozen
@@ -221,6 +230,8 @@ def train_step(
             on_step=log,
         )
         mlflow.log_metric("train/steps_done", result.steps)
+        # the vocabulary travels with the weights: annotation names sounds in these words
+        write_event_labels(work / "checkpoint", {*base_labels, *training_event_labels(clips)})
         mlflow.log_artifacts(str(work / "checkpoint"), CHECKPOINT_ARTIFACT)
         return run.info.run_id
 

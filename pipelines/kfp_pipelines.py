@@ -44,14 +44,14 @@ def prepare_data(
 
 
 @dsl.component(base_image=IMAGE)
-def annotate(manifest: str, annotators: str, asr_model: str) -> NamedTuple(
+def annotate(manifest: str, annotators: str, asr_model: str, label_map: str) -> NamedTuple(
     "Annotated", [("manifest", str), ("digest", str), ("captions", str)]
 ):
     from collections import namedtuple
 
     from pipelines.components import annotate_step
 
-    sft, digest, captions = annotate_step(manifest, annotators, asr_model)
+    sft, digest, captions = annotate_step(manifest, annotators, asr_model, label_map)
     return namedtuple("Annotated", ["manifest", "digest", "captions"])(sft, digest, captions)
 
 
@@ -205,6 +205,7 @@ def annotate_pipeline(gpu: bool, local: bool = False):
         manifest: str,
         annotators: str = "",
         asr_model: str = "",
+        label_map: str = "",
         size: str = "tiny",
         flavor: str = "instruct",
         base_model: str = "",
@@ -215,7 +216,9 @@ def annotate_pipeline(gpu: bool, local: bool = False):
         conversations: bool = False,
         promote_to: str = "",
     ) -> None:
-        annotated = annotate(manifest=manifest, annotators=annotators, asr_model=asr_model)
+        annotated = annotate(
+            manifest=manifest, annotators=annotators, asr_model=asr_model, label_map=label_map
+        )
         annotated.set_caching_options(False)
         _cluster_options(annotated, local=local)
         _train_evaluate_register(

@@ -363,3 +363,32 @@ def test_the_job_path_keeps_every_given_label(tmp_path, clips) -> None:
     with pytest.raises(ApiError) as refused:
         submit_annotation(ctx, who, "field", bad)
     assert refused.value.code == "invalid_item" and "events[0].end" in refused.value.message
+
+
+def test_the_pipeline_step_keeps_given_labels_and_takes_a_label_map(
+    tmp_path, monkeypatch, clips
+) -> None:
+    from pipelines.components import annotate_step
+    from services.core.settings import get_settings
+    from services.core.storage import make_storage
+
+    monkeypatch.setenv("MOSS_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        storage = make_storage(get_settings())
+        audio, truths = next(c for c in clips if any(t.branch == "general" for t in c[1]))
+        storage.put_bytes("datasets/ops/field/0.wav", wav_bytes(audio))
+        given = {**labelled_line(0, truths), "audio": "0.wav"}
+        lines = [given, {"id": "bare", "audio": "0.wav"}]
+        storage.put_bytes("datasets/ops/field/manifest.jsonl",
+                          "".join(json.dumps(x) + "\n" for x in lines).encode())  # fmt: skip
+        label_map = {"noise burst": "static", "low tone": "hum", "high tone": "whistle"}
+        _, _, captions = annotate_step("datasets/ops/field/manifest.jsonl", json.dumps(NO_MODEL),
+                                       "", json.dumps(label_map))  # fmt: skip
+        out = {x["id"]: x for x in map(json.loads, storage.get_bytes(captions).splitlines())}
+    finally:
+        get_settings.cache_clear()
+    assert all(out["c0"][k] == given[k] for k in LABELS if k in given)
+    assert set(out["c0"]["provenance"].values()) == {"given"}
+    sounds = {e["label"] for e in out["bare"]["events"]}
+    assert sounds and not sounds & set(label_map) and out["bare"]["provenance"]["caption"]
