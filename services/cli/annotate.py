@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
+from ..core.datasets import annotation_item
 from ..core.jobstate import Status
+from ..core.labels import check_label_map
 from .common import client, err, fail, guard, out
 from .datasets import send_audio
 from .jobs import follow_job
@@ -26,7 +28,8 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".we
 
 
 def _items(source: Path) -> tuple[Path, list[dict]]:
-    """(the folder audio paths are relative to, [{id, audio (relative path), split?}])."""
+    """(the folder audio paths are relative to, [{id, audio (relative path), split?, the
+    labels of a manifest line}])."""
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
         return source, [{"id": p.relative_to(source).as_posix(),
@@ -39,11 +42,19 @@ def _items(source: Path) -> tuple[Path, list[dict]]:
             continue
         try:
             line = json.loads(text)
-            items.append({"id": str(line.get("id") or number), "audio": str(line["audio"]),
-                          **({"split": line["split"]} if "split" in line else {})})  # fmt: skip
+            items.append(annotation_item(line, number, str(line["audio"])))  # labels kept
         except (ValueError, KeyError, TypeError, AttributeError):
             fail(f"{source.name} line {number}: not a JSON object with an `audio` path")
     return source.parent, items
+
+
+def _label_map(path: Path) -> dict[str, str]:
+    try:
+        return check_label_map(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        fail(f"--label-map {path}: {exc.strerror or exc}")
+    except ValueError as exc:  # not JSON, or not a map of labels
+        fail(f"--label-map {path}: {exc}")
 
 
 @app.command("annotate")
@@ -57,8 +68,18 @@ def annotate(
         ),
     ] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Signed webhook when it ends.")] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            "--label-map",
+            help='JSON {"low tone": "low beep", ...}: the words for the sounds the engine hears '
+            "(default: the served model's training labels).",
+        ),
+    ] = None,
 ) -> None:
-    """Annotate audio: segments, branch records, one unified caption per clip, SFT pairs."""
+    """Annotate audio: segments, branch records, one unified caption per clip, SFT pairs. The
+    labels a manifest's lines already have are kept; only the missing ones are added."""
+    mapping = _label_map(label_map) if label_map is not None else None
     root, items = _items(source)
     if not items:
         fail(f"no audio in {source} ({', '.join(sorted(AUDIO_SUFFIXES))})")
@@ -71,7 +92,7 @@ def annotate(
     digests, sent = send_audio(api, name, paths)
     err.print(f"{sent} audio file(s) sent to dataset {name}, {len(paths) - sent} already there")
     job = guard(api.annotate, name, [{**i, "audio": f"audio/{digests[i['audio']]}"}
-                                     for i in items], webhook_url)  # fmt: skip
+                                     for i in items], webhook_url, mapping)  # fmt: skip
     job = follow_job(api, job)
     if job["status"] != Status.SUCCEEDED:
         error = job.get("error") or {"code": job["status"], "message": "the job did not finish"}

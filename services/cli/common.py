@@ -170,7 +170,14 @@ class Client:
             self._call("GET", f"/v1/datasets/{name}")  # raises the API's error
         return response.content
 
-    def annotate(self, dataset: str, items: list[dict] | None, webhook_url: str | None) -> dict:
-        body = {"dataset": dataset, "items": items, "webhook_url": webhook_url}
+    def annotate(
+        self,
+        dataset: str,
+        items: list[dict] | None,
+        webhook_url: str | None,
+        label_map: dict[str, str] | None = None,
+    ) -> dict:
+        body = {"dataset": dataset, "items": items, "webhook_url": webhook_url,
+                "label_map": label_map}  # fmt: skip
         return self._call("POST", "/v1/annotations", json={k: v for k, v in body.items()
                                                            if v is not None})  # fmt: skip

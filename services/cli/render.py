@@ -121,7 +121,19 @@ def show_annotation(result: dict[str, Any]) -> None:
             out.print(dataset_line(result[kind], what), highlight=False)
     if not (result.get("captions") or result.get("sft")):
         out.print("no dataset was made: no item could be annotated", highlight=False)
+    if result.get("labels"):
+        out.print(escape(labels_line(result["labels"])), highlight=False)
     show_failures(result)
+
+
+def labels_line(labels: dict[str, Any]) -> str:
+    """How the engine's event labels were named (docs/annotation.md, "Vocabulary")."""
+    where = f"the vocabulary of {labels['vocabulary']}" if labels.get("vocabulary") else (
+        "no vocabulary (the served model records none)")  # fmt: skip
+    mapped = ", ".join(f"{m['from']} -> {m['to']} ({m['events']})" for m in labels["mapped"])
+    unmapped = ", ".join(f"{k} ({n})" for k, n in labels["unmapped"].items())
+    return (f"event labels: {where}; label map: {labels.get('label_map', 0)} entries; "
+            f"mapped: {mapped or 'none'}; kept as found: {unmapped or 'none'}")  # fmt: skip
 
 
 def dataset_line(dataset: dict[str, Any], what: str) -> str:

@@ -108,9 +108,11 @@ class AnnotationResult(BaseModel):
 
 
 class LabelSegment(BaseModel):
+    """Times are kept as sent (an integer stays one): given labels are kept byte for byte."""
+
     model_config = {"extra": "forbid", "allow_inf_nan": False}
-    start: float = Field(ge=0)
-    end: float = Field(ge=0)
+    start: float | int = Field(ge=0)
+    end: float | int = Field(ge=0)
     text: str = Field(min_length=1)
     speaker: str | None = None
 
@@ -118,8 +120,8 @@ class LabelSegment(BaseModel):
 class LabelEvent(BaseModel):
     model_config = {"extra": "forbid", "allow_inf_nan": False}
     label: str = Field(min_length=1)
-    start: float = Field(ge=0)
-    end: float = Field(ge=0)
+    start: float | int = Field(ge=0)
+    end: float | int = Field(ge=0)
 
 
 class LabelInstruction(BaseModel):
@@ -145,7 +147,7 @@ class AnnotationItem(BaseModel):
     id: str | None = Field(None, max_length=256)
     split: Literal["train", "heldout", "test"] | None = None
     language: str | None = Field(None, max_length=16)
-    duration: float | None = Field(None, gt=0)
+    duration: float | int | None = Field(None, gt=0)
     transcript: str | None = None
     segments: list[LabelSegment] | None = None
     events: list[LabelEvent] | None = None

@@ -286,6 +286,7 @@ def test_the_default_vocabulary_is_the_served_models_training_labels(tmp_path, a
     from dataclasses import asdict
 
     from pipelines.data import EVENT_TYPES, make_clip
+    from services.cli.render import labels_line
     from services.core.labels import read_event_labels, training_event_labels, write_event_labels
     from services.core.settings import Settings
 
@@ -313,6 +314,8 @@ def test_the_default_vocabulary_is_the_served_models_training_labels(tmp_path, a
     report = vocabulary.report()
     assert {m["to"] for m in report["mapped"]} <= set(EVENT_TYPES) and report["mapped"]
     assert set(report["unmapped"]) <= {"melody", "speech", "falling sweep"}
+    shown = labels_line(report)  # what `mossctl annotate` and `mossctl jobs get` print
+    assert "the vocabulary of tiny" in shown and "low tone -> low beep" in shown
     untrained = Engine(AnnotationConfig(annotators=NO_MODEL),
                        Settings(home=tmp_path / "none", default_model="tiny"))  # fmt: skip
     assert untrained.vocabulary().labels is None  # no checkpoint, no vocabulary: labels kept
@@ -392,3 +395,24 @@ def test_the_pipeline_step_keeps_given_labels_and_takes_a_label_map(
     assert set(out["c0"]["provenance"].values()) == {"given"}
     sounds = {e["label"] for e in out["bare"]["events"]}
     assert sounds and not sounds & set(label_map) and out["bare"]["provenance"]["caption"]
+
+
+def test_mossctl_annotate_sends_the_labels_and_refuses_a_bad_label_map(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.cli.annotate import _items
+
+    line = {"id": "a", "audio": "a.wav", "split": "heldout", "caption": "A dog barks.",
+            "events": [{"label": "bark", "start": 0.1, "end": 0.4}], "annotation": {}}  # fmt: skip
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps(line) + "\n")
+    _, items = _items(manifest)
+    assert items == [{k: v for k, v in line.items() if k != "annotation"}]
+    for body, message in (("[1, 2]", "a JSON object"), ('{"low tone": ""}', "1 to 256"),
+                          ("{oops", "Expecting")):  # fmt: skip
+        (tmp_path / "map.json").write_text(body)
+        result = CliRunner().invoke(app, ["annotate", str(manifest), "--label-map",
+                                          str(tmp_path / "map.json")])  # fmt: skip
+        lines = [x for x in result.stderr.splitlines() if x.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.stderr
