@@ -2,7 +2,10 @@
 // server-sent events, and read the transcript on a waveform timeline (click a segment to play
 // it). Plain ES modules and the browser's own APIs (fetch streams, Web Audio, MediaRecorder):
 // nothing to build. The key stays in this tab (sessionStorage) and is sent as a bearer token;
-// EventSource cannot send headers, so the event stream is read with fetch.
+// EventSource cannot send headers, so the event stream is read with fetch. How a finished job
+// is shown, shape by shape, lives in results.js.
+
+import { clearResult, resultView, showResult as renderResult } from "./results.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { key: sessionStorage.getItem("moss-key"), audio: null, blob: null, stopAt: null };
@@ -94,15 +97,20 @@ async function submitJob(event) {
   }
 }
 
-async function showJob(job, audio = null) {
+// Exported for the page test, which shows each documented job shape through it.
+export async function showJob(job, audio = null) {
   $("job-panel").hidden = false;
   $("job-id").textContent = job.id;
-  $("transcript").textContent = "";
-  $("segment-list").replaceChildren();
-  $("segments-track").replaceChildren();
+  clearResult(resultView());
   showProgress(job);
+  if (state.audio) state.audio.pause();
   state.audio = null;
-  const blob = audio || (await fetchAudio(job.id));
+  clearWaveform(); // the job shown before may have had audio; this one may have none
+  // An annotation job's input is a list of clips, not audio: it has no waveform to draw.
+  const hasAudio = job.task !== "annotate";
+  $("timeline").hidden = !hasAudio;
+  $("no-waveform").hidden = true;
+  const blob = hasAudio ? audio || (await fetchAudio(job.id)) : null;
   if (blob) await drawWaveform(blob);
   if (job.status === "queued" || job.status === "running") job = await follow(job.id);
   showProgress(job);
@@ -150,30 +158,7 @@ async function follow(jobId) {
 }
 
 async function showResult(job) {
-  if (job.status !== "succeeded") return;
-  $("transcript").textContent = job.result.text;
-  const transcript = await (await api(`/v1/jobs/${job.id}/transcript?format=verbose_json`)).json();
-  const duration = transcript.duration || 1;
-  const list = $("segment-list");
-  const track = $("segments-track");
-  for (const segment of transcript.segments) {
-    const block = document.createElement("div");
-    block.className = "segment";
-    block.style.left = `${(100 * segment.start) / duration}%`;
-    block.style.width = `${Math.max(0.5, (100 * (segment.end - segment.start)) / duration)}%`;
-    block.title = `${segment.start.toFixed(2)}–${segment.end.toFixed(2)} s: ${segment.text}`;
-    block.textContent = segment.text;
-    block.dataset.start = segment.start;
-    block.dataset.end = segment.end;
-    block.onclick = () => play(segment.start, segment.end, block);
-    track.append(block);
-    const item = document.createElement("li");
-    const time = document.createElement("time");
-    time.textContent = `${segment.start.toFixed(2)}–${segment.end.toFixed(2)}`;
-    item.append(time, segment.text);
-    item.onclick = () => play(segment.start, segment.end, block);
-    list.append(item);
-  }
+  renderResult(job, resultView(), play);
 }
 
 // --- audio: waveform and playback ---------------------------------------------------------
@@ -186,10 +171,15 @@ async function fetchAudio(jobId) {
   }
 }
 
+function clearWaveform() {
+  const canvas = $("waveform");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  $("playhead").style.display = "none";
+}
+
 async function drawWaveform(blob) {
   const canvas = $("waveform");
   const context = canvas.getContext("2d");
-  context.clearRect(0, 0, canvas.width, canvas.height);
   state.audio = new Audio(URL.createObjectURL(blob));
   state.audio.ontimeupdate = movePlayhead;
   try {
@@ -206,7 +196,7 @@ async function drawWaveform(blob) {
       context.fillRect(x, middle - peak * middle, 1, Math.max(1, 2 * peak * middle));
     }
   } catch {
-    context.fillText("(this browser cannot draw this format)", 10, 20);
+    $("no-waveform").hidden = false; // the audio still plays; only its drawing is missing
   }
 }
 
@@ -216,6 +206,16 @@ function play(start, end, block) {
   block.classList.add("playing");
   state.audio.currentTime = start;
   state.stopAt = end;
+  state.audio.play();
+}
+
+// A click on the waveform plays from there (results without timed segments have no blocks).
+function playFrom(event) {
+  if (!state.audio || !state.audio.duration) return;
+  const box = event.currentTarget.getBoundingClientRect();
+  document.querySelectorAll(".segment.playing").forEach((el) => el.classList.remove("playing"));
+  state.audio.currentTime = ((event.clientX - box.left) / box.width) * state.audio.duration;
+  state.stopAt = null;
   state.audio.play();
 }
 
@@ -267,4 +267,5 @@ $("stop").onclick = () => recorder && recorder.stop();
 $("file").onchange = () => (state.blob = null);
 $("job-form").onsubmit = submitJob;
 $("refresh").onclick = listJobs;
+$("waveform").onclick = playFrom;
 if (state.key) signIn(state.key).catch(() => sessionStorage.removeItem("moss-key"));
