@@ -10,13 +10,13 @@ already said about it and what the branch records found:
   annotated manifest again never turns a guess into truth.
 - Speech becomes timed `segments` (the transcript's lines shifted to clip time, or the
   segment's span), other sounds timed `events` (the first tag of each record, in the
-  vocabulary's words, vocabulary.py); speech without a transcript is an event `speech` when
+  vocabulary's words, vocabulary.py); speech without a transcript is an event `voice` when
   the line has no segments.
 - The unified caption is built from the line's own `segments` and `events`, in time order
   with their times, so the two never disagree:
 
     0.7-1.9 s: someone says "open the red door" (2.5 words/s, moderately loud);
-    2.7-3.5 s: a low beep (loud); 5.9-8.9 s: a melody (moderately loud, about 120 BPM, C major).
+    2.5-3.7 s: a low beep (loud); 6.0-10.0 s: a melody (moderately loud, about 90 BPM, A# major).
 
   The parenthesised descriptors come from the records of the items the engine found; given
   items have none. Every branch record is kept under `annotation`.
@@ -32,7 +32,7 @@ from ..core.sft import article
 from .vocabulary import Vocabulary
 
 GIVEN = "given"
-SPEECH_EVENT = "speech"  # the label of speech the engine could not transcribe
+SPEECH_EVENT = "voice"  # the label of speech the engine could not transcribe
 
 
 def level_word(db: float) -> str:
@@ -57,7 +57,7 @@ def phrase(item: dict[str, Any]) -> str:
     """A segment or an event in words."""
     if "text" in item:
         return f'someone says "{item["text"].strip()}"'
-    return "someone speaks" if item["label"] == SPEECH_EVENT else article(item["label"])
+    return article(item["label"])
 
 
 def timeline_caption(

@@ -196,8 +196,8 @@ def assert_caption_follows(line: dict) -> None:
         (f"{i['start']:.1f}", f"{i['end']:.1f}") for i in items
     ], line["caption"]
     for (_, _, text), item in zip(clauses, items, strict=True):
-        said = item.get("text") or ("someone speaks" if item["label"] == "speech" else "")
-        assert (said or f" {item['label']}") in text, (text, item)
+        said = f'someone says "{item["text"]}"' if "text" in item else f" {item['label']}"
+        assert said in text, (text, item)
     if not items:
         assert line["caption"] == "Silence."
 
@@ -247,7 +247,7 @@ def test_a_partly_labelled_line_gets_only_the_missing_fields_with_provenance(cli
         "events": f"annotator:{by}",
         "caption": "derived:events",
     }
-    assert "speech" in {e["label"] for e in only_text["events"]}
+    assert "voice" in {e["label"] for e in only_text["events"]}
     assert_caption_follows(only_text)
     # segments given: kept, the speech is not told twice as an event, the caption quotes them
     timed = engine.annotate({"audio": "a.wav", "segments": truth["segments"],
@@ -256,7 +256,7 @@ def test_a_partly_labelled_line_gets_only_the_missing_fields_with_provenance(cli
     assert timed["segments"] == truth["segments"]
     assert timed["provenance"]["segments"] == "annotator:acme-asr/2"  # a guess stays a guess
     assert timed["provenance"]["caption"] == "derived:segments,events"
-    assert "speech" not in {e["label"] for e in timed["events"]}
+    assert "voice" not in {e["label"] for e in timed["events"]}
     assert_caption_follows(timed)
     assert all(f'someone says "{s["text"]}"' in timed["caption"] for s in truth["segments"])
 
@@ -307,13 +307,13 @@ def test_the_default_vocabulary_is_the_served_models_training_labels(tmp_path, a
             found = [e for e in line["events"] if e["start"] < truth.end and e["end"] > truth.start]
             right += [e["label"] for e in found] == [truth.label]
             total += 1
-        assert {e["label"] for e in line["events"]} <= {*EVENT_TYPES, "melody", "speech",
+        assert {e["label"] for e in line["events"]} <= {*EVENT_TYPES, "melody", "voice",
                                                         "falling sweep"}  # fmt: skip
     print(f"engine labels in the training vocabulary: {right} of {total} sounds right")
     assert total and right == total
     report = vocabulary.report()
     assert {m["to"] for m in report["mapped"]} <= set(EVENT_TYPES) and report["mapped"]
-    assert set(report["unmapped"]) <= {"melody", "speech", "falling sweep"}
+    assert set(report["unmapped"]) <= {"melody", "voice", "falling sweep"}
     shown = labels_line(report)  # what `mossctl annotate` and `mossctl jobs get` print
     assert "the vocabulary of tiny" in shown and "low tone -> low beep" in shown
     untrained = Engine(AnnotationConfig(annotators=NO_MODEL),
