@@ -19,17 +19,27 @@ import torch
 from model import MossAudioModel, MossAudioProcessor, preset_config
 from services.core.labels import read_event_labels, training_event_labels, write_event_labels
 from services.core.modelref import ModelNotFound, parse, resolve
-from services.core.registry import CHECKPOINT_ARTIFACT, Registry, code_version, model_name
+from services.core.registry import (
+    CHECKPOINT_ARTIFACT,
+    Registry,
+    code_version,
+    describe_set,
+    model_name,
+)
 from services.core.settings import Settings, get_settings
 from services.core.sft import KINDS
 from services.core.storage import make_storage
 
 from .data import describe_dataset, generate_dataset, read_manifest
-from .evaluate import evaluate, first_per_kind
+from .evaluate import evaluate, evaluation_record, first_per_kind
 from .report import write_report
 from .train import Examples, TrainConfig, train
 
 EVAL_KINDS = KINDS  # every family the held-out split has is scored
+# Checkpoints small enough that promote_step scores the alias's holder itself, on a CPU, when
+# the holder was not measured on the candidate's set (the tiny variant is about 80 MB; a 4B
+# model, 8 GB, is scored by the evaluate pipeline, on a GPU).
+RESCORE_MAX_BYTES = 2 * 1024**3
 
 
 def tracking_uri() -> str:
@@ -236,31 +246,63 @@ def train_step(
         return run.info.run_id
 
 
-def evaluate_step(run_id: str, manifest: str, per_kind: int = 100) -> dict[str, float]:
-    """Evaluate the run's checkpoint on the held-out split; log metrics and a report."""
-    print("evaluating on the held-out split", flush=True)  # `mossctl up` shows the phase
+def _score(checkpoint: str | Path, manifest: str, per_kind: int) -> tuple[dict[str, Any], list]:
+    """Score a checkpoint directory on the held-out split of `manifest` (at most `per_kind`
+    examples of each kind): its evaluation record (pipelines.evaluate) and predictions."""
     storage = make_storage(get_settings())
-    clips, _ = read_manifest(storage, manifest)
+    clips, digest = read_manifest(storage, manifest)
+    model = MossAudioModel.from_pretrained(checkpoint).eval()
+    processor = MossAudioProcessor.from_pretrained(checkpoint)
+    examples = Examples(clips, storage.get_bytes, processor, EVAL_KINDS, "heldout")
+    examples.items = first_per_kind(examples.items, per_kind)
+    if not examples.items:
+        print(f"{manifest}: no held-out example to score (no clip has split heldout)", flush=True)
+    metrics, predictions = evaluate(model, examples, processor)
+    return evaluation_record(examples, metrics, manifest, digest, per_kind), predictions
+
+
+def evaluate_step(
+    run_id: str, manifest: str, per_kind: int = 100, model: str = "", version: str = ""
+) -> list[dict[str, Any]]:
+    """Evaluate the run's checkpoint on the held-out split of `manifest`, then on the model
+    name's reference set (MOSS_EVAL_SETS, or its `eval_set` tag) when it has one; log metrics
+    and reports. Returns the evaluations, the one on `manifest` first.
+
+    A new run's own split is logged as `eval/*` (register_step records its evaluations on the
+    version); with `version` (the evaluate pipeline: an existing registered version of
+    `model`), every evaluation is recorded on that version and logged as `eval_<set>/*`, so
+    the run's own figures stay what they were."""
+    print("evaluating on the held-out split", flush=True)  # `mossctl up` shows the phase
     mlflow.set_tracking_uri(tracking_uri())
     work = Path(tempfile.mkdtemp(prefix="moss-eval-"))
     local = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(work)
     )
-    model = MossAudioModel.from_pretrained(local).eval()
-    processor = MossAudioProcessor.from_pretrained(local)
-    examples = Examples(clips, storage.get_bytes, processor, EVAL_KINDS, "heldout")
-    examples.items = first_per_kind(examples.items, per_kind)
-    metrics, predictions = evaluate(model, examples, processor)
+    registry = Registry(tracking_uri())
+    reference = registry.reference_manifest(model) if model else None
     client = mlflow.MlflowClient()
     experiment = client.get_run(run_id).info.experiment_id
     history = _history(client, experiment, exclude=run_id)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
-        report = write_report(metrics, predictions, history, work / "report")
-        mlflow.log_artifacts(str(report), "evaluation")
-    shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
-    print(f"evaluation: {shown}", flush=True)
-    return metrics
+    evaluations = []
+    for key in dict.fromkeys([manifest, *([reference] if reference else [])]):
+        if key != manifest:
+            print(f"evaluating on the reference set {key}", flush=True)
+        evaluation, predictions = _score(local, key, per_kind)
+        own = key == manifest and not version
+        prefix = "eval" if own else f"eval_{evaluation['evaluation_set'][:12]}"
+        metrics = evaluation["metrics"]
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()})
+            report = write_report(metrics, predictions, history if own else [], work / prefix)
+            mlflow.log_artifacts(str(report), "evaluation" + ("" if own else f"/{prefix}"))
+        if version:
+            registry.record_evaluation(model, version, evaluation)
+        evaluations.append(evaluation)
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
+        label = "evaluation" if key == manifest else "reference evaluation"
+        print(f"{label}: {shown}", flush=True)
+        print(f"evaluation set: {describe_set(evaluation)}", flush=True)
+    return evaluations
 
 
 def _history(client: Any, experiment: str, exclude: str) -> list[dict[str, float]]:
@@ -272,8 +314,9 @@ def _history(client: Any, experiment: str, exclude: str) -> list[dict[str, float
     ]
 
 
-def register_step(size: str, flavor: str, run_id: str, metrics: dict[str, float]) -> str:
-    """Register the run's checkpoint as a new version; alias `candidate`. Returns the version."""
+def register_step(size: str, flavor: str, run_id: str, evaluations: list[dict[str, Any]]) -> str:
+    """Register the run's checkpoint as a new version with its evaluations (the first, on its
+    own held-out split, gives the listed metrics); alias `candidate`. Returns the version."""
     registry = Registry(tracking_uri())
     run = registry.client.get_run(run_id)
     name = model_name(size, flavor)
@@ -282,8 +325,9 @@ def register_step(size: str, flavor: str, run_id: str, metrics: dict[str, float]
         run_id,
         data_digest=run.data.tags.get("data_digest", ""),
         parent=run.data.tags.get("parent_model") or None,
-        metrics=metrics,
+        metrics=evaluations[0]["metrics"] if evaluations else {},
         description=f"{run.data.tags.get('stage', '')} run {run_id}",
+        evaluations=evaluations,
     )
     trained_for = run.data.tags.get("trained_for")
     if trained_for:
@@ -292,9 +336,43 @@ def register_step(size: str, flavor: str, run_id: str, metrics: dict[str, float]
     return version
 
 
-def promote_step(size: str, flavor: str, version: str, alias: str, actor: str) -> str:
-    """Apply the promotion gate; returns the decision as JSON (raises when refused)."""
+def promote_step(
+    size: str, flavor: str, version: str, alias: str, actor: str, model: str = ""
+) -> str:
+    """Apply the promotion gate; returns the decision as JSON (raises when refused).
+
+    When the alias's holder was never measured on the candidate's evaluation set and its
+    checkpoint is small (RESCORE_MAX_BYTES), it is scored on that set here first, and the
+    evaluation recorded on the holder, so that the gate compares like with like; otherwise the
+    gate refuses and says how to fix it (the evaluate pipeline)."""
     if not alias:
         return json.dumps({"skipped": True})
-    decision = Registry(tracking_uri()).promote(model_name(size, flavor), version, alias, actor)
+    name = model or model_name(size, flavor)
+    registry = Registry(tracking_uri())
+    plan = registry.comparison(name, version, alias)
+    target, holder = plan.candidate, str(plan.holder)
+    small = plan.mismatch and _checkpoint_bytes(registry, name, holder) <= RESCORE_MAX_BYTES
+    if small and target.get("manifest"):
+        print(
+            f"v{holder} (holder of {alias}) was not measured on v{version}'s evaluation set "
+            f"{describe_set(target)}: scoring it there first",
+            flush=True,
+        )
+        checkpoint = registry.download(name, holder, Path(tempfile.mkdtemp()) / "checkpoint")
+        evaluation, _ = _score(checkpoint, target["manifest"], int(target.get("per_kind", 100)))
+        registry.record_evaluation(name, holder, evaluation)
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(evaluation["metrics"].items()))
+        print(f"v{holder} on {describe_set(evaluation)}: {shown}", flush=True)
+    decision = registry.promote(name, version, alias, actor)
     return json.dumps(decision.as_dict())
+
+
+def _checkpoint_bytes(registry: Registry, name: str, version: str) -> int:
+    """The size of a version's checkpoint artifact (what scoring it would load)."""
+    run_id = registry.client.get_model_version(name, version).run_id
+
+    def walk(path: str) -> int:
+        items = registry.client.list_artifacts(run_id, path)
+        return sum(walk(i.path) if i.is_dir else (i.file_size or 0) for i in items)
+
+    return walk(CHECKPOINT_ARTIFACT)

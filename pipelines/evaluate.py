@@ -14,14 +14,20 @@ promotion gate then skips that family's thresholds, services.core.registry).
 - caption: `caption_wer`, `caption_cer` against the reference caption, and, on clips with
   events, `caption_keyword_recall` (the share of the clip's event labels a caption names).
 - instructions: `instruction_exact_match` and `instruction_token_f1` (SQuAD-style word F1).
+
+Every evaluation also says what it was measured on (`evaluation_record`): figures are only
+comparable between evaluations with the same `evaluation_set` digest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jiwer
@@ -29,10 +35,16 @@ import jiwer
 from model.answer import assemble_answer
 from model.batching import left_pad
 from model.timestamps import parse_timestamps
+from services.core.registry import code_version
+from services.core.sft import FAMILY_OF
 
 from .train import Example, Examples
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# Part of every evaluation set's digest: bump it when a metric's definition changes, so that
+# figures computed the old way are never compared with new ones. (The evaluator's git commit is
+# recorded too, but it changes with every commit, and most commits change no metric.)
+SCORER_VERSION = "1"
 
 
 @dataclass
@@ -211,3 +223,41 @@ def evaluate(
 ) -> tuple[dict[str, float], list[Prediction]]:
     predictions = predict(model, examples, processor, **kwargs)
     return score(predictions, examples.clips), predictions
+
+
+def evaluation_record(
+    examples: Examples,
+    metrics: dict[str, float],
+    manifest: str,
+    manifest_digest: str,
+    per_kind: int,
+) -> dict[str, Any]:
+    """What one evaluation was measured on, with its figures (stored on the version).
+
+    The set's digest covers the manifest's content, the examples actually scored, in order
+    (clip, kind, reference answer: clips that would not decode and the per-kind cap change it),
+    and SCORER_VERSION: two evaluations with one digest asked the same questions of the same
+    audio and scored the answers the same way."""
+    scored = [
+        [examples.clips[e.clip].get("id"), examples.clips[e.clip]["audio"], e.kind, e.answer]
+        for e in examples.items
+    ]
+    identity = {"scorer": SCORER_VERSION, "manifest": manifest_digest, "examples": scored}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    per_family: dict[str, int] = defaultdict(int)
+    for example in examples.items:
+        per_family[FAMILY_OF.get(example.kind, "instructions")] += 1
+    return {
+        "evaluation_set": digest,
+        "manifest": manifest,
+        "manifest_digest": manifest_digest,
+        "split": "heldout",
+        "per_kind": per_kind,
+        "examples": len(examples.items),
+        "examples_per_family": dict(sorted(per_family.items())),
+        "examples_per_kind": examples.kind_counts(),
+        "evaluator_version": code_version(),
+        "scorer_version": SCORER_VERSION,
+        "metrics": metrics,
+        "at": datetime.now(UTC).isoformat(),
+    }

@@ -91,38 +91,42 @@ def train(
 
 
 @dsl.component(base_image=IMAGE)
-def evaluate(run_id: str, manifest: str) -> str:
+def evaluate(
+    size: str, flavor: str, model: str, run_id: str, manifest: str, per_kind: int, version: str
+) -> str:
+    """The evaluations (JSON list): on the manifest's held-out split, then the reference set."""
     import json
 
     from pipelines.components import evaluate_step
+    from services.core.registry import model_name
 
-    return json.dumps(evaluate_step(run_id, manifest))
+    name = model or model_name(size, flavor)
+    return json.dumps(evaluate_step(run_id, manifest, per_kind, name, version))
 
 
 @dsl.component(base_image=IMAGE)
-def register(size: str, flavor: str, run_id: str, metrics: str) -> str:
+def register(size: str, flavor: str, run_id: str, evaluations: str) -> str:
     import json
 
     from pipelines.components import register_step
 
-    return register_step(size, flavor, run_id, json.loads(metrics))
+    return register_step(size, flavor, run_id, json.loads(evaluations))
 
 
 @dsl.component(base_image=IMAGE)
-def promote(size: str, flavor: str, version: str, alias: str) -> str:
+def promote(size: str, flavor: str, model: str, version: str, alias: str) -> str:
     from pipelines.components import promote_step
 
-    return promote_step(size, flavor, version, alias, actor="pipeline")
+    return promote_step(size, flavor, version, alias, actor="pipeline", model=model)
 
 
 @dsl.component(base_image=IMAGE)
-def version_run(size: str, flavor: str, version: str) -> str:
+def version_run(size: str, flavor: str, model: str, version: str) -> str:
     from pipelines.components import tracking_uri
     from services.core.registry import Registry, model_name
 
-    return (
-        Registry(tracking_uri()).client.get_model_version(model_name(size, flavor), version).run_id
-    )
+    name = model or model_name(size, flavor)
+    return Registry(tracking_uri()).client.get_model_version(name, version).run_id
 
 
 def _cluster_options(task: dsl.PipelineTask, gpu: bool = False, local: bool = False) -> None:
@@ -183,13 +187,20 @@ def _train_evaluate_register(manifest, gpu: bool, local: bool, promote_to, **tra
     trained = train(manifest=manifest, **train_args)
     trained.set_caching_options(False)  # every run is a new model
     _cluster_options(trained, gpu=gpu, local=local)
-    evaluated = evaluate(run_id=trained.output, manifest=manifest)
+    evaluated = evaluate(
+        size=size, flavor=flavor, model="", run_id=trained.output, manifest=manifest,
+        per_kind=100, version="",
+    )  # fmt: skip
     evaluated.set_caching_options(False)
     _cluster_options(evaluated, gpu=gpu, local=local)
-    registered = register(size=size, flavor=flavor, run_id=trained.output, metrics=evaluated.output)
+    registered = register(
+        size=size, flavor=flavor, run_id=trained.output, evaluations=evaluated.output
+    )
     registered.set_caching_options(False)
     _cluster_options(registered, local=local)
-    promoted = promote(size=size, flavor=flavor, version=registered.output, alias=promote_to)
+    promoted = promote(
+        size=size, flavor=flavor, model="", version=registered.output, alias=promote_to
+    )
     promoted.set_caching_options(False)
     _cluster_options(promoted, local=local)
 
@@ -232,30 +243,40 @@ def annotate_pipeline(gpu: bool, local: bool = False):
 
 
 def evaluate_pipeline(gpu: bool, local: bool = False):
+    """Score a registered version (`model`, or moss-audio-{size}-{flavor}) on a manifest's
+    held-out split (and the name's reference set) and record the evaluations on the version:
+    what the promotion gate's `evaluation_set_mismatch` asks for."""
+
     @dsl.pipeline(
         name="moss-audio-evaluate" + ("-gpu" if gpu else ""),
-        description="Evaluate a registered version on a dataset; optionally promote it.",
+        description="Evaluate a registered version on a dataset and record it on the version; "
+        "optionally promote it.",
     )
     def pipeline(
         size: str = "tiny",
         flavor: str = "instruct",
+        model: str = "",
         version: str = "1",
         dataset: str = "events-speech-v2",
         num_clips: int = 600,
         speech_share: float = 0.5,
         manifest: str = "",
+        per_kind: int = 100,
         promote_to: str = "",
     ) -> None:
         data = prepare_data(
             name=dataset, num_clips=num_clips, seed=0, manifest=manifest, speech_share=speech_share
         )
         _cluster_options(data, local=local)
-        run = version_run(size=size, flavor=flavor, version=version)
+        run = version_run(size=size, flavor=flavor, model=model, version=version)
         _cluster_options(run, local=local)
-        evaluated = evaluate(run_id=run.output, manifest=data.outputs["manifest"])
+        evaluated = evaluate(
+            size=size, flavor=flavor, model=model, run_id=run.output,
+            manifest=data.outputs["manifest"], per_kind=per_kind, version=version,
+        )  # fmt: skip
         evaluated.set_caching_options(False)
         _cluster_options(evaluated, gpu=gpu, local=local)
-        promoted = promote(size=size, flavor=flavor, version=version, alias=promote_to)
+        promoted = promote(size=size, flavor=flavor, model=model, version=version, alias=promote_to)
         promoted.after(evaluated)
         promoted.set_caching_options(False)
         _cluster_options(promoted, local=local)

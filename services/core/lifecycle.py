@@ -71,12 +71,14 @@ def promote(
 ) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
-    from .registry import ALIASES, PromotionRefused
+    from .registry import ALIASES, EvaluationSetMismatch, PromotionRefused
 
     if alias not in ALIASES:
         raise ApiError(422, "invalid_alias", f"alias must be one of {', '.join(ALIASES)}")
     try:
         return registry(settings).promote(name, version, alias, actor, force=force).as_dict()
+    except EvaluationSetMismatch as exc:  # the API never re-scores (torch-free): it says how
+        raise ApiError(409, "evaluation_set_mismatch", str(exc)) from exc
     except PromotionRefused as exc:
         raise ApiError(409, "promotion_refused", str(exc)) from exc
     except MlflowException as exc:

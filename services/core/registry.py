@@ -7,6 +7,13 @@ the data manifest digest, the code version, the parent model, the evaluation met
 to an alias passes only when the version meets the configured thresholds and does not regress
 against the alias's current holder beyond a tolerance; every decision, accepted or refused, is
 recorded on the version, and each alias keeps a history so `rollback` can move it back.
+
+Figures are compared only where both sides were measured on the same evaluation set. Each
+evaluation of a version is a tag `evaluation.<set digest>` (what it was measured on: the
+manifest and its digest, the examples per family, the evaluator's code version, the metrics);
+the gate picks a set both candidate and holder have (the model name's reference set first,
+then the candidate's own held-out split) and refuses, saying how to score the holder there,
+when there is none. Two different held-out sets decide nothing about which model is better.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ FLAVORS = ("instruct", "thinking")
 CHECKPOINT_ARTIFACT = "checkpoint"
 IMPORTED = "imported"  # metrics_status of a version registered by an import, not evaluated
 HISTORY_TAG = "alias_history.{alias}"
+EVALUATION_TAG = "evaluation."  # + the set's digest: one evaluation of the version (JSON)
+PRIMARY_SET_TAG = "evaluation_set"  # the digest of the version's own held-out split
+REFERENCE_SET_TAG = "eval_set"  # registered-model tag: the manifest of the name's reference set
 # Thresholds a version must meet to move to an alias (per metric: min for higher-is-better
 # metrics, max for lower-is-better ones), for every model; `models` holds per-model-name
 # overrides (a null limit drops a default). Overridden by MOSS_PROMOTION_THRESHOLDS (JSON, same
@@ -66,6 +76,17 @@ class PromotionRefused(Exception):
     def __init__(self, decision: dict[str, Any]) -> None:
         super().__init__(decision["reason"])
         self.decision = decision
+
+
+class EvaluationSetMismatch(PromotionRefused):
+    """Candidate and holder were measured on no common evaluation set: refused, not compared.
+
+    `target` is the candidate's evaluation the holder should be scored on (the fix)."""
+
+    def __init__(self, decision: dict[str, Any], holder: str, target: dict[str, Any]) -> None:
+        super().__init__(decision)
+        self.holder = holder
+        self.target = target
 
 
 def model_name(size: str, flavor: str) -> str:
@@ -110,9 +131,76 @@ class Decision:
     holder: str | None = None
     holder_metrics: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    # The set both sides' figures above were measured on (None: no common set, or no holder
+    # and no recorded evaluation), its manifest and its size.
+    evaluation_set: str | None = None
+    evaluation_manifest: str | None = None
+    examples_per_family: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class Comparison:
+    """What a promotion compares: the evaluation set chosen and each side's evaluation on it.
+
+    `candidate` is the candidate's evaluation on the set, or its preferred one when there is no
+    common set; `holder_sets` every evaluation of the holder (empty: no holder, or one never
+    evaluated, such as an import, which is not compared, as before evaluation sets existed)."""
+
+    name: str
+    version: str
+    current: str | None  # the alias's holder now (it may be `version` itself)
+    holder: str | None  # the version compared against: `current` unless that is `version`
+    evaluation_set: str | None
+    candidate: dict[str, Any]
+    candidate_sets: dict[str, dict[str, Any]]
+    holder_sets: dict[str, dict[str, Any]]
+    imported: bool
+
+    @property
+    def mismatch(self) -> bool:
+        return bool(self.holder_sets) and self.evaluation_set is None and not self.imported
+
+    @property
+    def holder_metrics(self) -> dict[str, float]:
+        if self.evaluation_set is None or self.evaluation_set not in self.holder_sets:
+            return {}
+        return _floats(self.holder_sets[self.evaluation_set]["metrics"])
+
+    def what(self) -> str:
+        """Why the sides cannot be compared: the sets each has."""
+        mine = ", ".join(map(describe_set, self.candidate_sets.values())) or "no evaluation"
+        theirs = ", ".join(map(describe_set, self.holder_sets.values()))
+        return (
+            f"v{self.version} and v{self.holder} (the alias's holder) were not measured on the "
+            f"same evaluation set, so their figures are not compared: v{self.version} has "
+            f"{mine}; v{self.holder} has {theirs}"
+        )
+
+    def fix(self) -> str:
+        """Exactly what to run so that both sides have a common set."""
+        target, other = self.candidate, self.holder
+        if not target.get("manifest"):  # the candidate's figures predate recorded sets
+            target = next((e for e in self.holder_sets.values() if e.get("manifest")), {})
+            other = self.version
+        if not target.get("manifest"):
+            return (
+                f"Score v{self.version} and v{self.holder} on one manifest with the evaluate "
+                'pipeline (POST /v1/pipelines/evaluate/runs {"params": {"model": '
+                f'"{self.name}", "version": "<each>", "manifest": "<key>"}}}}), then promote '
+                "again; or promote with force (recorded)."
+            )
+        params = {"model": self.name, "version": other, "manifest": target["manifest"]}
+        params["per_kind"] = target.get("per_kind", 100)
+        flags = " ".join(f"--param {k}={v}" for k, v in params.items())
+        return (
+            f"Score v{other} on set {target['evaluation_set'][:12]} with the evaluate pipeline, "
+            f"then promote again: POST /v1/pipelines/evaluate/runs "
+            f"{json.dumps({'params': params})} (or `mossctl pipeline run evaluate {flags}`); "
+            "or promote with force (recorded)."
+        )
 
 
 class Registry:
@@ -131,8 +219,14 @@ class Registry:
         parent: str | None,
         metrics: dict[str, float],
         description: str = "",
+        evaluations: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Register the run's checkpoint artifact as a new version of `name`; returns it."""
+        """Register the run's checkpoint artifact as a new version of `name`; returns it.
+
+        `evaluations` (pipelines.evaluate.evaluation_record) are what `metrics` and any other
+        figures were measured on; the first is the version's own held-out split. Without them
+        the version's set is inferred from `data_digest`, as for versions registered before
+        evaluations were recorded."""
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
@@ -147,10 +241,49 @@ class Registry:
             "parent_model": parent or "",
             "metrics": json.dumps(metrics, sort_keys=True),
         }
+        if evaluations:
+            tags[PRIMARY_SET_TAG] = evaluations[0]["evaluation_set"]
+            for evaluation in evaluations:
+                tags[EVALUATION_TAG + evaluation["evaluation_set"]] = json.dumps(
+                    evaluation, sort_keys=True
+                )
         version = self.client.create_model_version(
             name, source, run_id=run_id, tags=tags, description=description
         )
         return str(version.version)
+
+    def evaluations(self, name: str, version: str) -> dict[str, dict[str, Any]]:
+        """The version's evaluations, by the digest of the set each was measured on."""
+        return evaluations_of(self.version_tags(name, version))[0]
+
+    def record_evaluation(self, name: str, version: str, evaluation: dict[str, Any]) -> None:
+        """Add (or replace) the version's evaluation on `evaluation["evaluation_set"]`.
+
+        A version with no figures of its own yet (an import) takes it as its listed metrics, and
+        from then on the gate judges it like any evaluated version."""
+        digest = evaluation["evaluation_set"]
+        tags = self.version_tags(name, version)
+        value = json.dumps(evaluation, sort_keys=True)
+        self.client.set_model_version_tag(name, version, EVALUATION_TAG + digest, value)
+        if PRIMARY_SET_TAG not in tags and not json.loads(tags.get("metrics", "{}")):
+            self.client.set_model_version_tag(name, version, PRIMARY_SET_TAG, digest)
+            metrics = json.dumps(evaluation["metrics"], sort_keys=True)
+            self.client.set_model_version_tag(name, version, "metrics", metrics)
+            if tags.get("metrics_status") == IMPORTED:
+                self.client.set_model_version_tag(name, version, "metrics_status", "evaluated")
+
+    def reference_manifest(self, name: str) -> str | None:
+        """The manifest of `name`'s reference evaluation set: MOSS_EVAL_SETS, else the
+        registered model's tag `eval_set` (None: no reference set)."""
+        from .settings import Settings
+
+        raw = Settings().eval_sets
+        if raw and json.loads(raw).get(name):
+            return str(json.loads(raw)[name])
+        try:
+            return self.client.get_registered_model(name).tags.get(REFERENCE_SET_TAG) or None
+        except MlflowException:
+            return None
 
     def register_import(
         self,
@@ -228,6 +361,33 @@ class Registry:
 
     # --- promotion -------------------------------------------------------------------------
 
+    def comparison(self, name: str, version: str, alias: str) -> Comparison:
+        """The evaluation set a promotion of `version` to `alias` compares on, if any.
+
+        The candidate's sets in order of preference: those on the name's reference manifest,
+        then its own held-out split, then the others (newest first); the first the holder was
+        also measured on is chosen."""
+        tags = self.version_tags(name, version)
+        candidate_sets, primary = evaluations_of(tags)
+        current = self.alias_holder(name, alias)
+        holder = current if current != version else None
+        holder_sets = evaluations_of(self.version_tags(name, holder))[0] if holder else {}
+        order = preferred_sets(candidate_sets, primary, self.reference_manifest(name))
+        common = [d for d in order if d in holder_sets] if holder_sets else order
+        chosen = common[0] if common else None
+        preferred = order[0] if order else None
+        return Comparison(
+            name=name,
+            version=version,
+            current=current,
+            holder=holder,
+            evaluation_set=chosen,
+            candidate=candidate_sets.get(chosen or preferred or "", {}),
+            candidate_sets=candidate_sets,
+            holder_sets=holder_sets,
+            imported=tags.get("metrics_status") == IMPORTED and not candidate_sets,
+        )
+
     def promote(
         self,
         name: str,
@@ -241,75 +401,56 @@ class Registry:
     ) -> Decision:
         """Move `alias` to `version` if the gate passes; record the decision either way.
 
-        An imported version has no metrics to judge: only an explicit (forced) promotion moves
-        an alias to it, and the decision says so.
+        Both sides are judged on one evaluation set (`comparison`); with no common set the
+        promotion is refused (EvaluationSetMismatch) and never compared. An imported version
+        that was never evaluated has no figures to judge: only an explicit (forced) promotion
+        moves an alias to it, and the decision says so.
         """
         if alias not in ALIASES:
             raise ValueError(f"alias must be one of {', '.join(ALIASES)}")
-        imported = self.version_tags(name, version).get("metrics_status") == IMPORTED
-        candidate = self.version_metrics(name, version)
+        plan = self.comparison(name, version, alias)
+        candidate = _floats(plan.candidate.get("metrics", {}))
         if thresholds is None:
             limits = load_thresholds(name).get(alias, {})
         else:
             limits = thresholds_for(thresholds, name).get(alias, {})
-        holder = self.alias_holder(name, alias)
-        holder_metrics = self.version_metrics(name, holder) if holder and holder != version else {}
         problems: list[str] = []
-        if imported:
+        skipped: set[str] = set()
+        if plan.imported:
             problems.append(
                 f"v{version} is an imported checkpoint that was not evaluated here; promote it "
                 "explicitly (--force, recorded) or run the evaluate pipeline on it first"
             )
             limits = {}
-        applied, skipped = gate_families(limits, candidate)
-        if limits and not applied and not imported:
-            problems.append(
-                "evaluated on none of the families the thresholds check "
-                f"({', '.join(sorted(skipped))}): evaluate on a manifest that has one"
-            )
-        for metric, limit in limits.items():
-            value = candidate.get(metric)
-            higher = HIGHER_IS_BETTER.get(metric, True)
-            if metric in METRICS and METRICS[metric][0] in skipped:
-                continue
-            if value is None:
-                problems.append(f"{metric} is missing")
-            elif (value < limit) if higher else (value > limit):
-                problems.append(
-                    f"{metric} {value:.4g} {'<' if higher else '>'} threshold {limit:g}"
-                )
-        for metric, current in holder_metrics.items():
-            value = candidate.get(metric)
-            if metric not in HIGHER_IS_BETTER or value is None:
-                continue
-            worse = current - value if HIGHER_IS_BETTER[metric] else value - current
-            if worse > tolerance * max(1.0, abs(current)):
-                problems.append(f"{metric} regresses: {value:.4g} vs {current:.4g} (v{holder})")
-        accepted = force or not problems
-        if imported and force:
-            reason = f"imported checkpoint promoted explicitly by {actor} ({reason or 'forced'})"
-        elif force and problems:
-            reason = "forced by " + actor
+        elif plan.mismatch:
+            problems.append(plan.what())
         else:
-            reason = "; ".join(problems) if problems else "meets thresholds, no regression"
-            if skipped and not problems:
-                reason += f" (not evaluated, skipped: {', '.join(sorted(skipped))})"
+            holder_metrics = plan.holder_metrics
+            problems, skipped = judge(candidate, holder_metrics, limits, tolerance, plan.holder)
+        accepted = force or not problems
         decision = Decision(
             model=name,
             version=version,
             alias=alias,
             accepted=accepted,
-            reason=reason,
+            reason=_reason(plan, problems, skipped, actor, force, reason),
             actor=actor,
             at=datetime.now(UTC).isoformat(),
             candidate_metrics=candidate,
-            holder=holder,
-            holder_metrics=holder_metrics,
+            holder=plan.current,
+            holder_metrics=plan.holder_metrics,
             thresholds=limits,
+            evaluation_set=plan.evaluation_set,
+            evaluation_manifest=plan.candidate.get("manifest") if plan.evaluation_set else None,
+            examples_per_family=dict(plan.candidate.get("examples_per_family") or {})
+            if plan.evaluation_set
+            else {},
         )
         self.client.set_model_version_tag(
             name, version, f"decision.{alias}.{_stamp()}", json.dumps(decision.as_dict())
         )
+        if not accepted and plan.mismatch:
+            raise EvaluationSetMismatch(decision.as_dict(), str(plan.holder), plan.candidate)
         if not accepted:
             raise PromotionRefused(decision.as_dict())
         self._move_alias(name, alias, version)
@@ -360,6 +501,11 @@ class Registry:
                         "version": number,
                         "aliases": sorted(a for a, v in aliases.items() if str(v) == number),
                         "metrics": json.loads(version.tags.get("metrics", "{}")),
+                        "evaluation_set": evaluations_of(version.tags)[1],
+                        "evaluations": sorted(
+                            evaluations_of(version.tags)[0].values(),
+                            key=lambda e: e.get("at") or "",
+                        ),
                         "run_id": version.run_id,
                         "data_digest": version.tags.get("data_digest"),
                         "code_version": version.tags.get("code_version"),
@@ -376,6 +522,7 @@ class Registry:
                     "name": model.name,
                     "aliases": {a: str(v) for a, v in aliases.items()},
                     "versions": versions,
+                    "eval_set": self.reference_manifest(model.name),
                 }
             )
         return out
@@ -384,6 +531,106 @@ class Registry:
 def _stamp() -> str:
     """A tag-safe UTC timestamp (MLflow tag keys allow no `+`)."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _reason(
+    plan: Comparison, problems: list[str], skipped: set[str], actor: str, force: bool, why: str
+) -> str:
+    """The decision's reason: what was wrong and how to fix it, or what passed and on what."""
+    if plan.imported and force:
+        return f"imported checkpoint promoted explicitly by {actor} ({why or 'forced'})"
+    if force and problems:
+        return f"forced by {actor}, over: " + "; ".join(problems)
+    if problems:
+        return "; ".join(problems) + (f". {plan.fix()}" if plan.mismatch else "")
+    reason = "meets thresholds, no regression"
+    if skipped:
+        reason += f" (not evaluated, skipped: {', '.join(sorted(skipped))})"
+    if plan.evaluation_set:
+        reason += f", on evaluation set {describe_set(plan.candidate)}"
+    return reason
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def evaluations_of(tags: dict[str, str]) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """A version's evaluations by set digest, and the digest of its own held-out split.
+
+    A version registered before evaluations were recorded has only `metrics`, which the
+    pipelines measured on the held-out split of its training manifest: its set is named by that
+    manifest's digest and marked `inferred` (two such versions trained on one manifest compare
+    as before; a version scored by today's evaluator never matches one, its digest differs)."""
+    found: dict[str, dict[str, Any]] = {}
+    for key, value in tags.items():
+        if key.startswith(EVALUATION_TAG):
+            record = json.loads(value)
+            found[record["evaluation_set"]] = record
+    primary = tags.get(PRIMARY_SET_TAG)
+    metrics = json.loads(tags.get("metrics", "{}"))
+    if not primary and metrics:
+        primary = tags.get("data_digest") or f"unrecorded:{tags.get('run_id', '')}"
+        found.setdefault(
+            primary,
+            {"evaluation_set": primary, "inferred": True, "manifest": None, "metrics": metrics},
+        )
+    return found, primary
+
+
+def preferred_sets(
+    sets: dict[str, dict[str, Any]], primary: str | None, reference: str | None
+) -> list[str]:
+    """Set digests in the order the gate tries them: on the reference manifest (newest first),
+    the version's own held-out split, then the rest (newest first)."""
+    newest = sorted(sets, key=lambda d: sets[d].get("at") or "", reverse=True)
+    first = [d for d in newest if reference and sets[d].get("manifest") == reference]
+    own = [primary] if primary in sets and primary not in first else []
+    return first + own + [d for d in newest if d not in first and d not in own]
+
+
+def describe_set(evaluation: dict[str, Any]) -> str:
+    """`3f2a9c1e0b7d (datasets/x/manifest.jsonl, 487 examples)`, for people."""
+    digest = str(evaluation.get("evaluation_set", ""))[:12]
+    if evaluation.get("inferred"):
+        return f"{digest} (the held-out split of its training manifest, before sets were recorded)"
+    examples = evaluation.get("examples")
+    return f"{digest} ({evaluation.get('manifest')}, {examples} examples)"
+
+
+def judge(
+    candidate: dict[str, float],
+    holder: dict[str, float],
+    limits: dict[str, float],
+    tolerance: float,
+    holder_version: str | None,
+) -> tuple[list[str], set[str]]:
+    """The gate on one evaluation set: the problems (thresholds missed, regressions against the
+    holder's figures on the same set) and the families skipped (not evaluated)."""
+    problems: list[str] = []
+    applied, skipped = gate_families(limits, candidate)
+    if limits and not applied:
+        problems.append(
+            "evaluated on none of the families the thresholds check "
+            f"({', '.join(sorted(skipped))}): evaluate on a manifest that has one"
+        )
+    for metric, limit in limits.items():
+        value = candidate.get(metric)
+        higher = HIGHER_IS_BETTER.get(metric, True)
+        if metric in METRICS and METRICS[metric][0] in skipped:
+            continue
+        if value is None:
+            problems.append(f"{metric} is missing")
+        elif (value < limit) if higher else (value > limit):
+            problems.append(f"{metric} {value:.4g} {'<' if higher else '>'} threshold {limit:g}")
+    for metric, current in holder.items():
+        value = candidate.get(metric)
+        if metric not in HIGHER_IS_BETTER or value is None:
+            continue
+        worse = current - value if HIGHER_IS_BETTER[metric] else value - current
+        if worse > tolerance * max(1.0, abs(current)):
+            problems.append(f"{metric} regresses: {value:.4g} vs {current:.4g} (v{holder_version})")
+    return problems, skipped
 
 
 def gate_families(

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     pipeline_image: str = "ghcr.io/moss-audio/platform:0.1.0"
     # Per alias, the metric limits a version must meet (JSON); unset: the registry's defaults.
     promotion_thresholds: str | None = None
+    # Per model name, the manifest key of a reference evaluation set every candidate is scored
+    # on besides its own held-out split (JSON {"name": "datasets/.../manifest.jsonl"}); a
+    # registered model's tag `eval_set` does the same for a name not listed here.
+    eval_sets: str | None = None
     # `mossctl up` with no model trains the tiny variant first: at most this many steps/minutes.
     bootstrap_steps: int = 2000
     bootstrap_minutes: float = 9.9
@@ -166,6 +170,18 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "OpenMOSS-Team/MOSS-Audio-8B-Instruct"
     openai_api_key: SecretStr | None = None
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _eval_sets(cls, value: str | None) -> str | None:
+        import json
+
+        if value and not (
+            isinstance(parsed := json.loads(value), dict)
+            and all(isinstance(v, str) and v for v in parsed.values())
+        ):
+            raise ValueError('must be a JSON object {"model name": "manifest key"}')
+        return value
 
     @field_validator("max_upload_mb", "max_audio_seconds")
     @classmethod

@@ -358,6 +358,15 @@ class Decision(BaseModel):
     holder: str | None = None
     holder_metrics: dict[str, float] = Field(default_factory=dict)
     thresholds: dict[str, float] = Field(default_factory=dict)
+    evaluation_set: str | None = Field(
+        default=None,
+        description="The digest of the evaluation set both sides' figures above were measured "
+        "on (docs/registry.md); null when there was none to compare on.",
+    )
+    evaluation_manifest: str | None = Field(default=None, description="That set's manifest.")
+    examples_per_family: dict[str, int] = Field(
+        default_factory=dict, description="How many examples of each label family it scored."
+    )
 
 
 class OpenAIModel(BaseModel):

@@ -88,6 +88,12 @@ def test_local_sft_run_on_a_team_manifest_registers_a_version_with_lineage(
         assert f"eval/{family_metric}" in metrics
     assert "eval/wer" not in metrics  # no speech in this dataset: no speech metric
     assert "train/loss" in metrics
+    # What the figures were measured on, recorded on the version for the promotion gate.
+    (evaluation,) = registry.evaluations(version.name, str(version.version)).values()
+    assert evaluation["manifest"] == manifest and evaluation["manifest_digest"] == digest
+    assert version.tags["evaluation_set"] == evaluation["evaluation_set"]
+    assert set(evaluation["examples_per_family"]) == {"events", "caption", "instructions"}
+    assert evaluation["evaluator_version"] and evaluation["metrics"]["examples"] > 0
     artifacts = {a.path for a in registry.client.list_artifacts(version.run_id)}
     assert {"checkpoint", "evaluation"} <= artifacts
     assert registry.alias_holder("moss-audio-tiny-instruct", "candidate") == str(version.version)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import mlflow
 import pytest
 
-from services.core.registry import CHECKPOINT_ARTIFACT, PromotionRefused, Registry
+from services.core.registry import (
+    CHECKPOINT_ARTIFACT,
+    EvaluationSetMismatch,
+    PromotionRefused,
+    Registry,
+)
 
 pytestmark = pytest.mark.integration
 THRESHOLDS = {"production": {"event_qa_accuracy": 0.5}}
@@ -86,3 +92,118 @@ def test_gate_checks_the_families_a_version_was_evaluated_on(mlflow_uri, tmp_pat
     other = f"{name}-b"
     assert registry.promote(other, version_with(registry, other, {"wer": 0.3}, tmp_path),
                             "production", "ci", thresholds).accepted  # fmt: skip
+
+
+def evaluation(digest: str, manifest: str, examples: int, **metrics: float) -> dict:
+    """An evaluation record as pipelines.evaluate.evaluation_record writes it."""
+    return {
+        "evaluation_set": digest * 64 if len(digest) == 1 else digest,
+        "manifest": manifest,
+        "per_kind": 100,
+        "examples": examples,
+        "examples_per_family": {"events": examples // 2, "speech": examples - examples // 2},
+        "evaluator_version": "test",
+        "metrics": metrics,
+        "at": f"2026-12-0{examples % 9 + 1}T00:00:00+00:00",
+    }
+
+
+def evaluated_version(registry: Registry, name: str, tmp_path, *evaluations: dict) -> str:
+    """A version with recorded evaluations, the first on its own held-out split."""
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    checkpoint = tmp_path / f"ckpt-{uuid.uuid4().hex[:6]}"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model_type": "moss_audio"}')
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(checkpoint), CHECKPOINT_ARTIFACT)
+    return registry.register(
+        name, run.info.run_id, data_digest=uuid.uuid4().hex * 2, parent=None,
+        metrics=evaluations[0]["metrics"], evaluations=list(evaluations),
+    )  # fmt: skip
+
+
+def test_figures_from_different_sets_are_refused_never_compared(mlflow_uri, tmp_path) -> None:
+    """The issue's case: v1 scored on 487 generated examples, v2 on 12 of a user's clips. The
+    API refuses (409 evaluation_set_mismatch) with the run that fixes it; once v1 is scored on
+    v2's set, the gate compares the two there, both ways."""
+    from pipelines.runner import coerce
+    from services.core import lifecycle
+    from services.core.errors import ApiError
+    from services.core.settings import Settings
+
+    registry = Registry(mlflow_uri)
+    settings = Settings(mlflow_uri=mlflow_uri)
+    name = f"moss-audio-test-{uuid.uuid4().hex[:6]}"
+    generated = evaluation("a", "datasets/events-speech-v2/manifest.jsonl", 487, wer=0.25,
+                           event_qa_accuracy=0.9, timestamp_error_median_s=0.5)  # fmt: skip
+    users = evaluation("b", "datasets/ops/mine/manifest.jsonl", 12, wer=0.29,
+                       event_qa_accuracy=0.95, timestamp_error_median_s=0.4)  # fmt: skip
+    v1 = evaluated_version(registry, name, tmp_path, generated)
+    v2 = evaluated_version(registry, name, tmp_path, users)
+    assert lifecycle.promote(settings, name, "production", v1, "ci")["accepted"]
+
+    with pytest.raises(ApiError) as refused:
+        lifecycle.promote(settings, name, "production", v2, "alice")
+    assert refused.value.status == 409 and refused.value.code == "evaluation_set_mismatch"
+    message = refused.value.message
+    assert "a" * 12 in message and "b" * 12 in message and "487 examples" in message
+    assert "regresses" not in message and registry.alias_holder(name, "production") == v1
+    request = json.loads(message.split("POST /v1/pipelines/evaluate/runs ", 1)[1].split(" (or")[0])
+    assert request["params"] == {"model": name, "version": v1,
+                                 "manifest": users["manifest"], "per_kind": 100}  # fmt: skip
+    coerce("evaluate", request["params"])  # the evaluate pipeline takes exactly these
+    recorded = [json.loads(v) for k, v in registry.version_tags(name, v2).items()
+                if k.startswith("decision.production.")]  # fmt: skip
+    assert recorded[0]["accepted"] is False and recorded[0]["evaluation_set"] is None
+
+    # What the evaluate pipeline records: v1 on v2's set, where v1 is worse.
+    registry.record_evaluation(name, v1, evaluation("b", users["manifest"], 12, wer=0.4,
+                               event_qa_accuracy=0.8, timestamp_error_median_s=0.6))  # fmt: skip
+    decision = lifecycle.promote(settings, name, "production", v2, "alice")
+    assert decision["accepted"] and decision["evaluation_set"] == "b" * 64
+    assert decision["evaluation_manifest"] == users["manifest"]
+    assert decision["candidate_metrics"]["wer"] == 0.29 and decision["holder_metrics"]["wer"] == 0.4
+    assert decision["thresholds"]["wer"] == 0.5 and decision["examples_per_family"]
+    # And v1 back: refused on the same set (0.4 vs 0.29), not on its own 487 examples (0.25).
+    with pytest.raises(PromotionRefused, match=r"wer regresses: 0\.4 vs 0\.29"):
+        registry.promote(name, v1, "production", "bob")
+    listed = next(m for m in registry.models() if m["name"] == name)["versions"][0]
+    assert listed["evaluation_set"] == "a" * 64 and listed["metrics"]["wer"] == 0.25
+    assert {e["evaluation_set"][:1] for e in listed["evaluations"]} == {"a", "b"}
+
+
+def test_the_reference_set_comes_first_and_force_is_recorded(
+    mlflow_uri, tmp_path, monkeypatch
+) -> None:
+    registry = Registry(mlflow_uri)
+    name = f"moss-audio-test-{uuid.uuid4().hex[:6]}"
+    reference = "datasets/ref/manifest.jsonl"
+    monkeypatch.setenv("MOSS_EVAL_SETS", json.dumps({name: reference}))
+    own, ref = "datasets/own/m.jsonl", "r"
+    holder = evaluated_version(
+        registry, name, tmp_path,
+        evaluation("c", own, 40, event_qa_accuracy=0.6),
+        evaluation(ref, reference, 50, event_qa_accuracy=0.7),
+    )  # fmt: skip
+    assert registry.promote(name, holder, "production", "ci", THRESHOLDS).accepted
+    # Worse on the holder's own split, better on the reference set: judged on the reference.
+    candidate = evaluated_version(
+        registry, name, tmp_path,
+        evaluation("c", own, 40, event_qa_accuracy=0.5),
+        evaluation(ref, reference, 50, event_qa_accuracy=0.8),
+    )  # fmt: skip
+    decision = registry.promote(name, candidate, "production", "ci", THRESHOLDS)
+    assert decision.evaluation_set == "r" * 64
+    assert decision.holder_metrics == {"event_qa_accuracy": 0.7}
+    monkeypatch.delenv("MOSS_EVAL_SETS")
+    registry.client.set_registered_model_tag(name, "eval_set", reference)
+    assert registry.reference_manifest(name) == reference
+
+    elsewhere = evaluation("z", "datasets/z/m.jsonl", 9, event_qa_accuracy=0.9)
+    other = evaluated_version(registry, name, tmp_path, elsewhere)
+    with pytest.raises(EvaluationSetMismatch):
+        registry.promote(name, other, "production", "ci", THRESHOLDS)
+    forced = registry.promote(name, other, "production", "ci", THRESHOLDS, force=True)
+    assert forced.accepted and forced.evaluation_set is None
+    assert forced.reason.startswith(f"forced by ci, over: v{other} and v{candidate}")
+    assert registry.alias_holder(name, "production") == other

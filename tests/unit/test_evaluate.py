@@ -66,3 +66,39 @@ def test_instructions_score_exact_match_and_token_f1() -> None:
     assert metrics["instruction_exact_match"] == 0.5
     assert metrics["instruction_token_f1"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert normalize("  Hello, World!  ") == "hello world"
+
+
+def scored(clips: list[dict], kinds: list[tuple[int, str, str]]):
+    """The scored examples of an evaluation, as the evaluator holds them (no audio needed)."""
+    from pipelines.train import Examples
+
+    examples = object.__new__(Examples)
+    examples.clips = clips
+    examples.items = [
+        Example(clip=c, input_ids=[], labels=[], kind=k, answer=a) for c, k, a in kinds
+    ]
+    return examples
+
+
+def test_an_evaluation_names_what_it_was_measured_on() -> None:
+    """Same examples of the same manifest: one set digest; another manifest, or fewer examples
+    (a lower per-kind cap), or another reference answer: another set, never the same one."""
+    from pipelines.evaluate import SCORER_VERSION, evaluation_record
+
+    clips = [{"id": "a", "audio": "datasets/x/a.wav"}, {"id": "b", "audio": "datasets/x/b.wav"}]
+    asked = [(0, "event_at", "a chirp"), (1, "count", "2"), (1, "transcript", "open the door")]
+    first = evaluation_record(scored(clips, asked), {"wer": 0.5}, "datasets/x/m.jsonl", "m1", 100)
+    again = evaluation_record(scored(clips, asked), {"wer": 0.1}, "datasets/x/m.jsonl", "m1", 100)
+    assert first["evaluation_set"] == again["evaluation_set"]  # the figures are not the set
+    assert first["examples"] == 3 and first["per_kind"] == 100
+    assert first["examples_per_family"] == {"events": 2, "speech": 1}
+    assert first["manifest"] == "datasets/x/m.jsonl" and first["manifest_digest"] == "m1"
+    assert first["evaluator_version"] and first["scorer_version"] == SCORER_VERSION
+    key = "datasets/x/m.jsonl"
+    changed = [*asked[:2], (1, "transcript", "close the door")]
+    others = [
+        evaluation_record(scored(clips, asked), {}, key, "m2", 100),
+        evaluation_record(scored(clips, asked[:2]), {}, key, "m1", 1),
+        evaluation_record(scored(clips, changed), {}, key, "m1", 100),
+    ]
+    assert len({first["evaluation_set"], *(o["evaluation_set"] for o in others)}) == 4
