@@ -19,6 +19,7 @@ import torch
 from model import MossAudioModel, MossAudioProcessor, preset_config
 from services.core.labels import read_event_labels, training_event_labels, write_event_labels
 from services.core.modelref import ModelNotFound, parse, resolve
+from services.core.progress import emit
 from services.core.registry import (
     CHECKPOINT_ARTIFACT,
     Registry,
@@ -33,7 +34,7 @@ from services.core.storage import make_storage
 from .data import describe_dataset, generate_dataset, read_manifest
 from .evaluate import evaluate, evaluation_record, first_per_kind
 from .report import write_report
-from .train import Examples, TrainConfig, train
+from .train import Examples, StepReport, TrainConfig, train
 
 EVAL_KINDS = KINDS  # every family the held-out split has is scored
 # Checkpoints small enough that promote_step scores the alias's holder itself, on a CPU, when
@@ -224,12 +225,14 @@ def train_step(
             }
         )
         print(f"training on {len(examples)} examples: {examples.kind_counts()}", flush=True)
+        emit(pipeline_step="train", mlflow_run_id=run.info.run_id, total_steps=steps,
+             message=f"training on {len(examples)} examples")  # fmt: skip
+        report = StepReport(steps, config.max_seconds)
 
         def log(step: int, metrics: dict[str, float]) -> None:
             if step % 10 == 0 or step == 1:
                 mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
-            if step % 50 == 0:  # progress for people watching the log
-                print(f"step {step}/{steps} loss {metrics['loss']:.3f}", flush=True)
+            report(step, metrics)
 
         result = train(
             model,
@@ -239,6 +242,7 @@ def train_step(
             processor=processor,
             on_step=log,
         )
+        report.finish(result.steps, result.final_loss)
         mlflow.log_metric("train/steps_done", result.steps)
         # the vocabulary travels with the weights: annotation names sounds in these words
         write_event_labels(work / "checkpoint", {*base_labels, *training_event_labels(clips)})
@@ -273,6 +277,7 @@ def evaluate_step(
     `model`), every evaluation is recorded on that version and logged as `eval_<set>/*`, so
     the run's own figures stay what they were."""
     print("evaluating on the held-out split", flush=True)  # `mossctl up` shows the phase
+    emit(pipeline_step="evaluate", mlflow_run_id=run_id, message="evaluating on the held-out split")
     mlflow.set_tracking_uri(tracking_uri())
     work = Path(tempfile.mkdtemp(prefix="moss-eval-"))
     local = mlflow.artifacts.download_artifacts(
@@ -333,6 +338,7 @@ def register_step(size: str, flavor: str, run_id: str, evaluations: list[dict[st
     if trained_for:
         registry.client.set_model_version_tag(name, version, "trained_for", trained_for)
     registry.client.set_registered_model_alias(name, "candidate", version)
+    emit(pipeline_step="register", mlflow_run_id=run_id, model=name, version=version)
     return version
 
 

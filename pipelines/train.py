@@ -39,6 +39,7 @@ from model.encoder import num_audio_tokens
 from model.processor import default_prompt
 from model.tasks import instruction_for
 from model.tokens import ENDOFTEXT_ID, IM_END_ID
+from services.core import progress
 from services.core.sft import KINDS, build_examples
 
 from .lora import add_lora, lora_state, merged_copy
@@ -326,6 +327,45 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
 
 
 # --- the loop ------------------------------------------------------------------------------
+
+
+class StepReport:
+    """The trainer's progress for people and for the pipeline worker: every `every` steps, the
+    first and the last, a line `step 50/200 loss 1.234 lr 3e-04 eta 42s` and a progress line
+    (core.progress: step, total_steps, loss, lr, eta_s). The ETA is the mean step time so far
+    times the steps left, or the time budget left if that is shorter."""
+
+    def __init__(self, total: int, max_seconds: float = 0.0, every: int = 10, stream=None):
+        self.total, self.max_seconds, self.every, self.stream = total, max_seconds, every, stream
+        self.started = time.monotonic()
+        self.first: int | None = None  # a resumed run starts past 0
+
+    def eta(self, step: int) -> float:
+        elapsed = time.monotonic() - self.started
+        done = step - (self.first or 1) + 1
+        left = elapsed / max(1, done) * max(0, self.total - step)
+        if self.max_seconds:
+            left = min(left, max(0.0, self.max_seconds - elapsed))
+        return round(left, 1)
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        self.first = step if self.first is None else self.first
+        if step % self.every and step not in (1, self.first, self.total):
+            return
+        self.emit(step, metrics["loss"], metrics.get("lr"))
+
+    def finish(self, step: int, loss: float) -> None:
+        """The last step, when the clock (or a stop) ended training before `total`."""
+        if step and step % self.every and step != self.total:
+            self.emit(step, loss, None, eta=0.0)
+
+    def emit(self, step: int, loss: float, lr: float | None, eta: float | None = None) -> None:
+        eta = self.eta(step) if eta is None else eta
+        shown = f" lr {lr:.2e}" if lr is not None else ""
+        print(f"step {step}/{self.total} loss {loss:.3f}{shown} eta {eta:.0f}s",
+              file=self.stream, flush=True)  # fmt: skip
+        progress.emit(self.stream, step=step, total_steps=self.total, loss=round(loss, 5),
+                      lr=lr, eta_s=eta)  # fmt: skip
 
 
 @dataclass

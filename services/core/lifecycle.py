@@ -8,11 +8,13 @@ Kubeflow when MOSS_KFP_HOST is set).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from .errors import ApiError
-from .queue import PIPELINE_NAMES, PipelineEnqueue, pipeline_log
+from .jobstate import Status
+from .jobstore import PipelineRun, RunStore
+from .jobstore.runs import new_run_id
+from .queue import PIPELINE_NAMES, PipelineEnqueue
 from .settings import Settings
 
 
@@ -97,21 +99,43 @@ def rollback(settings: Settings, name: str, alias: str, actor: str) -> str:
 
 
 def start_pipeline(
-    settings: Settings, enqueue: PipelineEnqueue, name: str, params: dict, before=None
+    settings: Settings,
+    enqueue: PipelineEnqueue,
+    name: str,
+    params: dict,
+    before=None,
+    *,
+    runs: RunStore,
+    tenant: str,
+    key_id: str | None = None,
 ) -> dict:
-    """Queue a run of `name` for the pipeline worker; the run id names its log and outputs.
+    """Create a run of `name` for `tenant` (durable first: its row), then queue it for the
+    pipeline worker. The one way a run is made: the pipelines route and imports both come here.
 
     `before(run_id)` runs first and may return an earlier run's id instead (an idempotent
-    retry): that run is answered and nothing is queued."""
+    retry): that run is answered and nothing is made or queued. A queue that cannot be reached
+    fails the run it just recorded (503 `queue_unavailable`: nothing will run it)."""
     if name not in PIPELINE_NAMES:
         raise ApiError(404, "not_found", f"no pipeline {name!r} ({', '.join(PIPELINE_NAMES)})")
-    run_id = uuid.uuid4().hex[:12]
-    mode = "kubeflow" if settings.kfp_host else "local"
+    run_id = new_run_id()
     if before is not None and (first := before(run_id)) is not None:
-        log = str(pipeline_log(settings, name, first))
-        return {"run_id": first, "mode": mode, "log": log, "replayed": True}
+        earlier = runs.get(first)
+        if earlier is not None:
+            return {**run_answer(earlier), "replayed": True}
+    mode = "kubeflow" if settings.kfp_host else "local"
+    run = runs.create(tenant, name, params, mode, key_id=key_id, run_id=run_id)
     try:
         enqueue(run_id, name, params)
     except Exception as exc:
+        runs.finish(run_id, Status.FAILED, {"code": "queue_unavailable", "message": "the "
+                    "pipeline queue could not be reached; nothing ran"})  # fmt: skip
         raise ApiError(503, "queue_unavailable", "the pipeline queue cannot be reached") from exc
-    return {"run_id": run_id, "mode": mode, "log": str(pipeline_log(settings, name, run_id))}
+    return run_answer(run)
+
+
+def run_answer(run: PipelineRun) -> dict:
+    """What POST /v1/pipelines/{name}/runs answers: the run's id, where it runs, its status,
+    and the paths of its resource and its log."""
+    url = f"/v1/pipelines/runs/{run.id}"
+    return {"run_id": run.id, "mode": run.mode, "status": run.status, "url": url,
+            "log": f"{url}/log"}  # fmt: skip

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -90,11 +89,6 @@ def pipeline_enqueuer(app: Celery) -> PipelineEnqueue:
         app.send_task(PIPELINE_TASK, args=[run_id, name, params], queue=PIPELINE_QUEUE)
 
     return enqueue
-
-
-def pipeline_log(settings: Settings, name: str, run_id: str) -> Path:
-    """Where the pipeline worker writes a run's output (MOSS_HOME/logs on its machine)."""
-    return settings.home.resolve() / "logs" / f"pipeline-{name}-{run_id}.log"
 
 
 def queues_with_workers(app: Celery, timeout: float = 1.0) -> set[str]:

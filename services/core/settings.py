@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     # Model lifecycle
     mlflow_uri: str | None = None  # the MLflow tracking server (registry) URL
     kfp_host: str | None = None  # a Kubeflow Pipelines endpoint; unset: pipelines run locally
+    kfp_poll_s: float = Field(default=5.0, gt=0)  # how often a Kubeflow run's state is read
     # The image pipeline components run in on a cluster (read when a pipeline is compiled).
     pipeline_image: str = "ghcr.io/moss-audio/platform:0.1.0"
     # Per alias, the metric limits a version must meet (JSON); unset: the registry's defaults.

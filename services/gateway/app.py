@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from ..core import tracing
 from ..core.events import events_for
-from ..core.jobstore import JobStore
+from ..core.jobstore import JobStore, RunStore
 from ..core.queue import (
     QUEUES,
     PipelineEnqueue,
@@ -90,6 +90,7 @@ def create_app(
         metrics=Metrics(context.store, settings.redis_url),
         watch=JobWatch(settings.redis_url),
         admission=Admission(settings, context.store),
+        runs=RunStore.of(context.store),
     )
 
     @asynccontextmanager

@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..core.errors import ApiError
-from ..core.jobstore import Principal
+from ..core.jobstore import Principal, RunStore
 from ..core.queue import PipelineEnqueue
 from ..core.settings import Settings
 from ..jobs.context import Context
@@ -33,6 +33,7 @@ class Gateway:
     metrics: Metrics
     watch: JobWatch  # waits for job changes (the long poll)
     admission: Admission  # rate limit, quota, queue depth
+    runs: RunStore  # pipeline runs (the job store's database)
 
     @property
     def settings(self) -> Settings:
@@ -52,8 +53,10 @@ def context(request: Request) -> Context:
 BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer moss_...`")
 
 
-def principal(scope: str) -> Callable[..., Principal]:
-    """A dependency: the caller's key, which must carry `scope` (or `admin`)."""
+def principal(scope: str, *others: str) -> Callable[..., Principal]:
+    """A dependency: the caller's key, which must carry `scope` (or one of `others`, or
+    `admin`)."""
+    accepted = (scope, *others)
 
     def dependency(
         request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
@@ -65,12 +68,14 @@ def principal(scope: str) -> Callable[..., Principal]:
         found = context(request).store.authenticate(key.strip())
         if found is None:
             raise ApiError(401, "unauthorized", "the API key is unknown or revoked")
-        if not found.can(scope):
-            raise ApiError(403, "forbidden", f"the API key lacks the {scope!r} scope")
+        if not any(found.can(one) for one in accepted):
+            named = " or ".join(repr(one) for one in accepted)
+            raise ApiError(403, "forbidden", f"the API key lacks the {named} scope")
         request.app.state.gateway.admission.request(found)
         return found
 
     dependency.scope = scope  # what the route needs (the authorization matrix test reads it)
+    dependency.scopes = accepted  # every scope that lets the key in
     return dependency
 
 
@@ -96,6 +101,9 @@ App = Annotated[Gateway, Depends(gateway)]
 Jobs = Annotated[Principal, Depends(principal("jobs"))]
 Admin = Annotated[Principal, Depends(principal("admin"))]
 Datasets = Annotated[Principal, Depends(principal("datasets"))]
+# Reading pipeline runs (the caller's tenant's; an admin's: every tenant's): the tenants that
+# make runs, with job keys or registry imports.
+RunReader = Annotated[Principal, Depends(principal("jobs", "registry"))]
 
 
 def creates_job(request: Request, who: Jobs) -> None:

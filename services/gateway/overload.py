@@ -18,7 +18,7 @@ import re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 EXEMPT = ("/healthz", "/readyz")
-_WAITS = re.compile(rb"(^|&)wait=")
+_WAITS = re.compile(rb"(^|&)(wait|follow)=")  # a long poll, a followed pipeline-run log
 
 
 class Overload:
@@ -55,7 +55,7 @@ class Overload:
 
 
 def _holds(scope: Scope) -> bool:
-    """A request that mostly waits on job events: a long poll or an event stream."""
+    """A request that mostly waits on job events: a long poll, an event stream, a followed log."""
     return scope["path"].endswith("/events") or bool(_WAITS.search(scope["query_string"]))
 
 

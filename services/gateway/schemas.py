@@ -21,7 +21,8 @@ JobTask = Literal[(*TASKS, ANNOTATION_TASK)]  # what a job is (annotation jobs t
 Sampling = Literal[SAMPLING_MODES]
 Priority = Literal[PRIORITIES]
 Alias = Literal[ALIASES]
-SCOPES = ("jobs", "priority", "datasets", "admin")  # what an API key may carry (deps.principal)
+# What an API key may carry (deps.principal); `registry`: import checkpoints (and read the runs).
+SCOPES = ("jobs", "priority", "datasets", "registry", "admin")
 Scope = Literal[SCOPES]
 # Documented ranges of the sampling fields; model.sampling.check_sampling enforces them (for
 # every entry point, with its own codes: `invalid_max_new_tokens`, `invalid_temperature`).
@@ -335,7 +336,9 @@ class PipelineRun(BaseModel):
 class PipelineRunOut(BaseModel):
     run_id: str = Field(description="Names the run's log and outputs.")
     mode: Literal["local", "kubeflow"] = Field(description="Where the pipeline worker runs it.")
-    log: str = Field(description="The run's log on the pipeline worker's machine.")
+    status: Status = Field(description="queued (or the first run's status, for a replay).")
+    url: str = Field(description="The run's resource: `GET` it, follow `/events`, `DELETE` it.")
+    log: str = Field(description="The path of the run's log route (`GET` it; `?follow=true`).")
 
 
 class RollbackOut(BaseModel):

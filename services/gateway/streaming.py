@@ -1,4 +1,5 @@
-"""A job's answer as it grows, for the OpenAI-compatible streams (transcriptions, chat).
+"""A job's answer as it grows, for the OpenAI-compatible streams (transcriptions, chat), and
+the server-sent event stream of a job or a pipeline run (`event_stream`).
 
 The generator publishes each segment's text about once a second (services.core.events); this
 turns it into appended deltas and, at the end, the finished job. Deltas only ever append: if a
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi.concurrency import run_in_threadpool
 
 from ..core.jobstate import ACTIVE
 from ..core.jobstore import Job, Principal
+from .watch import JobWatch
 
 
 async def text_deltas(ctx, gw, job_id: str, who: Principal) -> AsyncIterator[str | Job]:
@@ -57,3 +59,26 @@ def job_error(job: Job) -> dict:
                 f"/v1/jobs/{job.id}"}  # fmt: skip
     error = job.error or {"code": "cancelled", "message": "the job was cancelled"}
     return {**error, "message": f"job {job.id}: {error['message']}"}
+
+
+async def event_stream(
+    watch: JobWatch, key: str, after: str, read: Callable[[], Awaitable[tuple[bool, str]]]
+) -> AsyncIterator[str]:
+    """Server-sent events of a job or a pipeline run (`key`: where its events go): replay
+    what the client missed after `after`, then follow. `read()` reads the resource from the
+    store, the source of truth: (ended, its JSON); once it has ended a last `done` event
+    carries it. A comment every 15 quiet seconds keeps proxies from closing the stream."""
+    events = await watch.backlog(key, after)
+    quiet = 0
+    while True:
+        for entry, kind, data in events:
+            yield f"id: {entry}\nevent: {kind}\ndata: {data}\n\n"
+            after = entry
+        ended, body = await read()
+        if ended:
+            yield f"event: done\ndata: {body}\n\n"
+            return
+        events = await watch.next_events(key, after)
+        quiet = 0 if events else quiet + 1
+        if quiet and quiet % 15 == 0:
+            yield ": keep-alive\n\n"  # proxies close silent connections

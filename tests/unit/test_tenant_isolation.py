@@ -1,7 +1,7 @@
-"""Tenants never see each other's jobs, results, events, audio, datasets or signing secrets, on
-every route (found from the app itself, so a new route is covered), and cannot tell another
-tenant's resource from one that does not exist. Caches: tests/unit/test_jobs.py (features) and
-tests/unit/test_engine.py (prompt prefixes)."""
+"""Tenants never see each other's jobs, results, events, audio, datasets, pipeline runs or signing
+secrets, on every route (found from the app itself, so a new route is covered), and cannot tell
+another tenant's resource from one that does not exist. Caches: tests/unit/test_jobs.py (features)
+and tests/unit/test_engine.py (prompt prefixes)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from services.core import lifecycle
+from services.core.jobstore import RunStore
 from services.gateway.app import create_app
 from tests.audio_files import encode, stereo_tone
 from tests.jobs_env import make_context, write_checkpoint
@@ -47,30 +49,35 @@ def env(tmp_path_factory):
             client.put("/v1/datasets/calls/manifest", headers=a, content=manifest).status_code
             == 201
         )
+        run = lifecycle.start_pipeline(
+            ctx.settings, lambda *_: None, "sft", {}, runs=RunStore.of(ctx.store), tenant="alice"
+        )  # one of Alice's runs (as her imports are made)
         yield {
             "client": client,
             "app": app,
             "alice": alice,
             "bob": bob,
             "job": job.json()["id"],
+            "run": run["run_id"],
             "alice_key_id": alice_key.id,
             "bob_key_id": bob_key.id,
         }
 
 
 def resource_routes(app) -> list[tuple[str, str]]:
-    """(method, path) of every route that names a job, a dataset or a key in its path (from the
-    OpenAPI document: every route the app serves but its own docs)."""
+    """(method, path) of every route that names a job, a dataset, a pipeline run or a key in its
+    path (from the OpenAPI document: every route the app serves but its own docs)."""
     found = []
     for path, operations in app.openapi()["paths"].items():
-        if re.search(r"\{(job_id|name|key_id)\}", path):
+        if re.search(r"\{(job_id|name|key_id|run_id)\}", path):
             found += [(method.upper(), path) for method in sorted(operations)]
     return found
 
 
-def call(env, method: str, path: str, key: str, job_id: str, name: str, key_id: str):
+def call(env, method: str, path: str, key: str, job_id: str, name: str, key_id: str, run=""):
     url = (
         path.replace("{job_id}", job_id)
+        .replace("{run_id}", run)
         .replace("{name}", name)
         .replace("{key_id}", key_id)
         .replace("{digest}", DIGEST)
@@ -87,7 +94,8 @@ def call(env, method: str, path: str, key: str, job_id: str, name: str, key_id: 
 
 def test_every_route_that_names_a_resource_was_found(env) -> None:
     paths = {path for _, path in resource_routes(env["app"])}
-    for expected in ("/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/datasets/{name}"):
+    for expected in ("/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/datasets/{name}",
+                     "/v1/pipelines/runs/{run_id}", "/v1/pipelines/runs/{run_id}/log"):  # fmt: skip
         assert expected in paths
 
 
@@ -98,15 +106,16 @@ def test_another_tenant_gets_what_a_stranger_gets(env) -> None:
     of his own, and Alice's stays as it was."""
     checked = 0
     for method, path in resource_routes(env["app"]):
-        if path.startswith(("/v1/registry", "/v1/pipelines", "/v1/models")):
-            continue  # platform resources, the same for every tenant
+        if path.startswith(("/v1/registry", "/v1/pipelines/{name}", "/v1/models")):
+            continue  # platform resources, the same for every tenant (a run is a tenant's)
         if method == "DELETE" and path == "/v1/keys/{key_id}":
             continue  # admin only: tests/unit/test_auth_matrix.py
         if method in ("PUT", "POST") and path.startswith("/v1/datasets/{name}"):
             continue  # writes to Bob's own namespace: checked below
-        theirs = call(env, method, path, env["bob"], env["job"], "calls", env["alice_key_id"])
+        theirs = call(env, method, path, env["bob"], env["job"], "calls", env["alice_key_id"],
+                      env["run"])  # fmt: skip
         nobody = call(env, method, path, env["bob"], "0" * 8 + "-0000-0000-0000-" + "0" * 12,
-                      "no-such-dataset", "0" * 36)  # fmt: skip
+                      "no-such-dataset", "0" * 36, "0" * 12)  # fmt: skip
         assert theirs.status_code == nobody.status_code == 404, (method, path, theirs.text)
         assert theirs.json()["error"]["code"] == nobody.json()["error"]["code"], (method, path)
         checked += 1

@@ -195,3 +195,8 @@ class RunStore:
                 claimed_by=None,
             )
         ]
+
+
+def log_chunk_key(folder: str, number: int) -> str:
+    """The key of a run's `number`th log chunk (0, 1, ...: the worker writes them in order)."""
+    return f"{folder}{number:06d}.log"

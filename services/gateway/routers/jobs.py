@@ -41,6 +41,7 @@ from ..schemas import (
     Sampling,
     Task,
 )
+from ..streaming import event_stream
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], route_class=StrictRoute, responses=AUTHENTICATED
@@ -201,22 +202,14 @@ async def job_events(
     )
 
 
-async def _stream(ctx, gw, job_id: str, who: Principal, after: str):
+def _stream(ctx, gw, job_id: str, who: Principal, after: str):
     """Replay what the client missed, then follow; the job store says when it is over."""
-    events = await gw.watch.backlog(job_id, after)
-    quiet = 0
-    while True:
-        for entry, kind, data in events:
-            yield f"id: {entry}\nevent: {kind}\ndata: {data}\n\n"
-            after = entry
+
+    async def read() -> tuple[bool, str]:
         job = await run_in_threadpool(own_job, ctx.store, job_id, who)
-        if job.status not in ACTIVE:
-            yield f"event: done\ndata: {JobOut.of(job).model_dump_json()}\n\n"
-            return
-        events = await gw.watch.next_events(job_id, after)
-        quiet = 0 if events else quiet + 1
-        if quiet and quiet % 15 == 0:
-            yield ": keep-alive\n\n"  # proxies close silent connections
+        return job.status not in ACTIVE, JobOut.of(job).model_dump_json()
+
+    return event_stream(gw.watch, job_id, after, read)
 
 
 @router.get("", response_model=JobList, responses=PARAMS)

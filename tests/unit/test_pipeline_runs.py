@@ -1,0 +1,285 @@
+"""Pipeline runs, worker side: progress merged into the record, the state machine, a real child
+process followed and cancelled (its whole process group gone), the trainer's progress lines,
+and Kubeflow runs followed through a small HTTP server on loopback that answers like the KFP
+v2beta1 REST API (`/apis/v2beta1/runs/{id}`, `:terminate`)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pipelines.follow import RunLog, failure_message, fields_of, follow_child
+from pipelines.kubeflow import follow_kubeflow, kfp_status
+from pipelines.train import StepReport
+from services.core import progress
+from services.core.jobstate import Status
+from services.core.jobstore import JobStore, RunStore
+from services.core.jobstore.runs import log_chunk_key
+from services.core.runstate import can_move, merge_progress, sources
+from services.core.storage import LocalStorage
+
+
+@pytest.fixture
+def runs(tmp_path) -> RunStore:
+    return RunStore.of(JobStore.connect(f"sqlite:///{tmp_path}/jobs.db"))
+
+
+@pytest.fixture
+def storage(tmp_path) -> LocalStorage:
+    return LocalStorage(tmp_path / "objects")
+
+
+def read_log(storage: LocalStorage, folder: str) -> str:
+    chunks, number = [], 0
+    while storage.exists(log_chunk_key(folder, number)):
+        chunks.append(storage.get_bytes(log_chunk_key(folder, number)))
+        number += 1
+    return b"".join(chunks).decode()
+
+
+def test_progress_merges_key_by_key_and_results_get_their_columns() -> None:
+    first, _ = merge_progress({}, {"pipeline_step": "train", "step": 10, "loss": 2.0})
+    merged, columns = merge_progress(
+        first, {"step": 20, "loss": None, "model": "m", "version": 3, "decision": '{"ok": 1}'}
+    )
+    assert merged["pipeline_step"] == "train" and merged["step"] == 20
+    assert merged["loss"] == 2.0  # a None never erases what an earlier line said
+    assert columns == {"model": "m", "version": "3", "decision": {"ok": 1}}
+
+
+def test_the_state_machine_moves_forward_only() -> None:
+    assert can_move("queued", "running") and can_move("running", "succeeded")
+    assert can_move("queued", "cancelled") and not can_move("succeeded", "running")
+    assert not can_move("cancelled", "running") and not can_move("running", "queued")
+    assert set(sources(Status.CANCELLED)) == {Status.QUEUED, Status.RUNNING}
+
+
+def test_output_lines_name_the_step_and_progress() -> None:
+    assert fields_of('    MOSS_PROGRESS {"step": 3}\n') == {"step": 3}
+    kfp_line = "02:00:09 - INFO - Executing task \x1b[96m'evaluate'\x1b[0m\n"
+    assert fields_of(kfp_line) == {"pipeline_step": "evaluate"}
+    assert fields_of("step 3/4 loss 1.0\n") is None
+
+
+def test_a_failure_names_the_steps_exception_not_kfps_wrapper() -> None:
+    lines = [
+        "    ValueError: 57 examples: fewer than one batch of 1000\n",
+        "02:04:47 - ERROR - Task \x1b[96m'train'\x1b[0m finished with status FAILURE",
+        "RuntimeError: Pipeline 'moss-audio-sft' finished with status FAILURE. Inner task failed",
+    ]
+    message = failure_message(lines, 1)
+    assert message == "ValueError: 57 examples: fewer than one batch of 1000 (task train)"
+    assert failure_message(["nothing useful"], 3) == "the pipeline exited with code 3"
+
+
+def test_the_trainer_reports_every_ten_steps_the_first_and_the_last() -> None:
+    out = io.StringIO()
+    report = StepReport(25, stream=out)
+    for step in range(1, 26):
+        report(step, {"loss": 3.0 / step, "lr": 1e-3})
+    lines = out.getvalue().splitlines()
+    found = [progress.parse(line) for line in lines if progress.parse(line)]
+    assert [f["step"] for f in found] == [1, 10, 20, 25]
+    assert found[-1]["total_steps"] == 25 and found[-1]["eta_s"] == 0
+    assert found[0]["loss"] == 3.0 and found[0]["lr"] == 1e-3 and found[0]["eta_s"] >= 0
+    assert "step 10/25 loss 0.300 lr 1.00e-03 eta" in lines[2]  # people's line, then the object
+    report = StepReport(100, stream=(cut := io.StringIO()))
+    report(1, {"loss": 1.0})
+    report(7, {"loss": 0.5})  # the clock ended training here
+    report.finish(7, 0.5)
+    assert progress.parse(cut.getvalue().splitlines()[-1])["step"] == 7
+
+
+CHILD = r"""
+import json, subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print("Executing task 'train'", flush=True)
+print("MOSS_PROGRESS " + json.dumps({"step": 1, "total_steps": 9, "loss": 4.5,
+      "grandchild": grandchild.pid}), flush=True)
+if sys.argv[1] == "fail":
+    print("ValueError: no data", flush=True)
+    sys.exit(1)
+if sys.argv[1] == "ok":
+    print("MOSS_PROGRESS " + json.dumps({"step": 9, "loss": 0.5, "model": "m", "version": "2"}))
+    grandchild.kill()
+    sys.exit(0)
+time.sleep(120)
+"""
+
+
+def start_child(mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_a_child_is_followed_to_its_end_with_log_and_progress(runs, storage) -> None:
+    run = runs.create("acme", "sft", {}, "local")
+    runs.start(run.id)
+    outcome = follow_child(start_child("ok"), runs, run.id, RunLog(storage, run.log_key))
+    assert outcome.status == Status.SUCCEEDED and outcome.error is None
+    record = runs.get(run.id)
+    assert record.progress["pipeline_step"] == "train" and record.progress["step"] == 9
+    assert (record.model, record.version) == ("m", "2") and record.progress["loss"] == 0.5
+    assert "Executing task 'train'" in read_log(storage, run.log_key)
+
+
+def test_a_failed_child_says_why(runs, storage) -> None:
+    run = runs.create("acme", "sft", {}, "local")
+    runs.start(run.id)
+    outcome = follow_child(start_child("fail"), runs, run.id, RunLog(storage, run.log_key))
+    assert outcome.status == Status.FAILED
+    assert outcome.error == {"code": "pipeline_failed", "message": "ValueError: no data"}
+
+
+def test_cancel_stops_the_childs_whole_process_group(runs, storage) -> None:
+    run = runs.create("acme", "sft", {}, "local")
+    runs.start(run.id)
+    child = start_child("hang")
+    follower = threading.Thread(
+        target=lambda: result.append(
+            follow_child(child, runs, run.id, RunLog(storage, run.log_key))
+        )
+    )
+    result: list = []
+    follower.start()
+    deadline = time.monotonic() + 30
+    while "grandchild" not in runs.get(run.id).progress and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = runs.get(run.id).progress["grandchild"]
+    assert runs.request_cancel(run.id)
+    follower.join(30)
+    assert result and result[0].status == Status.CANCELLED
+    assert child.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child.pid, 0)  # nothing of the group is left: the grandchild neither
+    assert not os.path.exists(f"/proc/{grandchild}") or _zombie(grandchild)
+    assert "cancel requested" in read_log(storage, run.log_key)
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[-1].startswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [("PENDING", "running"), ("RUNNING", "running"), ("CANCELING", "running"),
+     ("SUCCEEDED", "succeeded"), ("SKIPPED", "succeeded"), ("FAILED", "failed"),
+     ("CANCELED", "cancelled"), ("SOMETHING_NEW", "running"), (None, "running")],
+)  # fmt: skip
+def test_kfp_states_map_to_ours(state, status) -> None:
+    assert kfp_status(state) == status
+
+
+class FakeKfp:
+    """Answers like the KFP v2beta1 REST API for one run: its states in turn, then the last."""
+
+    def __init__(self, states: list[str], error: str | None = None) -> None:
+        self.states, self.error, self.terminated, self.reads = list(states), error, [], 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/apis/v2beta1/healthz"):  # the client asks first
+                    return self._answer(200, {"multi_user": False})
+                if not self.path.startswith("/apis/v2beta1/runs/"):
+                    return self._answer(404, {"error": "not found"})
+                fake.reads += 1
+                state = fake.states.pop(0) if len(fake.states) > 1 else fake.states[0]
+                tasks = [
+                    {"display_name": "moss-audio-sft", "state": "RUNNING",
+                     "child_tasks": [{"task_id": "t1"}]},
+                    {"display_name": "train", "state": "RUNNING", "create_time": "2026-01-01"},
+                ]  # fmt: skip
+                body = {"run_id": self.path.rsplit("/", 1)[-1], "state": state,
+                        "run_details": {"task_details": tasks}}  # fmt: skip
+                if fake.error and state == "FAILED":
+                    body["error"] = {"code": 2, "message": fake.error}
+                self._answer(200, body)
+
+            def do_POST(self) -> None:
+                fake.terminated.append(self.path)
+                self._answer(200, {})
+
+            def _answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def client(self):
+        import kfp
+
+        return kfp.Client(host=f"http://127.0.0.1:{self.server.server_port}")
+
+
+@pytest.fixture
+def kfp_api():
+    servers = []
+
+    def make(states, error=None):
+        servers.append(FakeKfp(states, error))
+        return servers[-1]
+
+    yield make
+    for fake in servers:
+        fake.server.shutdown()
+
+
+def test_a_kubeflow_run_is_polled_to_its_end(kfp_api, runs, storage) -> None:
+    fake = kfp_api(["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"])
+    run = runs.create("acme", "sft", {}, "kubeflow")
+    runs.start(run.id)
+    log = RunLog(storage, run.log_key)
+    outcome = follow_kubeflow(fake.client(), "kfp-1", runs, run.id, log, 0.01)
+    assert outcome.status == Status.SUCCEEDED and fake.reads == 4
+    record = runs.get(run.id)
+    assert record.progress["pipeline_step"] == "train"
+    assert record.progress["kubeflow_state"] == "SUCCEEDED"
+    text = read_log(storage, run.log_key)
+    assert "kfp-1 PENDING" in text and "kfp-1 RUNNING (train)" in text
+
+
+def test_a_failed_kubeflow_run_keeps_kfps_error(kfp_api, runs, storage) -> None:
+    fake = kfp_api(["RUNNING", "FAILED"], error="train: OOMKilled")
+    run = runs.create("acme", "sft", {}, "kubeflow")
+    runs.start(run.id)
+    outcome = follow_kubeflow(fake.client(), "kfp-2", runs, run.id, RunLog(storage, run.log_key),
+                              0.01)  # fmt: skip
+    assert outcome.status == Status.FAILED and outcome.error["message"] == "train: OOMKilled"
+
+
+def test_cancelling_a_kubeflow_run_terminates_it_through_the_api(kfp_api, runs, storage) -> None:
+    fake = kfp_api(["RUNNING"])
+    run = runs.create("acme", "sft", {}, "kubeflow")
+    runs.start(run.id)
+
+    def cancel_after_two_reads(_seconds: float) -> None:
+        if fake.reads >= 2:
+            runs.request_cancel(run.id)
+
+    outcome = follow_kubeflow(fake.client(), "kfp-3", runs, run.id, RunLog(storage, run.log_key),
+                              0.01, sleep=cancel_after_two_reads)  # fmt: skip
+    assert outcome.status == Status.CANCELLED
+    assert fake.terminated == ["/apis/v2beta1/runs/kfp-3:terminate"]
