@@ -4,7 +4,9 @@ checkpoint goes (a local directory, a registry version's artifacts, a predictor'
 
 The annotation engine reads it from the served model to name what it hears in the words the
 model already knows ("low beep", not "low tone"; docs/annotation.md). A checkpoint without the
-file (a released one, or one trained before it existed) has no known vocabulary.
+file (a released one, or one trained before it existed) has no known vocabulary. A label map
+(`{"low tone": "low beep"}`) renames labels explicitly; `check_label_map` is its one check, for
+the API (422 `invalid_label_map`), `mossctl annotate --label-map` and the annotate pipeline.
 
 Torch-free: a JSON file and a model reference.
 """
@@ -31,9 +33,11 @@ def check_label_map(value: Any) -> dict[str, str]:
         raise ValueError(f"a label map has at most {MAX_LABEL_MAP} entries ({len(value)} given)")
     for key, to in value.items():
         if not (isinstance(key, str) and isinstance(to, str)):
-            raise ValueError(f"label map entry {key!r}: labels are strings")
+            raise ValueError(f"label map entry {str(key)[:40]!r}: labels are strings")
         if not key.strip() or not to.strip() or len(key) > MAX_LABEL or len(to) > MAX_LABEL:
-            raise ValueError(f"label map entry {key!r}: labels are 1 to {MAX_LABEL} characters")
+            raise ValueError(
+                f"label map entry {key[:40]!r}: labels are 1 to {MAX_LABEL} characters"
+            )
     return dict(value)
 
 

@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import uuid
+from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
@@ -131,3 +133,12 @@ def test_local_annotate_pipeline_trains_on_unlabelled_audio(mlflow_uri, tmp_path
     run = registry.client.get_run(version.run_id)
     assert run.data.params["manifest"] == "datasets/ops/field/annotated/sft.jsonl"
     assert "eval/caption_wer" in run.data.metrics and "eval/event_qa_accuracy" in run.data.metrics
+    # the labels it trained on travel with the checkpoint: the next annotation's vocabulary
+    path = mlflow.artifacts.download_artifacts(
+        run_id=version.run_id, artifact_path="checkpoint/event_labels.json",
+        dst_path=str(tmp_path / "labels"), tracking_uri=mlflow_uri,
+    )  # fmt: skip
+    labels = json.loads(Path(path).read_text())["event_labels"]
+    trained = {e["label"] for x in map(json.loads, sft.splitlines()) if x["split"] == "train"
+               for e in x.get("events", [])}  # fmt: skip
+    assert labels and labels == sorted(trained)
