@@ -33,10 +33,16 @@ from pathlib import Path
 
 RELEASED_TRAINING = "speech, environmental sound and music (the released MOSS-Audio checkpoint)"
 SKIPPED = (".gitattributes",)  # hub bookkeeping, not part of the checkpoint
+Progress = Callable[..., None]  # progress(message, done=None, total=None)
 
 
 class ImportFailed(Exception):
     """The source cannot be imported; the message says what to fix."""
+
+
+class ImportRefused(ImportFailed):
+    """How the `import` step ends when its source cannot be imported: `code: message`, the
+    last line of the step's output (the pipeline worker makes it the run's error message)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,12 @@ def fetch_source(source: str, revision: str | None = None) -> tuple[Path, str | 
         raise ImportFailed(
             f"{source} is neither a checkpoint directory nor a hub repo id (org/name)"
         )
+    return download_hub(source, revision)
+
+
+def download_hub(source: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """A hub repo downloaded (resumably) to the hub cache, and the commit it resolved to.
+    Never a local path: the API's imports name hub repos only."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -84,24 +96,29 @@ def expected_tensor_names(directory: Path) -> set[str]:
         return set(MossAudioModel(config).state_dict())
 
 
-def validate(directory: Path) -> None:
+def validate(directory: Path, label: str | None = None) -> None:
     from model.hub import check_layout
 
     problems = check_layout(directory)
     if not problems:
         problems = check_layout(directory, expected_tensor_names(directory))
     if problems:
-        raise ImportFailed(f"{directory} is not a usable checkpoint: " + "; ".join(problems))
+        where = label or directory
+        raise ImportFailed(f"{where} is not a usable checkpoint: " + "; ".join(problems))
 
 
-def file_digests(directory: Path, progress: Callable[[str], None] | None = None) -> dict[str, str]:
+def file_digests(
+    directory: Path, progress: Callable[[str, int, int], None] | None = None
+) -> dict[str, str]:
     digests = {}
+    paths = []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory).as_posix()
-        if relative.startswith(".") or relative in SKIPPED:
-            continue
+        if not (relative.startswith(".") or relative in SKIPPED):
+            paths.append((relative, path))
+    for done, (relative, path) in enumerate(paths, 1):
         if progress:
-            progress(relative)
+            progress(relative, done, len(paths))
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             while block := handle.read(16 * 1024 * 1024):
@@ -119,13 +136,17 @@ def import_checkpoint(
     actor: str = "",
     revision: str | None = None,
     trained_for: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     wait_s: float = 0.0,
+    directory: Path | None = None,
 ) -> Imported:
     """Download (when a hub id), validate, upload once, register with lineage, maybe alias.
 
     `wait_s`: how long to wait for the registry to answer first (an install starts MLflow and
-    this Job together; nothing is downloaded before the registry is there).
+    this Job together; nothing is downloaded before the registry is there). `directory`: the
+    checkpoint is already here (fetched from the object store); `source` is then only what
+    the lineage records. `progress(message, done, total)`: each message starts with its phase
+    (download, layout check, register); done/total count files where there is a count.
     """
     import mlflow
 
@@ -133,20 +154,23 @@ def import_checkpoint(
 
     if alias is not None and alias not in ALIASES:
         raise ImportFailed(f"alias must be one of {', '.join(ALIASES)}")
-    say = progress or (lambda _message: None)
+    say = progress or (lambda _message, _done=None, _total=None: None)
     registry = Registry(tracking_uri)
     _wait_for(registry, wait_s, say)
-    say(f"fetching {source}")
-    directory, resolved = fetch_source(source, revision)
-    say(f"checking the layout of {directory}")
-    validate(directory)
-    files = file_digests(directory, lambda f: say(f"sha256 {f}"))
+    resolved, label = revision, source
+    if directory is None:
+        say(f"download: fetching {source}")
+        directory, resolved = fetch_source(source, revision)
+        label = str(directory)
+    say(f"layout check: {source}")
+    validate(directory, label)
+    files = file_digests(directory, lambda f, i, n: say(f"layout check: sha256 {f}", i, n))
     checkpoint_sha256 = hashlib.sha256(
         "".join(f"{digest}  {path}\n" for path, digest in files.items()).encode()
     ).hexdigest()
     known = registry.version_with_tag(name, "checkpoint_sha256", checkpoint_sha256)
     if known is not None:
-        say(f"{name} v{known} already holds these files")
+        say(f"register: {name} v{known} already holds these files")
         if alias and registry.alias_holder(name, alias) != known:
             registry.promote(name, known, alias, actor or "import", force=True, reason="import")
         tags = registry.version_tags(name, known)
@@ -176,8 +200,8 @@ def import_checkpoint(
             manifest = Path(tmp) / "import-manifest.json"
             manifest.write_text(json.dumps({"source": source, "files": files}, indent=2))
             mlflow.log_artifact(str(manifest))
-        say(f"uploading {len(files)} files to the registry's artifact store")
-        for relative in files:
+        for done, relative in enumerate(files, 1):
+            say(f"register: uploading {relative}", done, len(files))
             parent = Path(relative).parent.as_posix()
             target = CHECKPOINT_ARTIFACT if parent == "." else f"{CHECKPOINT_ARTIFACT}/{parent}"
             mlflow.log_artifact(str(directory / relative), target)
@@ -195,7 +219,7 @@ def import_checkpoint(
     return Imported(name, version, run.info.run_id, source, resolved, alias, files)
 
 
-def _wait_for(registry, wait_s: float, say: Callable[[str], None]) -> None:
+def _wait_for(registry, wait_s: float, say: Progress) -> None:
     import time
 
     deadline = time.monotonic() + wait_s
@@ -208,5 +232,119 @@ def _wait_for(registry, wait_s: float, say: Callable[[str], None]) -> None:
                 raise ImportFailed(
                     f"the registry at {registry.tracking_uri} does not answer: {exc}"
                 ) from exc
-            say("waiting for the registry")
+            say("register: waiting for the registry")
             time.sleep(3)
+
+
+# --- the `import` pipeline's step (POST /v1/registry/models/import) ----------------------------
+
+
+def run_import(
+    name: str,
+    *,
+    hub_id: str = "",
+    key: str = "",
+    revision: str = "",
+    alias: str = "",
+    trained_for: str = "",
+    actor: str = "",
+    uploaded: bool = False,
+) -> Imported:
+    """One import the API queued, from a hub repo or from an object-store key (an archive, or
+    a folder of checkpoint files); progress as MOSS_PROGRESS lines (services.core.progress).
+
+    `uploaded`: the key is the archive the gateway stored for this run; it is deleted once the
+    checkpoint is in the registry, or when the archive proves unusable (a retry could not do
+    better), and kept after any other error, for the retry. An unusable source ends the step
+    with a progress line whose `error` holds its code (`archive_unsafe_member`,
+    `archive_too_large`, `archive_too_many_files`, `archive_invalid`, `import_failed`)."""
+    from services.core.archive import ArchiveRefused
+    from services.core.progress import emit
+    from services.core.settings import get_settings
+    from services.core.storage import make_storage
+
+    settings = get_settings()
+    if not settings.mlflow_uri:
+        raise ImportFailed("MOSS_MLFLOW_URI is not set: the pipeline worker needs the registry")
+    say = _progress_lines(emit)
+    storage = make_storage(settings) if key else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="moss-import-") as work:
+            if key:
+                directory = fetch_object(storage, key, Path(work), settings.import_max_bytes, say)
+                source, resolved = (f"upload:{key}" if uploaded else f"object:{key}"), None
+            else:
+                say(f"download: {hub_id} from the hub")
+                directory, resolved = download_hub(hub_id, revision or None)
+                source = hub_id
+            imported = import_checkpoint(
+                source, name, tracking_uri=settings.mlflow_uri, alias=alias or None,
+                actor=actor, revision=resolved, trained_for=trained_for or None,
+                progress=say, directory=directory,
+            )  # fmt: skip
+    except (ImportFailed, ArchiveRefused) as exc:
+        if uploaded and storage is not None:
+            storage.delete(key)
+        code = getattr(exc, "code", "import_failed")
+        error = {"code": code, "message": str(exc)}
+        emit(pipeline_step="import", message=f"import failed: {exc}", error=error)
+        raise ImportRefused(f"{code}: {exc}") from None
+    if uploaded and storage is not None:
+        storage.delete(key)
+    emit(
+        pipeline_step="import",
+        message=f"registered {imported.name} v{imported.version}"
+        + (" (these files were registered before)" if imported.existing else ""),
+        model=imported.name,
+        version=imported.version,
+        mlflow_run_id=imported.run_id,
+    )
+    return imported
+
+
+def _progress_lines(emit) -> Progress:
+    """progress(message, done, total) as MOSS_PROGRESS lines; byte counts at most every 1%."""
+    last: dict[str, int] = {}
+
+    def say(message: str, done: int | None = None, total: int | None = None) -> None:
+        if done is not None and total and message.startswith("download"):
+            if done < total and done - last.get(message, -total) < total // 100:
+                return
+            last[message] = done
+        emit(pipeline_step="import", message=message, step=done, total_steps=total)
+
+    return say
+
+
+def fetch_object(storage, key: str, work: Path, max_bytes: int, say: Progress) -> Path:
+    """The checkpoint at `key` in a directory under `work`: an archive object is downloaded
+    and extracted safely (services.core.archive), a folder (`key/`) downloaded file by file;
+    either way within `max_bytes` and the archive module's file cap."""
+    from services.core.archive import MAX_FILES, ArchiveRefused, extract
+
+    files = work / "files"
+    files.mkdir()
+    if not key.endswith("/") and storage.exists(key):
+        archive = work / "archive"
+        storage.download(key, archive, lambda done, total: say(f"download: {key}", done, total))
+        if archive.stat().st_size > max_bytes:
+            raise ArchiveRefused("archive_too_large", f"{key} is over MOSS_IMPORT_MAX_BYTES")
+        say("layout check: extracting the archive")
+        root = extract(archive, files, max_bytes=max_bytes)
+        archive.unlink()
+        return root
+    folder = key.rstrip("/") + "/"
+    keys = storage.list_keys(folder)
+    if not keys:
+        raise ImportFailed(f"no object {key} in the object store")
+    if len(keys) > MAX_FILES:
+        raise ImportFailed(f"{folder} holds more than {MAX_FILES} files")
+    size = 0
+    for done, item in enumerate(keys, 1):
+        say(f"download: {item}", done, len(keys))
+        target = files / item.removeprefix(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size += storage.download(item, target)
+        if size > max_bytes:
+            raise ImportFailed(f"{folder} holds more than MOSS_IMPORT_MAX_BYTES")
+    return files

@@ -1,5 +1,6 @@
-"""Kubeflow pipelines (kfp v2): `pretrain`, `sft`, `evaluate` and `annotate` (annotate -> sft
--> evaluate -> register; no `from __future__` import here: kfp reads the annotations as types).
+"""Kubeflow pipelines (kfp v2): `pretrain`, `sft`, `evaluate`, `annotate` (annotate -> sft
+-> evaluate -> register) and `import` (a released checkpoint into the registry); no
+`from __future__` import here: kfp reads the annotations as types.
 
 Each is a chain of lightweight components that import the project (the cluster runs them in the
 platform image, `MOSS_PIPELINE_IMAGE`; `kfp.local` runs them in this environment) and call the
@@ -284,8 +285,59 @@ def evaluate_pipeline(gpu: bool, local: bool = False):
     return pipeline
 
 
+@dsl.component(base_image=IMAGE)
+def import_checkpoint(
+    name: str,
+    hub_id: str,
+    key: str,
+    revision: str,
+    alias: str,
+    trained_for: str,
+    actor: str,
+    uploaded: bool,
+) -> str:
+    from pipelines.importer import run_import
+
+    return run_import(
+        name, hub_id=hub_id, key=key, revision=revision, alias=alias, trained_for=trained_for,
+        actor=actor, uploaded=uploaded,
+    ).version  # fmt: skip
+
+
+def import_pipeline(local: bool = False):
+    """One step: download (hub) or fetch (object store) a checkpoint, check its layout,
+    register it with lineage (POST /v1/registry/models/import queues it). No GPU: nothing is
+    run, the model is only built on the meta device to check its tensor names."""
+
+    @dsl.pipeline(
+        name="moss-audio-import",
+        description="Import a hub-layout checkpoint (hub repo or object-store key) into the "
+        "registry, with lineage; optionally move an alias to it.",
+    )
+    def pipeline(
+        name: str,
+        hub_id: str = "",
+        key: str = "",
+        revision: str = "",
+        alias: str = "",
+        trained_for: str = "",
+        actor: str = "",
+        uploaded: bool = False,
+    ) -> None:
+        task = import_checkpoint(
+            name=name, hub_id=hub_id, key=key, revision=revision, alias=alias,
+            trained_for=trained_for, actor=actor, uploaded=uploaded,
+        )  # fmt: skip
+        task.set_caching_options(False)  # the same files import to the version already there
+        _cluster_options(task, local=local)
+
+    return pipeline
+
+
 def pipeline(name: str, gpu: bool = False, local: bool = False):
-    """The pipeline function for `pretrain`, `sft` or `evaluate`."""
+    """The pipeline function for `pretrain`, `sft`, `evaluate`, `annotate` or `import`."""
+    if name == "import":
+        return import_pipeline(local)
     if name == "evaluate":
         return evaluate_pipeline(gpu, local)
     if name in ("pretrain", "sft"):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.core.queue import PIPELINE_NAMES
+from services.core.queue import CPU_ONLY_PIPELINES, PIPELINE_NAMES
 
 from .kfp_pipelines import pipeline
 
@@ -18,7 +18,7 @@ def compiled_files() -> dict[str, tuple[str, bool]]:
     return {
         f"{name}{'-gpu' if gpu else ''}.yaml": (name, gpu)
         for name in PIPELINE_NAMES
-        for gpu in (False, True)
+        for gpu in ((False,) if name in CPU_ONLY_PIPELINES else (False, True))
     }
 
 

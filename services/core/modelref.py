@@ -25,7 +25,8 @@ from pathlib import Path
 
 from .settings import Settings
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a model name (and an alias)
+_NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(r"^[0-9]{1,9}$")
 _DIGEST_FILE = ".moss-digest.json"
 REGISTRY_PREFIX = "models:/"

@@ -29,7 +29,9 @@ ANNOTATE_QUEUE = "annotate"  # annotation jobs: the annotate worker (docs/annota
 TASK_NAMES = {"encode": "moss.encode", "generate": "moss.generate", "annotate": "moss.annotate"}
 PIPELINE_QUEUE = "pipelines"
 PIPELINE_TASK = "moss.pipeline"
-PIPELINE_NAMES = ("pretrain", "sft", "evaluate", "annotate")  # pipelines.kfp_pipelines defines each
+# pipelines.kfp_pipelines defines each; `import` is what POST /v1/registry/models/import queues.
+PIPELINE_NAMES = ("pretrain", "sft", "evaluate", "annotate", "import")
+CPU_ONLY_PIPELINES = ("import",)  # compiled without a `-gpu` variant: they run no model
 PipelineEnqueue = Callable[[str, str, dict[str, Any]], None]  # (run id, pipeline, params)
 
 

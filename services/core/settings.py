@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = 100.0
     max_audio_seconds: float = 3600.0
+    # The checkpoint archive an import uploads (POST /v1/registry/models/import), and what an
+    # archive extracts to on the pipeline worker: the 8B checkpoint is about 17 GB.
+    import_max_bytes: int = Field(default=32 * 1024**3, gt=0)
     # Load shedding and slow clients (gateway.overload, gateway.limits, gateway.server):
     # requests running at once, and long polls/event streams held at once; how long a request
     # may wait for a slot before a 503; the time a request head and each body chunk may take.

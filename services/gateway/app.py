@@ -127,6 +127,7 @@ def create_app(
         BodySizeLimit,
         max_bytes=settings.max_upload_bytes + 1024 * 1024,
         idle_timeout_s=settings.body_idle_timeout_s,
+        paths={registry.IMPORT_PATH: settings.import_max_bytes + 1024 * 1024},
     )
     app.add_middleware(
         Overload,

@@ -104,6 +104,7 @@ Datasets = Annotated[Principal, Depends(principal("datasets"))]
 # Reading pipeline runs (the caller's tenant's; an admin's: every tenant's): the tenants that
 # make runs, with job keys or registry imports.
 RunReader = Annotated[Principal, Depends(principal("jobs", "registry"))]
+Importer = Annotated[Principal, Depends(principal("registry"))]  # registry imports (or admin)
 
 
 def creates_job(request: Request, who: Jobs) -> None:

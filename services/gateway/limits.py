@@ -24,19 +24,30 @@ class _TooSlow(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout_s: float = 30.0) -> None:
+    """`max_bytes` for every body; `paths` gives some exact paths a cap of their own (the
+    checkpoint import takes archives of gigabytes, MOSS_IMPORT_MAX_BYTES)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        idle_timeout_s: float = 30.0,
+        paths: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.paths = paths or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        cap = self.paths.get(scope.get("path", ""), self.max_bytes)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send, 413)
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            await self._refuse(send, 413, cap)
             return
         seen = 0
         failed: int | None = None  # 413 or 408: whatever the app answers becomes that
@@ -51,7 +62,7 @@ class BodySizeLimit:
                 raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > cap:
                     failed = 413
                     raise _TooLarge
             return message
@@ -61,7 +72,7 @@ class BodySizeLimit:
             if failed is not None:  # a form parser may turn our exception into its own 400
                 if not refused:
                     refused = True
-                    await self._refuse(send, failed)
+                    await self._refuse(send, failed, cap)
                 return
             await send(message)
 
@@ -69,16 +80,16 @@ class BodySizeLimit:
             await self.app(scope, counted, guarded_send)
         except (_TooLarge, _TooSlow):
             if not refused:
-                await self._refuse(send, failed or 413)
+                await self._refuse(send, failed or 413, cap)
 
-    async def _refuse(self, send: Send, status: int) -> None:
+    async def _refuse(self, send: Send, status: int, cap: int) -> None:
         if status == 408:
             error = {
                 "code": "body_timeout",
                 "message": f"no request body arrived for {self.idle_timeout_s:g} s",
             }
         else:
-            mb = self.max_bytes / (1024 * 1024)
+            mb = cap / (1024 * 1024)
             error = {"code": "upload_too_large", "message": f"the request exceeds {mb:.0f} MB"}
         await send(
             {

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.sampling import MAX_NEW_TOKENS, MAX_TEMPERATURE, SAMPLING_MODES, TEMPERATURE_RULE
 from model.tasks import TASKS
 
+from ..core.imports import HUB_ID_PATTERN, REVISION_PATTERN
 from ..core.jobstate import ANNOTATION_TASK, Stage, Status
-from ..core.modelref import ALIASES
+from ..core.modelref import ALIASES, NAME_PATTERN
 from ..core.queue import PRIORITIES
 
 # The choices of the API's fields, each from its one definition (the OpenAPI document lists
@@ -324,7 +325,31 @@ class AliasMove(BaseModel):
 
 
 class Rollback(BaseModel):
-    alias: Alias = "production"
+    alias: Alias = Field(description="The alias to move back (required: no default).")
+
+
+class ImportRequest(BaseModel):
+    """An import of a checkpoint by reference (JSON); an archive is uploaded as multipart."""
+
+    model_config = {"extra": "forbid"}
+    name: str = Field(pattern=NAME_PATTERN, description="The registered model name.")
+    hub_id: str | None = Field(
+        None, pattern=HUB_ID_PATTERN, description="A hub repo (`org/name`) to download."
+    )
+    key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Instead of `hub_id`: an object-store key under `imports/{tenant}/`: an "
+        "archive (.tar, .tar.gz, .zip) or a folder of checkpoint files.",
+    )
+    revision: str | None = Field(
+        None, pattern=REVISION_PATTERN, description="With `hub_id`: a branch, tag or commit."
+    )
+    alias: Alias | None = Field(None, description="Move this alias to the imported version.")
+    trained_for: str | None = Field(
+        None, max_length=500, description="What the checkpoint was trained for (lineage)."
+    )
 
 
 class PipelineRun(BaseModel):

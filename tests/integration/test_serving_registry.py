@@ -82,7 +82,9 @@ def test_workers_follow_alias_moves(tmp_path, redis_url) -> None:
             ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
             assert {BOOTSTRAP_MODEL, f"{BOOTSTRAP_MODEL}@production"} <= set(ids)
 
-            back = client.post(f"/v1/registry/models/{BOOTSTRAP_MODEL}/rollback", json={})
+            rollback = f"/v1/registry/models/{BOOTSTRAP_MODEL}/rollback"
+            assert client.post(rollback, json={}).status_code == 422  # the alias has no default
+            back = client.post(rollback, json={"alias": "production"})
             assert back.status_code == 200 and back.json()["version"] == first
             time.sleep(5.5)
             assert run_job(client, 320.0)["params"]["model_version"] == first
