@@ -37,7 +37,9 @@ DESCRIPTIONS = {
     "`idempotency_key_reused`, `promotion_refused`, `evaluation_set_mismatch`, "
     "`nothing_to_roll_back`).",
     413: "`upload_too_large` (the body passed the cap), or `audio_too_long_for_sync`.",
-    415: "Not audio the platform takes (`not_audio`, `empty_audio`, `unsupported_codec`...).",
+    415: "Not audio the platform takes (`not_audio`, `empty_audio`, `unsupported_codec`...); "
+    "not a checkpoint archive (`not_an_archive`), or a body type the route does not take "
+    "(`unsupported_media_type`).",
     422: "`invalid_request` (a field missing, of the wrong type or out of range), "
     "`invalid_<field>` (a value not among the field's choices), `invalid_utf8`, "
     "`unknown_field`, or the route's own codes.",
