@@ -364,8 +364,9 @@ def promote_step(
             f"{describe_set(target)}: scoring it there first",
             flush=True,
         )
-        checkpoint = registry.download(name, holder, Path(tempfile.mkdtemp()) / "checkpoint")
-        evaluation, _ = _score(checkpoint, target["manifest"], int(target.get("per_kind", 100)))
+        with tempfile.TemporaryDirectory(prefix="moss-rescore-") as work:
+            checkpoint = registry.download(name, holder, Path(work) / "checkpoint")
+            evaluation, _ = _score(checkpoint, target["manifest"], int(target.get("per_kind", 100)))
         registry.record_evaluation(name, holder, evaluation)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(evaluation["metrics"].items()))
         print(f"v{holder} on {describe_set(evaluation)}: {shown}", flush=True)
