@@ -371,6 +371,7 @@ def promote_step(
         shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(evaluation["metrics"].items()))
         print(f"v{holder} on {describe_set(evaluation)}: {shown}", flush=True)
     decision = registry.promote(name, version, alias, actor)
+    emit(pipeline_step="promote", model=name, version=version, decision=decision.as_dict())
     return json.dumps(decision.as_dict())
 
 

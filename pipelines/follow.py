@@ -207,8 +207,26 @@ def _signal_group(group: int, sig: int) -> None:
 
 
 def _group_alive(group: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: an orphaned task
+    process is reparented to PID 1, which in a container may never reap it."""
     try:
         os.killpg(group, 0)
-        return True
     except ProcessLookupError:
         return False
+    return bool(group_members(group)) if os.path.isdir("/proc") else True
+
+
+def group_members(group: int) -> list[int]:
+    """The live (not zombie) processes of a process group, read from /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                fields = handle.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # state, ppid, pgrp, ...
+            found.append(int(entry.name))
+    return found

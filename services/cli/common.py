@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..core.settings import Settings, get_settings
 
@@ -23,7 +24,8 @@ out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # escaped: a message holds server text, where `[pipeline_failed]` read as markup vanished
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -181,3 +183,33 @@ class Client:
                 "label_map": label_map}  # fmt: skip
         return self._call("POST", "/v1/annotations", json={k: v for k, v in body.items()
                                                            if v is not None})  # fmt: skip
+
+    # --- pipeline runs (docs/pipelines.md) ---------------------------------------------------
+
+    def start_run(self, name: str, params: dict[str, Any]) -> dict:
+        return self._call("POST", f"/v1/pipelines/{name}/runs", json={"params": params})
+
+    def pipeline_run(self, run_id: str) -> dict:
+        return self._call("GET", f"/v1/pipelines/runs/{run_id}")
+
+    def pipeline_runs(self, status: str | None, tenant: str | None, limit: int, offset: int):
+        params = {"limit": limit, "offset": offset, "status": status, "tenant": tenant}
+        return self._call("GET", "/v1/pipelines/runs",
+                          params={k: v for k, v in params.items() if v is not None})  # fmt: skip
+
+    def cancel_run(self, run_id: str) -> dict:
+        return self._call("DELETE", f"/v1/pipelines/runs/{run_id}")
+
+    def run_log(self, run_id: str, follow: bool = False) -> Iterator[bytes]:
+        """The run's log as it streams (following: until the run ends)."""
+        params = {"follow": "true"} if follow else None
+        path = f"/v1/pipelines/runs/{run_id}/log"
+        with self.http.stream("GET", path, params=params, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    error = response.json()["error"]
+                except (ValueError, KeyError, TypeError):
+                    error = {"code": "http_error", "message": response.text[:200]}
+                raise ClientError(response.status_code, error["code"], error["message"])
+            yield from response.iter_bytes()

@@ -33,7 +33,7 @@ DESCRIPTIONS = {
     403: "`forbidden`: the key lacks the route's scope (or `priority_not_allowed`).",
     404: "`not_found` (or `model_not_found`): no such resource, or another tenant's.",
     408: "`body_timeout`: the body stopped arriving (MOSS_BODY_IDLE_TIMEOUT_S).",
-    409: "The resource's state refuses the request (`job_finished`, `no_result`, "
+    409: "The resource's state refuses the request (`job_finished`, `run_finished`, `no_result`, "
     "`idempotency_key_reused`, `promotion_refused`, `evaluation_set_mismatch`, "
     "`nothing_to_roll_back`).",
     413: "`upload_too_large` (the body passed the cap), or `audio_too_long_for_sync`.",

@@ -6,6 +6,7 @@
 // is shown, shape by shape, lives in results.js.
 
 import { clearResult, resultView, showResult as renderResult } from "./results.js";
+import { watchRuns } from "./runs.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { key: sessionStorage.getItem("moss-key"), audio: null, blob: null, stopAt: null };
@@ -47,6 +48,7 @@ async function signIn(key) {
   $("who").textContent = `signed in (${key.slice(0, 10)}…)`;
   $("app").hidden = false;
   await listJobs();
+  watchRuns(api); // the pipeline runs panel (runs.js)
 }
 
 function signOut() {
