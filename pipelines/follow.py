@@ -37,6 +37,7 @@ KFP_FAILED = re.compile(r"Task '([^']+)' finished with status FAILURE")
 RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Refused)): (.+)$")
 FLUSH_S = 1.0  # the log and the progress reach the store at most this late
 CANCEL_CHECK_S = 1.0
+TOUCH_S = 10.0  # how often a followed run is marked as followed (the sweeper fails the others)
 TERMINATE_GRACE_S = 10.0  # SIGTERM, then SIGKILL for what is left of the group
 STRAGGLERS_S = 2.0  # processes a finished child left behind: stopped this long after it ended
 
@@ -114,7 +115,7 @@ def follow_child(
     tail: deque[str] = deque(maxlen=200)
     pending: dict[str, Any] = {}
     cancelled, ended, exited = False, False, None
-    flushed = checked = time.monotonic()
+    flushed = checked = touched = time.monotonic()
     while not ended:
         taken, ended = _take(lines)
         for raw in taken:
@@ -131,9 +132,12 @@ def follow_child(
         if ended or now - flushed >= flush_s:
             _flush(runs, run_id, output, pending)
             flushed = now
+        if now - touched >= TOUCH_S:  # still followed: the sweeper spares it
+            touched = now
+            _quietly(runs.touch, run_id)
         if not cancelled and not ended and now - checked >= CANCEL_CHECK_S:
             checked = now
-            if _cancel_requested(runs, run_id):
+            if _quietly(runs.cancel_requested, run_id):
                 cancelled = True
                 output.line(f"moss: cancel requested; stopping process group {process.pid}")
                 terminate_group(process)
@@ -180,10 +184,11 @@ def _flush(runs: RunStore, run_id: str, output: RunLog, pending: dict[str, Any])
     output.flush()
 
 
-def _cancel_requested(runs: RunStore, run_id: str) -> bool:
+def _quietly(call, run_id: str) -> bool:
+    """A store call of the follow loop; the database away a moment: False, asked again soon."""
     try:
-        return runs.cancel_requested(run_id)
-    except Exception:  # asked again in a second
+        return bool(call(run_id))
+    except Exception:
         return False
 
 

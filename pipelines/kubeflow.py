@@ -76,6 +76,7 @@ def follow_kubeflow(
                            "request (terminated on Kubeflow)"})  # fmt: skip
         try:
             run = client.get_run(kfp_run_id)
+            runs.touch(run_id)  # still followed: the sweeper spares it
             failing_since = None
         except Exception as exc:  # the API away for a moment: ask again, for a while
             failing_since = failing_since or time.monotonic()

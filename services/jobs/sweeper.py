@@ -2,7 +2,8 @@
 
 Within seconds: the stages of a worker that no longer answers a ping, and what a restarted
 worker's node name still held (both ahead of the backlog: they had their turn), and jobs waiting
-on an empty queue (their message was lost). After minutes, the rules that need no broker: a
+on an empty queue (their message was lost). A pipeline run whose worker is gone is failed
+(`worker_lost`), never run again. After minutes, the rules that need no broker: a
 running stage whose heartbeat stopped, a job that waited too long. Jobs past the retention
 period are purged (services.jobs.retention). The job store's guarded updates make this safe
 with several sweepers (one per gateway replica), and a duplicate message is a no-op (claims).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..core.jobstore import RunStore
 from .context import Context
 from .retention import purge_expired
 
@@ -24,8 +26,10 @@ def sweep(ctx: Context) -> list[tuple[str, str]]:
     seconds), stale running stages (heartbeat older than MOSS_SWEEP_AFTER_S: a worker that lost
     its name too), and jobs never picked up (their message lost)."""
     settings = ctx.settings
-    given_back = _orphans(ctx) + ctx.store.release_stale(older_than_s=settings.sweep_after_s)
+    live = _live(ctx)
+    given_back = _orphans(ctx, live) + ctx.store.release_stale(older_than_s=settings.sweep_after_s)
     _enqueue(ctx, given_back, front=True)  # they had their turn: ahead of the backlog
+    _lost_runs(ctx, live)
     resent = _lost(ctx) + ctx.store.waiting(older_than_s=settings.sweep_after_s * 5)
     _enqueue(ctx, list(dict.fromkeys(resent)))
     return given_back + resent
@@ -57,18 +61,34 @@ def recover_own(ctx: Context) -> list[tuple[str, str]]:
     return actions
 
 
-def _orphans(ctx: Context) -> list[tuple[str, str]]:
+def _live(ctx: Context) -> set[str] | None:
+    """The workers that answer a ping now; None: unknown (the broker is away)."""
     if ctx.live_workers is None:
-        return []
+        return None
     try:
-        live = ctx.live_workers()
+        return ctx.live_workers()
     except Exception:  # the broker is away: nobody can be told dead
         log.warning("sweeper could not ping the workers", exc_info=True)
-        return []
+        return None
+
+
+def _orphans(ctx: Context, live: set[str] | None) -> list[tuple[str, str]]:
     if live is None:
         return []
     # a claim younger than two heartbeats is spared: its worker may have missed one ping
     return ctx.store.release_orphans(live=live, older_than_s=2 * ctx.settings.heartbeat_s)
+
+
+def _lost_runs(ctx: Context, live: set[str] | None) -> None:
+    """Fail the pipeline runs whose worker no longer answers and has not touched them for
+    MOSS_SWEEP_AFTER_S (a pipeline worker touches the runs it follows every few seconds; a run
+    is never started again: training is not idempotent)."""
+    if live is None:
+        return
+    for run_id in RunStore.of(ctx.store).fail_orphans(
+        live=live, quiet_s=ctx.settings.sweep_after_s
+    ):
+        log.warning("pipeline run %s failed: its pipeline worker is gone", run_id)
 
 
 def _enqueue(ctx: Context, actions: list[tuple[str, str]], front: bool = False) -> None:

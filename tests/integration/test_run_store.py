@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -56,19 +57,20 @@ def test_cancel_ends_a_queued_run_at_once_and_marks_a_running_one(runs) -> None:
 
 
 def test_runs_are_listed_per_tenant_newest_first(runs) -> None:
-    mine = [runs.create("tenant-a", "evaluate", {}, "local").id for _ in range(3)]
-    other = runs.create("tenant-b", "evaluate", {}, "local").id
-    listed, total = runs.list("tenant-a", limit=2)
+    a, b = (f"{name}-{uuid.uuid4().hex[:8]}" for name in "ab")  # the database outlives a run
+    mine = [runs.create(a, "evaluate", {}, "local").id for _ in range(3)]
+    other = runs.create(b, "evaluate", {}, "local").id
+    listed, total = runs.list(a, limit=2)
     assert total == 3 and [r.id for r in listed] == mine[::-1][:2]
-    assert other not in {r.id for r in runs.list("tenant-a", limit=50)[0]}
-    assert runs.get(other, tenant="tenant-a") is None and runs.get(other).tenant == "tenant-b"
+    assert other not in {r.id for r in runs.list(a, limit=50)[0]}
+    assert runs.get(other, tenant=a) is None and runs.get(other).tenant == b
     everyone = {r.id for r in runs.list(None, limit=200)[0]}
     assert set(mine) | {other} <= everyone
     runs.finish(mine[0], "failed", {"code": "pipeline_failed", "message": "x"})
-    assert [r.id for r in runs.list("tenant-a", status="failed")[0]] == [mine[0]]
+    assert [r.id for r in runs.list(a, status="failed")[0]] == [mine[0]]
 
 
-def test_a_restarted_worker_fails_what_its_previous_process_held(runs) -> None:
+def test_a_run_whose_worker_is_gone_is_failed(runs) -> None:
     held = runs.create("acme", "sft", {}, "local")
     runs.start(held.id, worker="pipelines-9@host")
     other = runs.create("acme", "sft", {}, "local")
@@ -76,6 +78,9 @@ def test_a_restarted_worker_fails_what_its_previous_process_held(runs) -> None:
     assert runs.fail_orphans("pipelines-9@host") == [held.id]
     assert runs.get(held.id).error["code"] == "worker_lost"
     assert runs.get(other.id).status == "running"
+    assert other.id not in runs.fail_orphans(live={"pipelines-8@host"}, quiet_s=0)
+    assert other.id not in runs.fail_orphans(live=set(), quiet_s=3600)  # touched: followed
+    assert other.id in runs.fail_orphans(live={"pipelines-1@elsewhere"}, quiet_s=0)
 
 
 def test_the_migration_goes_down_and_up_again(tmp_path) -> None:

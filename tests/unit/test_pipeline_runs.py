@@ -282,3 +282,28 @@ def test_cancelling_a_kubeflow_run_terminates_it_through_the_api(kfp_api, runs, 
                               0.01, sleep=cancel_after_two_reads)  # fmt: skip
     assert outcome.status == Status.CANCELLED
     assert fake.terminated == ["/apis/v2beta1/runs/kfp-3:terminate"]
+
+
+def test_the_sweeper_fails_a_run_whose_worker_is_gone_and_spares_a_followed_one(tmp_path) -> None:
+    from services.core.settings import Settings
+    from services.jobs.context import Context
+    from services.jobs.sweeper import sweep
+
+    store = JobStore.connect(f"sqlite:///{tmp_path}/jobs.db")
+    runs = RunStore.of(store)
+    ctx = Context(settings=Settings(home=tmp_path, sweep_after_s=1), store=store,
+                  storage=LocalStorage(tmp_path / "o"), enqueue=lambda *a, **k: None,
+                  live_workers=lambda: {"pipelines-1@alive"})  # fmt: skip
+    gone, followed, young = (runs.create("acme", "sft", {}, "local") for _ in range(3))
+    runs.start(gone.id, worker="pipelines-1@dead")
+    runs.start(followed.id, worker="pipelines-1@alive")
+    time.sleep(1.1)
+    runs.start(young.id, worker="pipelines-2@missed-a-ping")  # touched just now
+    sweep(ctx)
+    assert runs.get(gone.id).status == "failed" and runs.get(gone.id).error["code"] == "worker_lost"
+    assert runs.get(followed.id).status == runs.get(young.id).status == "running"
+    ctx.live_workers = lambda: None  # the broker away: nobody can be told dead
+    runs.start(other := runs.create("acme", "sft", {}, "local").id, worker="pipelines-3@x")
+    time.sleep(1.1)
+    sweep(ctx)
+    assert runs.get(other).status == "running"

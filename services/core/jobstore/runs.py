@@ -11,6 +11,7 @@ committed change the run's events go out on Redis (core.events, under `event_key
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -171,25 +172,42 @@ class RunStore:
             )
             return bool(wanted)
 
-    def fail_orphans(self, worker: str) -> list[str]:
-        """Fail the runs still `running` under this worker name: a worker that starts finds
-        what its previous process held when it died (a run is never started twice: training
-        is not idempotent). Returns their ids."""
+    def touch(self, run_id: str) -> bool:
+        """The worker still follows this run (the sweeper fails a run nobody follows)."""
+        return self._update(run_id, PipelineRun.status == Status.RUNNING)
+
+    def fail_orphans(
+        self, worker: str | None = None, live: set[str] | None = None, quiet_s: float = 0.0
+    ) -> list[str]:
+        """Fail the running runs whose pipeline worker is gone (a run is never started twice:
+        training is not idempotent). `worker`: a worker that has just started under this name;
+        what the name still holds was its previous process's. `live`: the workers that answered
+        a ping just now; a run held by another, not touched for `quiet_s`, lost its worker (a
+        live one touches its runs every few seconds, so a missed ping fails nothing). Returns
+        their ids."""
+        if worker is None and live is None:
+            return []
+        cutoff = utcnow() - timedelta(seconds=quiet_s)
+        query = select(PipelineRun.id, PipelineRun.claimed_by).where(
+            PipelineRun.status == Status.RUNNING, PipelineRun.claimed_by.is_not(None)
+        )
+        if worker is not None:
+            query = query.where(PipelineRun.claimed_by == worker)
+        else:
+            query = query.where(PipelineRun.updated_at < cutoff)
         with self.sessions() as session:
-            held = session.scalars(
-                select(PipelineRun.id).where(
-                    PipelineRun.status == Status.RUNNING, PipelineRun.claimed_by == worker
-                )
-            ).all()
+            held = session.execute(query).all()
         error = {"code": "worker_lost", "message": "the pipeline worker running it stopped "
                  "before the run ended; start the run again"}  # fmt: skip
+        lost = [(run_id, holder) for run_id, holder in held if worker or holder not in live]
         return [
             run_id
-            for run_id in held
+            for run_id, holder in lost
             if self._move(
                 run_id,
                 Status.FAILED,
-                PipelineRun.claimed_by == worker,
+                PipelineRun.claimed_by == holder,
+                *(() if worker else (PipelineRun.updated_at < cutoff,)),
                 error=error,
                 finished_at=utcnow(),
                 claimed_by=None,
