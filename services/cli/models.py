@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -12,12 +11,12 @@ from typing import Annotated, BinaryIO
 
 import httpx
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from ..core.modelref import ALIASES
 from .common import Client, client, default_key, default_url, err, fail, guard, out
+from .pipeline import follow_run
 
 app = typer.Typer(
     help="The model registry: import, list, promote, roll back.", no_args_is_help=True
@@ -163,13 +162,14 @@ def import_via_api(settings, request: ImportArgs) -> tuple[str, bool, str | None
         if request.revision:
             body["revision"] = request.revision
         run = guard(api._call, "POST", IMPORT_ROUTE, json=body)
-    final = follow_run(api, run["run_id"], f"importing {request.source}")
+    err.print(f"import of {request.source}: run {run['run_id']} ({run['mode']})")
+    final = follow_run(api, run["run_id"])
     if final["status"] != "succeeded":
         # The import step's own error (its code) first, else the run's (a crash, a cancel).
         error = (final.get("progress") or {}).get("error") or final.get("error") or {}
         code = error.get("code", final["status"])
         reason = f"import {final['status']}: {error.get('message') or 'see the run log'}"
-        fail(escape(f"{reason} [{code}]"), 2 if code.startswith(("archive_", "import_")) else 1)
+        fail(f"{reason} [{code}]", 2 if code.startswith(("archive_", "import_")) else 1)
     message = (final.get("progress") or {}).get("message", "")
     return str(final["version"]), "registered before" in message, request.revision
 
@@ -216,24 +216,6 @@ class _Reading:
 
     def tell(self) -> int:
         return self.handle.tell()
-
-
-def follow_run(api: Client, run_id: str, what: str) -> dict:
-    """Poll GET /v1/pipelines/runs/{id} until the run ends, drawing its progress; the run."""
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"))
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(what, total=None, count="")
-        while True:
-            run = guard(api._call, "GET", f"/v1/pipelines/runs/{run_id}")
-            progress = run.get("progress") or {}
-            step, total = progress.get("step"), progress.get("total_steps")
-            count = f"{step}/{total}" if step is not None and total else ""
-            message = progress.get("message") or run["status"]
-            bar.update(task, description=f"{what}: {message}", completed=step or 0,
-                       total=total or None, count=count)  # fmt: skip
-            if run["status"] in ("succeeded", "failed", "cancelled"):
-                return run
-            time.sleep(0.5)
 
 
 def registry_uri(settings) -> str | None:
