@@ -149,3 +149,39 @@ def test_a_broken_checkpoint_is_refused_in_one_line_and_nothing_is_registered(
         tmp_path / "home",
     )
     assert missing.returncode == 2 and "not in the hub cache" in missing.stderr
+
+
+def test_the_import_step_downloads_a_hub_repo_and_reports_progress(
+    mlflow_uri, hub_cache, monkeypatch, capsys
+) -> None:
+    """The `import` pipeline's step (what POST /v1/registry/models/import queues) on a hub id:
+    never a local path, and every phase as a MOSS_PROGRESS line, the result last."""
+    from pipelines.importer import ImportRefused, run_import
+    from services.core import progress
+    from services.core.settings import get_settings
+
+    monkeypatch.setenv("MOSS_MLFLOW_URI", mlflow_uri)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    get_settings.cache_clear()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    try:
+        imported = run_import("moss-audio-tiny-step", hub_id=REPO, alias="candidate", actor="t")
+        lines = [progress.parse(line) for line in capsys.readouterr().out.splitlines()]
+        with pytest.raises(ImportRefused, match=r"import_failed: .*not in the hub cache"):
+            run_import("moss-audio-tiny-step", hub_id="OpenMOSS-Team/not-there")
+    finally:
+        get_settings.cache_clear()
+    assert imported.revision == COMMIT and imported.source == REPO and not imported.existing
+    lines = [fields for fields in lines if fields]
+    assert all(fields["pipeline_step"] == "import" for fields in lines)
+    phases = [fields["message"].split(":")[0] for fields in lines[:-1]]
+    assert phases[0] == "download" and "layout check" in phases and phases[-1] == "register"
+    counted = [f for f in lines if f["message"].startswith("register: uploading")]
+    assert counted[-1]["step"] == counted[-1]["total_steps"] == len(imported.files)
+    assert lines[-1] | {"message": ""} == {
+        "pipeline_step": "import", "message": "", "model": "moss-audio-tiny-step",
+        "version": imported.version, "mlflow_run_id": imported.run_id,
+    }  # fmt: skip
+    assert Registry(mlflow_uri).alias_holder("moss-audio-tiny-step", "candidate") == "1"
