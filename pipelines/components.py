@@ -9,6 +9,7 @@ only: a manifest key in the object store, an MLflow run id, a registered version
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -168,86 +169,99 @@ def train_step(
     clips, digest = read_manifest(storage, manifest)
     processor = MossAudioProcessor.from_pretrained(None)
     work = Path(tempfile.mkdtemp(prefix="moss-train-"))
-    torch.manual_seed(seed)  # a fresh model's initial weights are part of the run's recipe
-    model, parent, base_labels = _base_model(size, base_model, work / "base")
-    thinking = flavor == "thinking" and stage.startswith("sft")
-    if parent is None and train_encoder is None:
-        train_encoder = True  # a fresh model has no trained encoder to keep frozen
-    config = TrainConfig(
-        stage="sft_thinking" if thinking else stage,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        train_encoder=train_encoder,
-        decoder=decoder or None,
-        seed=seed,
-        max_seconds=60 * max_minutes,
-        dropout=dropout if dropout >= 0 else None,
-        kind_weights=json.loads(kind_weights) if kind_weights else None,
-        vocab_shortlist=vocab_shortlist,
-        conversations=conversations,
-    )
-    examples = Examples(
-        clips,
-        storage.get_bytes,
-        processor,
-        config.kinds,
-        "train",
-        thinking,
-        conversations=conversations,
-        seed=seed,
-    )
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(f"moss-audio-{size}-{flavor}")
-    with mlflow.start_run(run_name=f"{stage}-{size}-{flavor}") as run:
-        mlflow.set_tags(
-            {
-                "code_version": code_version(),
-                "data_digest": digest,
-                "parent_model": parent or "",
-                "stage": stage,
-                "variant": f"{size}-{flavor}",
-                "trained_for": describe_dataset(clips, manifest)
-                + (f", starting from {parent}" if parent else ""),
-            }
+    try:
+        torch.manual_seed(seed)  # a fresh model's initial weights are part of the run's recipe
+        model, parent, base_labels = _base_model(size, base_model, work / "base")
+        thinking = flavor == "thinking" and stage.startswith("sft")
+        if parent is None and train_encoder is None:
+            train_encoder = True  # a fresh model has no trained encoder to keep frozen
+        config = TrainConfig(
+            stage="sft_thinking" if thinking else stage,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            train_encoder=train_encoder,
+            decoder=decoder or None,
+            seed=seed,
+            max_seconds=60 * max_minutes,
+            dropout=dropout if dropout >= 0 else None,
+            kind_weights=json.loads(kind_weights) if kind_weights else None,
+            vocab_shortlist=vocab_shortlist,
+            conversations=conversations,
         )
-        mlflow.log_params(
-            {
-                **{k: v for k, v in config.__dict__.items() if k not in ("kinds", "kind_weights")},
-                "kinds": ",".join(config.kinds),
-                "kind_weights": kind_weights or "none",
-                "manifest": manifest,
-                "data_digest": digest,
-                "base_model": base_model or f"preset:{size}",
-                "examples": len(examples),
-                "examples_by_kind": json.dumps(examples.kind_counts()),
-                "clips_skipped": len(examples.skipped),
-            }
+        examples = Examples(
+            clips,
+            storage.get_bytes,
+            processor,
+            config.kinds,
+            "train",
+            thinking,
+            conversations=conversations,
+            seed=seed,
         )
-        print(f"training on {len(examples)} examples: {examples.kind_counts()}", flush=True)
-        emit(pipeline_step="train", mlflow_run_id=run.info.run_id, total_steps=steps,
-             message=f"training on {len(examples)} examples")  # fmt: skip
-        report = StepReport(steps, config.max_seconds)
+        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_experiment(f"moss-audio-{size}-{flavor}")
+        with mlflow.start_run(run_name=f"{stage}-{size}-{flavor}") as run:
+            base = base_model or f"preset:{size}"
+            trained_for = describe_dataset(clips, manifest)
+            _log_inputs(config, examples, stage, size, flavor, manifest, digest, parent, base,
+                        trained_for, kind_weights)  # fmt: skip
+            print(f"training on {len(examples)} examples: {examples.kind_counts()}", flush=True)
+            emit(pipeline_step="train", mlflow_run_id=run.info.run_id, total_steps=steps,
+                 message=f"training on {len(examples)} examples")  # fmt: skip
+            report = StepReport(steps, config.max_seconds)
 
-        def log(step: int, metrics: dict[str, float]) -> None:
-            if step % 10 == 0 or step == 1:
-                mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
-            report(step, metrics)
+            def log(step: int, metrics: dict[str, float]) -> None:
+                if step % 10 == 0 or step == 1:
+                    mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+                report(step, metrics)
 
-        result = train(
-            model,
-            examples,
-            config,
-            output_dir=work / "checkpoint",
-            processor=processor,
-            on_step=log,
-        )
-        report.finish(result.steps, result.final_loss)
-        mlflow.log_metric("train/steps_done", result.steps)
-        # the vocabulary travels with the weights: annotation names sounds in these words
-        write_event_labels(work / "checkpoint", {*base_labels, *training_event_labels(clips)})
-        mlflow.log_artifacts(str(work / "checkpoint"), CHECKPOINT_ARTIFACT)
-        return run.info.run_id
+            result = train(
+                model,
+                examples,
+                config,
+                output_dir=work / "checkpoint",
+                processor=processor,
+                on_step=log,
+            )
+            report.finish(result.steps, result.final_loss)
+            mlflow.log_metric("train/steps_done", result.steps)
+            # the vocabulary travels with the weights: annotation names sounds in these words
+            write_event_labels(work / "checkpoint", {*base_labels, *training_event_labels(clips)})
+            mlflow.log_artifacts(str(work / "checkpoint"), CHECKPOINT_ARTIFACT)
+            return run.info.run_id
+    finally:  # the checkpoint is in MLflow now: a run leaves no copy behind
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _log_inputs(config: TrainConfig, examples: Examples, stage: str, size: str, flavor: str,
+                manifest: str, digest: str, parent: str | None, base: str, trained_for: str,
+                kind_weights: str) -> None:  # fmt: skip
+    """The run's lineage tags and recipe parameters: what `register_step` and a person comparing
+    runs read back."""
+    mlflow.set_tags(
+        {
+            "code_version": code_version(),
+            "data_digest": digest,
+            "parent_model": parent or "",
+            "stage": stage,
+            "variant": f"{size}-{flavor}",
+            "trained_for": trained_for + (f", starting from {parent}" if parent else ""),
+        }
+    )
+    mlflow.log_params(
+        {
+            **{k: v for k, v in config.__dict__.items() if k not in ("kinds", "kind_weights")},
+            "kinds": ",".join(config.kinds),
+            "kind_weights": kind_weights or "none",
+            "manifest": manifest,
+            "data_digest": digest,
+            "base_model": base,
+            "examples": len(examples),
+            "examples_by_kind": json.dumps(examples.kind_counts()),
+            "clips_skipped": len(examples.skipped),
+        }
+    )
 
 
 def _score(checkpoint: str | Path, manifest: str, per_kind: int) -> tuple[dict[str, Any], list]:
@@ -279,35 +293,44 @@ def evaluate_step(
     print("evaluating on the held-out split", flush=True)  # `mossctl up` shows the phase
     emit(pipeline_step="evaluate", mlflow_run_id=run_id, message="evaluating on the held-out split")
     mlflow.set_tracking_uri(tracking_uri())
-    work = Path(tempfile.mkdtemp(prefix="moss-eval-"))
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(work)
-    )
     registry = Registry(tracking_uri())
     reference = registry.reference_manifest(model) if model else None
     client = mlflow.MlflowClient()
-    experiment = client.get_run(run_id).info.experiment_id
-    history = _history(client, experiment, exclude=run_id)
+    history = _history(client, client.get_run(run_id).info.experiment_id, exclude=run_id)
     evaluations = []
-    for key in dict.fromkeys([manifest, *([reference] if reference else [])]):
-        if key != manifest:
-            print(f"evaluating on the reference set {key}", flush=True)
-        evaluation, predictions = _score(local, key, per_kind)
-        own = key == manifest and not version
-        prefix = "eval" if own else f"eval_{evaluation['evaluation_set'][:12]}"
-        metrics = evaluation["metrics"]
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()})
-            report = write_report(metrics, predictions, history if own else [], work / prefix)
-            mlflow.log_artifacts(str(report), "evaluation" + ("" if own else f"/{prefix}"))
-        if version:
-            registry.record_evaluation(model, version, evaluation)
-        evaluations.append(evaluation)
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
-        label = "evaluation" if key == manifest else "reference evaluation"
-        print(f"{label}: {shown}", flush=True)
-        print(f"evaluation set: {describe_set(evaluation)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="moss-eval-") as tmp:  # gone with its checkpoint copy
+        work = Path(tmp)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(work)
+        )
+        for key in dict.fromkeys([manifest, *([reference] if reference else [])]):
+            if key != manifest:
+                print(f"evaluating on the reference set {key}", flush=True)
+            own = key == manifest and not version
+            evaluation = _evaluate_on(local, key, per_kind, run_id, own, history, work)
+            if version:
+                registry.record_evaluation(model, version, evaluation)
+            evaluations.append(evaluation)
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(evaluation["metrics"].items()))
+            label = "evaluation" if key == manifest else "reference evaluation"
+            print(f"{label}: {shown}", flush=True)
+            print(f"evaluation set: {describe_set(evaluation)}", flush=True)
     return evaluations
+
+
+def _evaluate_on(
+    checkpoint: str, manifest: str, per_kind: int, run_id: str, own: bool, history: list, work: Path
+) -> dict[str, Any]:
+    """Score `checkpoint` on one set and log the figures and the report to the run: as `eval/*`
+    for the run's own held-out split, as `eval_<set>/*` for any other set."""
+    evaluation, predictions = _score(checkpoint, manifest, per_kind)
+    prefix = "eval" if own else f"eval_{evaluation['evaluation_set'][:12]}"
+    metrics = evaluation["metrics"]
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()})
+        report = write_report(metrics, predictions, history if own else [], work / prefix)
+        mlflow.log_artifacts(str(report), "evaluation" + ("" if own else f"/{prefix}"))
+    return evaluation
 
 
 def _history(client: Any, experiment: str, exclude: str) -> list[dict[str, float]]:
