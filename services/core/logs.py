@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("moss_request_id", default=None)
 JOB_ID: ContextVar[str | None] = ContextVar("moss_job_id", default=None)
+# A URL's userinfo: `scheme://` then everything up to the last `@` before the host ends (`/`,
+# `?`, `#` or a space), as urlsplit reads it (a password may hold a raw `@`).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s job=%(job_id)s] %(message)s"
 
 
@@ -48,3 +52,13 @@ def configure(log_format: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def redact_url(text: str) -> str:
+    """`text` with the userinfo of every URL in it replaced by `***` (`http://***@host/`).
+
+    Operators may put credentials in a URL they configure (MOSS_MLFLOW_URI, MOSS_KFP_HOST:
+    `http://user:pw@host`), and the clients' own errors quote that URL back. Anything a tenant
+    can read (a run's error, its log) or a log line gets this first. Works on a bare URL and on
+    a message that holds URLs."""
+    return _USERINFO.sub(r"\1***@", text)
