@@ -8,6 +8,8 @@ Kubeflow when MOSS_KFP_HOST is set).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ApiError
@@ -16,6 +18,8 @@ from .jobstore import PipelineRun, RunStore
 from .jobstore.runs import new_run_id
 from .queue import PIPELINE_NAMES, PipelineEnqueue
 from .settings import Settings
+
+log = logging.getLogger("moss.lifecycle")
 
 
 def registry(settings: Settings):
@@ -103,18 +107,22 @@ def start_pipeline(
     enqueue: PipelineEnqueue,
     name: str,
     params: dict,
-    before=None,
+    before: Callable[[str], str | None] | None = None,
     *,
     runs: RunStore,
     tenant: str,
     key_id: str | None = None,
+    forget: Callable[[], None] | None = None,
 ) -> dict:
     """Create a run of `name` for `tenant` (durable first: its row), then queue it for the
     pipeline worker. The one way a run is made: the pipelines route and imports both come here.
 
     `before(run_id)` runs first and may return an earlier run's id instead (an idempotent
     retry): that run is answered and nothing is made or queued. A queue that cannot be reached
-    fails the run it just recorded (503 `queue_unavailable`: nothing will run it)."""
+    fails the run it just recorded (503 `queue_unavailable`: nothing will run it). When nothing
+    will run (the row could not be written, or the queue not reached), `forget()` undoes what
+    `before` recorded: an Idempotency-Key left naming a run that does not exist, or one that
+    never runs, would make every retry a new run, or answer a dead one."""
     if name not in PIPELINE_NAMES:
         raise ApiError(404, "not_found", f"no pipeline {name!r} ({', '.join(PIPELINE_NAMES)})")
     run_id = new_run_id()
@@ -123,14 +131,30 @@ def start_pipeline(
         if earlier is not None:
             return {**run_answer(earlier), "replayed": True}
     mode = "kubeflow" if settings.kfp_host else "local"
-    run = runs.create(tenant, name, params, mode, key_id=key_id, run_id=run_id)
+    try:
+        run = runs.create(tenant, name, params, mode, key_id=key_id, run_id=run_id)
+    except Exception:
+        _quietly(forget)
+        raise
     try:
         enqueue(run_id, name, params)
     except Exception as exc:
         runs.finish(run_id, Status.FAILED, {"code": "queue_unavailable", "message": "the "
                     "pipeline queue could not be reached; nothing ran"})  # fmt: skip
+        _quietly(forget)
         raise ApiError(503, "queue_unavailable", "the pipeline queue cannot be reached") from exc
     return run_answer(run)
+
+
+def _quietly(forget: Callable[[], None] | None) -> None:
+    """Forget a key on the way out of a failed start; the first error is the one to answer."""
+    if forget is None:
+        return
+    try:
+        forget()
+    except Exception:
+        log.warning("could not forget the Idempotency-Key of a run that was not made",
+                    exc_info=True)  # fmt: skip
 
 
 def run_answer(run: PipelineRun) -> dict:

@@ -168,3 +168,38 @@ def test_a_queue_that_cannot_be_reached_fails_the_run_it_recorded(env) -> None:
     assert raised.value.code == "queue_unavailable"
     failed, _ = runs.list("alice", status="failed")
     assert failed and failed[0].error["code"] == "queue_unavailable"
+
+
+def test_a_run_that_could_not_be_recorded_leaves_its_idempotency_key_free(env, tmp_path) -> None:
+    """The key is recorded before the run's row; a row that cannot be written (here: a
+    database without the runs table) must not leave the key naming a run that does not exist,
+    or every retry would make a new run."""
+    from sqlalchemy import create_engine
+
+    _, ctx, runs, _, queued = env
+    store, key = ctx.store, "pipeline:retry-after-a-failed-write"
+
+    def start(on: RunStore) -> dict:
+        return lifecycle.start_pipeline(
+            ctx.settings, lambda *r: queued.append(r), "sft", {"steps": 1},
+            before=lambda run_id: _remember(store, key, run_id),
+            forget=lambda: store.forget_idempotency("alice", key), runs=on, tenant="alice",
+        )  # fmt: skip
+
+    broken = RunStore(create_engine(f"sqlite:///{tmp_path}/no-runs-table.db"))
+    with pytest.raises(Exception, match="pipeline_runs"):
+        start(broken)
+    assert store.idempotent_job("alice", key) is None
+    first = start(runs)
+    again = start(runs)
+    assert again["run_id"] == first["run_id"] and again["replayed"]
+
+
+def _remember(store, key: str, run_id: str) -> str | None:
+    from services.core.jobstore import IdempotencyConflict
+
+    try:
+        store.remember_idempotency("alice", key, "digest", run_id)
+    except IdempotencyConflict as exc:
+        return exc.first[1]
+    return None

@@ -67,15 +67,12 @@ def run_pipeline(
         return started
     store, key = app.context.store, f"pipeline:{idempotency_key}"
     digest = hashlib.sha256(json.dumps([name, body.params], sort_keys=True).encode()).hexdigest()
-    try:
-        started = lifecycle.start_pipeline(
-            app.settings, app.enqueue_pipeline, name, body.params,
-            before=lambda run_id: _remember(store, who, key, digest, run_id), **start,
-        )  # fmt: skip
-    except ApiError as exc:
-        if exc.code == "queue_unavailable":  # nothing was queued: the key may be used again
-            store.forget_idempotency(who.tenant, key)
-        raise
+    # nothing made or queued (`forget`): the key is forgotten, a retry may use it again
+    started = lifecycle.start_pipeline(
+        app.settings, app.enqueue_pipeline, name, body.params,
+        before=lambda run_id: _remember(store, who, key, digest, run_id),
+        forget=lambda: store.forget_idempotency(who.tenant, key), **start,
+    )  # fmt: skip
     if started.get("replayed"):
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = started["url"]
