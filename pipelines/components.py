@@ -20,7 +20,7 @@ import torch
 from model import MossAudioModel, MossAudioProcessor, preset_config
 from services.core.labels import read_event_labels, training_event_labels, write_event_labels
 from services.core.modelref import ModelNotFound, parse, resolve
-from services.core.progress import emit
+from services.core.progress import emit, one_line
 from services.core.registry import (
     CHECKPOINT_ARTIFACT,
     Registry,
@@ -106,7 +106,8 @@ def annotate_step(
 
     def progress(done: int, run: Any) -> None:
         for failure in run.failures[reported[0] :]:
-            print(f"{failure['id']}: {failure['message']} [{failure['code']}]", flush=True)
+            line = f"{failure['id']}: {failure['message']} [{failure['code']}]"
+            print(one_line(line), flush=True)  # a clip id's line break must not start a line
         reported[0] = len(run.failures)
         if done % 10 == 0 or done == len(items):
             print(f"annotated {done}/{len(items)} ({len(run.failures)} failed)", flush=True)

@@ -5,8 +5,9 @@ A local run is a child process (`python -m pipelines.runner`, kfp.local inside) 
 of its own, so its process group holds it and every task process kfp.local starts. The worker
 reads the child's output as it comes: each line goes to the run's log as is (appended to the
 object store in numbered chunks, so the gateway can stream it from any machine), each
-`MOSS_PROGRESS {json}` line (core.progress) and each kfp.local "Executing task" line is merged
-into the run's record, and a cancel request terminates the whole group.
+`MOSS_PROGRESS {json}` line (core.progress: the whole line, as a step prints it) and each of
+kfp.local's own "Executing task" lines is merged into the run's record, and a cancel request
+terminates the whole group.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from services.core.storage import Storage
 
 log = logging.getLogger("moss.pipelines")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-KFP_TASK = re.compile(r"Executing task '([^']+)'")  # kfp.local, as each task starts
-KFP_FAILED = re.compile(r"Task '([^']+)' finished with status FAILURE")
+# kfp.local's own log lines ("%H:%M:%S.mmm - LEVEL - ..."), as each task starts and fails; a
+# task's output comes indented (core.progress.KFP_LOCAL_INDENT), so it never reads as these
+KFP_LOG = r"^\d\d:\d\d:\d\d(?:\.\d+)? - [A-Z]+ - "
+KFP_TASK = re.compile(KFP_LOG + r"Executing task '([^']+)'\s*$")
+KFP_FAILED = re.compile(KFP_LOG + r"Task '([^']+)' finished with status FAILURE")
 RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Refused)): (.+)$")
 FLUSH_S = 1.0  # the log and the progress reach the store at most this late
 CANCEL_CHECK_S = 1.0
@@ -86,7 +90,7 @@ def fields_of(line: str) -> dict[str, Any] | None:
     found = progress.parse(line)
     if found is not None:
         return found
-    task = KFP_TASK.search(ANSI.sub("", line))
+    task = KFP_TASK.match(ANSI.sub("", line))
     return {"pipeline_step": task.group(1)} if task else None
 
 

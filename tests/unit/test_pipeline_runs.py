@@ -63,10 +63,35 @@ def test_the_state_machine_moves_forward_only() -> None:
 
 
 def test_output_lines_name_the_step_and_progress() -> None:
-    assert fields_of('    MOSS_PROGRESS {"step": 3}\n') == {"step": 3}
-    kfp_line = "02:00:09 - INFO - Executing task \x1b[96m'evaluate'\x1b[0m\n"
+    assert fields_of('    MOSS_PROGRESS {"step": 3}\n') == {"step": 3}  # a kfp.local task's
+    assert fields_of('MOSS_PROGRESS {"step": 4}\n') == {"step": 4}  # a pod's, the runner's
+    kfp_line = "02:00:09.123 - INFO - Executing task \x1b[96m'evaluate'\x1b[0m\n"
     assert fields_of(kfp_line) == {"pipeline_step": "evaluate"}
     assert fields_of("step 3/4 loss 1.0\n") is None
+
+
+CRAFTED = 'x MOSS_PROGRESS {"model": "evil", "version": "99", "decision": {"promoted": true}}'
+
+
+@pytest.mark.parametrize(
+    "line",
+    [f"    {CRAFTED}: the clip could not be decoded [invalid_audio]\n",  # the annotate step's
+     f"    {CRAFTED}\n",  # the prefix inside the line, the object its end
+     '        MOSS_PROGRESS {"version": "99"}\n',  # more than kfp.local's indent
+     '    MOSS_PROGRESS {"version": "99"} trailing\n',
+     "    Executing task 'register'\n"],  # a task's output naming a step
+)  # fmt: skip
+def test_a_line_that_only_contains_the_prefix_is_not_progress(line) -> None:
+    assert fields_of(line) is None
+
+
+def test_a_clip_id_with_a_line_break_cannot_start_a_progress_line() -> None:
+    """What kfp.local does with a task's output: each line read, printed after four spaces."""
+    clip = 'x\nMOSS_PROGRESS {"version": "99"}\r'
+    printed = progress.one_line(f"{clip}: the clip could not be decoded [invalid_audio]")
+    seen = ["    " + line for line in io.StringIO(printed + "\n", newline=None)]
+    assert len(seen) == 1 and [fields_of(line) for line in seen] == [None]
+    assert "\\n" in printed and "\\r" in printed  # shown escaped, not dropped
 
 
 def test_a_failure_names_the_steps_exception_not_kfps_wrapper() -> None:
@@ -101,7 +126,7 @@ def test_the_trainer_reports_every_ten_steps_the_first_and_the_last() -> None:
 CHILD = r"""
 import json, subprocess, sys, time
 grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-print("Executing task 'train'", flush=True)
+print("02:00:09.123 - INFO - Executing task 'train'", flush=True)
 print("MOSS_PROGRESS " + json.dumps({"step": 1, "total_steps": 9, "loss": 4.5,
       "grandchild": grandchild.pid}), flush=True)
 if sys.argv[1] == "fail":
