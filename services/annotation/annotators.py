@@ -12,7 +12,8 @@ team can put an external ASR or tagger in place of ours:
 The branch records keep every field each annotator returned; merge.py reads the fields named
 in docs/annotation.md (`transcript`, `lines`, `tags`, and the descriptors `speaking_rate_wps`,
 `loudness_db`, `tempo_bpm`, `key`). An annotator may also carry a `version` (named in each
-field's provenance) and `synonyms` for its labels (vocabulary.py).
+field's provenance), `synonyms` for its labels (vocabulary.py), and `transcribes = True` when
+it writes a transcript (an ASR): the engine then skips it on a line that has its own.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class MossTranscribe:
     `generate`, the prompt of the `transcribe_timestamps` task."""
 
     name = "moss-transcribe"
+    transcribes = True  # skipped on a line with its own transcript (engine.Engine.needed)
 
     def __init__(self, model_ref: str, settings: Any = None, max_new_tokens: int = 256) -> None:
         self.model_ref, self.settings, self.max_new_tokens = model_ref, settings, max_new_tokens

@@ -72,8 +72,31 @@ class Engine:
         annotators = [a for listed in self.annotators.values() for a in listed]
         return Vocabulary.of(labels, source if labels is not None else "", label_map, annotators)
 
-    def records(self, audio: np.ndarray) -> list[dict[str, Any]]:
-        """One branch record per segment, in time order."""
+    def needed(self, clip: dict[str, Any]) -> dict[str, list] | None:
+        """The annotators a clip's line needs, per branch; None when it needs no records at all
+        (it has its segments and events: the caption, if missing, is built from those).
+
+        A given label family makes the work that would only guess it wasted: no tagger when
+        the line has its events, no speech annotator when it has its segments (or a transcript
+        and a caption), and no transcriber (`transcribes = True`) next to a transcript."""
+        given = {k for k in LABEL_FIELDS if k in clip}
+        if {"segments", "events"} <= given:
+            return None
+        out = {branch: [] if "events" in given else list(listed)
+               for branch, listed in self.annotators.items() if branch != "speech"}  # fmt: skip
+        speech = self.annotators.get("speech", [])
+        if "segments" in given or {"transcript", "caption"} <= given:
+            speech = []
+        elif "transcript" in given:
+            speech = [a for a in speech if not getattr(a, "transcribes", False)]
+        return {**out, "speech": speech}
+
+    def records(
+        self, audio: np.ndarray, annotators: dict[str, list] | None = None
+    ) -> list[dict[str, Any]]:
+        """One branch record per segment, in time order (`annotators`: those to run per
+        branch, by default all of them)."""
+        annotators = self.annotators if annotators is None else annotators
         out = []
         for piece in segment(audio, self.config.segmentation):
             start, end = piece.seconds
@@ -96,7 +119,7 @@ class Engine:
                 sound = audio[piece.start : piece.end]
             else:
                 sound = event_audio(audio, piece)
-            for annotator in self.annotators.get(branch, []):
+            for annotator in annotators.get(branch, []):
                 found = annotator.annotate(sound, record)
                 record.update(found)
                 record.setdefault("annotators", []).append(annotator.name)
@@ -122,8 +145,9 @@ class Engine:
             return Outcome(clip, error={"code": exc.code, "message": str(exc)})
         except (ValueError, OSError) as exc:
             return Outcome(clip, error={"code": "undecodable_audio", "message": str(exc)})
+        needed = self.needed(clip)
         try:
-            records = self.records(audio)
+            records = [] if needed is None else self.records(audio, needed)
         except Exception as exc:  # an annotator plug-in's failure is the clip's, not the run's
             message = f"{type(exc).__name__}: {exc}"
             return Outcome(clip, error={"code": "annotator_failed", "message": message})

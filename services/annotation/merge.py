@@ -12,14 +12,18 @@ already said about it and what the branch records found:
   segment's span), other sounds timed `events` (the first tag of each record, in the
   vocabulary's words, vocabulary.py); speech without a transcript is an event `voice` when
   the line has no segments.
+- A given `transcript` is the truth of what is said, so the ASR's text never reaches the line
+  next to it: the line's one segment is the given transcript over the detected speech (first
+  to last speech event; provenance `derived:transcript`), and the caption quotes it.
 - The unified caption is built from the line's own `segments` and `events`, in time order
   with their times, so the two never disagree:
 
     0.7-1.9 s: someone says "open the red door" (2.5 words/s, moderately loud);
     2.5-3.7 s: a low beep (loud); 6.0-10.0 s: a melody (moderately loud, about 90 BPM, A# major).
 
-  The parenthesised descriptors come from the records of the items the engine found; given
-  items have none. Every branch record is kept under `annotation`.
+  The parenthesised descriptors come from the records of the items the engine found (and of
+  the speech under a given transcript); given items have none. Every branch record is kept
+  under `annotation`.
 """
 
 from __future__ import annotations
@@ -109,12 +113,14 @@ class Found:
             self.notes[id(item)] = note
 
 
-def found_labels(records: list[dict[str, Any]], vocabulary: Vocabulary) -> Found:
+def found_labels(records: list[dict[str, Any]], transcribed: bool = False) -> Found:
+    """The records' labels; `transcribed`: the line has its own transcript, so speech is only
+    where it was heard (`speech`), never what an ASR guessed was said."""
     found = Found()
     for r in records:
         made = r.get("produced_by", {})
         if r["branch"] == "speech":
-            segments = speech_segments(r)
+            segments = [] if transcribed else speech_segments(r)
             if segments:
                 by = made.get("lines") or made.get("transcript") or "unknown"
                 found.add("segments", segments, r, by)
@@ -131,6 +137,28 @@ def found_labels(records: list[dict[str, Any]], vocabulary: Vocabulary) -> Found
 
 def _annotators(names: set[str]) -> str:
     return "annotator:" + ",".join(sorted(names))
+
+
+def transcript_segment(
+    transcript: str, records: list[dict[str, Any]], found: Found
+) -> list[dict[str, Any]]:
+    """The given transcript as one segment over the speech the engine heard (none when it
+    heard none), its descriptors measured on that speech and its rate on the given words: an
+    ASR's words would put a guess in the segments and the caption next to the truth."""
+    heard = [r for r in records if r["branch"] == "speech" and r.get("events")]
+    if not heard or not transcript.strip():
+        return []
+    start = min(e["start"] for r in heard for e in r["events"])
+    end = max(e["end"] for r in heard for e in r["events"])
+    voiced = sum(r.get("active_seconds", 0.0) for r in heard)
+    measured: dict[str, Any] = {"speaking_rate_wps": round(len(transcript.split()) /
+                                                           max(voiced, 0.1), 2)}  # fmt: skip
+    levels = [r["loudness_db"] for r in heard if "loudness_db" in r]
+    if levels:
+        measured["loudness_db"] = max(levels)
+    segment = {"start": start, "end": end, "text": transcript.strip()}
+    found.notes[id(segment)] = descriptors(measured)
+    return [segment]
 
 
 def clip_line(
@@ -150,8 +178,14 @@ def clip_line(
     for key in ("id", "split", "language"):
         if key in clip:
             line[key] = clip[key]
-    found = found_labels(records, vocabulary)
-    if "segments" not in given and found.segments:
+    transcribed = "transcript" in given
+    found = found_labels(records, transcribed)
+    if "segments" not in given and transcribed:
+        spoken = transcript_segment(given["transcript"], records, found)
+        if spoken:
+            line["segments"] = spoken
+            provenance["segments"] = "derived:transcript"
+    elif "segments" not in given and found.segments:
         line["segments"] = found.segments
         provenance["segments"] = _annotators(found.by["segments"])
     segments = given.get("segments", line.get("segments", []))

@@ -156,6 +156,84 @@ class Shouting:
         return {"tags": ["shout"], "caption": "someone shouts"}
 
 
+class Mishearing:
+    """A plug-in ASR that hears "bed" for "red" (it does not declare `transcribes`, so the
+    engine runs it even next to a given transcript), with timed lines like a real one."""
+
+    name = "mishearing-asr"
+
+    def annotate(self, audio, record):
+        length = len(audio) / SAMPLE_RATE
+        lines = [{"start": 0.0, "end": round(length, 2), "text": "open the bed door"}]
+        return {"transcript": "open the bed door", "lines": lines}
+
+
+def test_a_given_transcript_is_never_contradicted_by_the_asr(clips) -> None:
+    engine = Engine(AnnotationConfig(annotators={**NO_MODEL, "speech": [
+        "tests.unit.test_annotation:Mishearing", "speech-descriptors"]}))  # fmt: skip
+    audio, truths = next(c for c in clips if sum(t.branch == "speech" for t in c[1]) == 1)
+    spoken = next(t for t in truths if t.branch == "speech")
+    guessed = engine.annotate({"audio": "a.wav"}, wav_bytes(audio))
+    assert [s["text"] for s in guessed.line["segments"]] == ["open the bed door"]
+    outcome = engine.annotate({"audio": "a.wav", "transcript": "open the red door"},
+                              wav_bytes(audio))  # fmt: skip
+    line, sft = outcome.line, outcome.sft
+    records = line["annotation"]["segments"]
+    assert any(r.get("transcript") == "open the bed door" for r in records)  # the ASR ran
+    [said] = line["segments"]
+    assert said["text"] == "open the red door" and line["provenance"]["segments"] == (
+        "derived:transcript"
+    )
+    assert abs(said["start"] - spoken.start) <= 0.3 and abs(said["end"] - spoken.end) <= 0.3
+    assert_caption_follows(line)
+    assert 'someone says "open the red door" (' in line["caption"]
+    answers = {e["kind"]: e["answer"] for e in sft["examples"]}
+    for kind in ("transcript", "segments", "caption"):
+        assert "red door" in answers[kind] and "bed" not in answers[kind], kind
+    trained = {k: v for k, v in sft.items() if k != "annotation"}
+    assert "bed" not in json.dumps(trained)
+    assert not check_line(1, json.dumps(sft))[1]
+
+
+class Counting:
+    """A plug-in that counts its calls, on every branch."""
+
+    name = "counting"
+    calls: list[str] = []  # noqa: RUF012 (the test reads it)
+
+    def annotate(self, audio, record):
+        Counting.calls.append(record["branch"])
+        return {}
+
+
+def test_a_line_costs_only_the_annotator_runs_it_needs(tmp_path, clips) -> None:
+    from services.core.settings import Settings
+
+    counting = "tests.unit.test_annotation:Counting"
+    engine = Engine(AnnotationConfig(annotators={branch: [counting] for branch in NO_MODEL}))
+    audio, truths = next(c for c in clips if {"speech", "general"} <= {t.branch for t in c[1]})
+    full = labelled_line(0, truths)
+    Counting.calls.clear()
+    for given in (full, {k: v for k, v in full.items() if k != "caption"}):
+        outcome = engine.annotate(given, wav_bytes(audio))
+        assert outcome.line["annotation"]["segments"] == []  # not even segmented
+    assert Counting.calls == []
+    assert_caption_follows(outcome.line)  # built from the given segments and events
+    engine.annotate({k: full[k] for k in ("audio", "events")}, wav_bytes(audio))
+    assert set(Counting.calls) == {"speech"}  # its events given: no tagger ran
+    Counting.calls.clear()
+    engine.annotate({k: full[k] for k in ("audio", "segments")}, wav_bytes(audio))
+    assert "speech" not in Counting.calls and Counting.calls  # its speech given: taggers only
+    # the platform's ASR runs on a line without a transcript and not next to one
+    write_checkpoint(tmp_path / "models" / "tiny")
+    real = Engine(AnnotationConfig(), Settings(home=tmp_path, default_model="tiny"))
+    for given, ran in (({}, ["moss-transcribe", "speech-descriptors"]),
+                       ({"transcript": full["transcript"]}, ["speech-descriptors"])):  # fmt: skip
+        records = real.annotate({"audio": "a.wav", **given}, wav_bytes(audio)).line["annotation"]
+        speech = [r for r in records["segments"] if r["branch"] == "speech"]
+        assert speech and all(r["annotators"] == ran for r in speech), given
+
+
 # Annotation keeps the truth: given labels win, provenance per field, the vocabulary, and a
 # caption that always agrees with the line's segments and events.
 
@@ -236,18 +314,20 @@ def test_a_labelled_manifest_keeps_every_given_label(clips, engine) -> None:
 def test_a_partly_labelled_line_gets_only_the_missing_fields_with_provenance(clips, engine):
     audio, truths = next(c for c in clips if {"speech", "general"} <= {t.branch for t in c[1]})
     truth = labelled_line(0, truths)
-    # a transcript only: the engine adds the events it hears (speech too, having no segments)
+    # a transcript only: said over the speech heard, and the events the engine hears
     only_text = engine.annotate({"audio": "a.wav", "transcript": truth["transcript"]},
                                 wav_bytes(audio)).line  # fmt: skip
-    assert only_text["transcript"] == truth["transcript"] and "segments" not in only_text
-    heard = {"general": "signal-tags", "music": "music-features", "speech": "voice-activity"}
-    by = ",".join(sorted({heard[t.branch] for t in truths}))
+    assert only_text["transcript"] == truth["transcript"]
+    assert [s["text"] for s in only_text["segments"]] == [truth["transcript"]]
+    heard = {"general": "signal-tags", "music": "music-features"}
+    by = ",".join(sorted({heard[t.branch] for t in truths if t.branch != "speech"}))
     assert only_text["provenance"] == {
         "transcript": "given",
+        "segments": "derived:transcript",
         "events": f"annotator:{by}",
-        "caption": "derived:events",
+        "caption": "derived:segments,events",
     }
-    assert "voice" in {e["label"] for e in only_text["events"]}
+    assert "voice" not in {e["label"] for e in only_text["events"]}
     assert_caption_follows(only_text)
     # segments given: kept, the speech is not told twice as an event, the caption quotes them
     timed = engine.annotate({"audio": "a.wav", "segments": truth["segments"],
