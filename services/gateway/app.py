@@ -66,8 +66,9 @@ def build_context(settings: Settings) -> tuple[Context, Callable[[], set[str]], 
         enqueue=enqueuer(celery, priority_of=store.priority_of),
         live_workers=lambda: live_workers(celery),
         queue_depth=lambda queue: queue_depth(broker, queue),
+        enqueue_pipeline=pipeline_enqueuer(celery),
     )
-    return ctx, lambda: queues_with_workers(celery), pipeline_enqueuer(celery)
+    return ctx, lambda: queues_with_workers(celery), ctx.enqueue_pipeline
 
 
 def create_app(

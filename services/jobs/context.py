@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..core.jobmetrics import JobMetrics
 from ..core.jobstate import Enqueue
 from ..core.jobstore import JobStore
+from ..core.queue import PipelineEnqueue
 from ..core.settings import Settings
 from ..core.storage import Storage
 
@@ -29,3 +30,5 @@ class Context:
     live_workers: Callable[[], set[str] | None] | None = None
     # gateways: the messages waiting in a stage's queue now
     queue_depth: Callable[[str], int] | None = None
+    # gateways: sends a pipeline run's message (the sweeper re-sends a queued run's lost one)
+    enqueue_pipeline: PipelineEnqueue | None = None

@@ -3,7 +3,8 @@
 Within seconds: the stages of a worker that no longer answers a ping, and what a restarted
 worker's node name still held (both ahead of the backlog: they had their turn), and jobs waiting
 on an empty queue (their message was lost). A pipeline run whose worker is gone is failed
-(`worker_lost`), never run again. After minutes, the rules that need no broker: a
+(`worker_lost`), never run again; a queued one whose message was lost is sent again (it never
+started). After minutes, the rules that need no broker: a
 running stage whose heartbeat stopped, a job that waited too long. Jobs past the retention
 period are purged (services.jobs.retention). The job store's guarded updates make this safe
 with several sweepers (one per gateway replica), and a duplicate message is a no-op (claims).
@@ -15,6 +16,7 @@ import logging
 import threading
 
 from ..core.jobstore import RunStore
+from ..core.queue import PIPELINE_QUEUE
 from .context import Context
 from .retention import purge_expired
 
@@ -30,6 +32,8 @@ def sweep(ctx: Context) -> list[tuple[str, str]]:
     given_back = _orphans(ctx, live) + ctx.store.release_stale(older_than_s=settings.sweep_after_s)
     _enqueue(ctx, given_back, front=True)  # they had their turn: ahead of the backlog
     _lost_runs(ctx, live)
+    for run_id in _lost_queued_runs(ctx):
+        log.warning("pipeline run %s sent again (its message was lost)", run_id)
     resent = _lost(ctx) + ctx.store.waiting(older_than_s=settings.sweep_after_s * 5)
     _enqueue(ctx, list(dict.fromkeys(resent)))
     return given_back + resent
@@ -89,6 +93,36 @@ def _lost_runs(ctx: Context, live: set[str] | None) -> None:
         live=live, quiet_s=ctx.settings.sweep_after_s
     ):
         log.warning("pipeline run %s failed: its pipeline worker is gone", run_id)
+
+
+def _lost_queued_runs(ctx: Context) -> list[str]:
+    """Send again the pipeline runs that have waited MOSS_LOST_MESSAGE_AFTER_S while the
+    `pipelines` queue is empty: their message is gone (the broker restarted, or a worker died
+    between taking it and starting the run; messages are acknowledged on receipt). Safe: a
+    queued run never started, so nothing trained, and a message that did exist makes a
+    duplicate the worker skips (`RunStore.start` takes a queued run once). A run stays `queued`
+    while the queue holds messages (it waits its turn) or while the broker is away."""
+    if ctx.queue_depth is None or ctx.enqueue_pipeline is None:
+        return []
+    runs = RunStore.of(ctx.store)
+    waiting = runs.lost_queued(older_than_s=ctx.settings.lost_message_after_s)
+    if not waiting:
+        return []
+    try:
+        if ctx.queue_depth(PIPELINE_QUEUE) != 0:
+            return []
+    except Exception:  # the broker is away: its messages cannot be counted
+        return []
+    sent = []
+    for run in waiting:
+        try:
+            ctx.enqueue_pipeline(run.id, run.name, run.params)
+        except Exception:
+            log.warning("sweeper could not send pipeline run %s again", run.id, exc_info=True)
+            continue
+        if runs.resent(run.id):
+            sent.append(run.id)
+    return sent
 
 
 def _enqueue(ctx: Context, actions: list[tuple[str, str]], front: bool = False) -> None:

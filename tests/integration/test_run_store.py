@@ -83,6 +83,19 @@ def test_a_run_whose_worker_is_gone_is_failed(runs) -> None:
     assert other.id in runs.fail_orphans(live={"pipelines-1@elsewhere"}, quiet_s=0)
 
 
+def test_a_queued_run_left_alone_is_found_and_its_wait_starts_over_when_sent(runs) -> None:
+    import time
+
+    waiting = runs.create("acme", "sft", {}, "local")
+    taken = runs.create("acme", "sft", {}, "local")
+    runs.start(taken.id, worker="pipelines-1@h")
+    time.sleep(0.3)
+    found = {run.id for run in runs.lost_queued(older_than_s=0.2)}
+    assert waiting.id in found and taken.id not in found
+    assert runs.resent(waiting.id) and not runs.resent(taken.id)
+    assert waiting.id not in {run.id for run in runs.lost_queued(older_than_s=0.2)}
+
+
 def test_the_migration_goes_down_and_up_again(tmp_path) -> None:
     from alembic import command
     from alembic.config import Config

@@ -332,3 +332,35 @@ def test_the_sweeper_fails_a_run_whose_worker_is_gone_and_spares_a_followed_one(
     time.sleep(1.1)
     sweep(ctx)
     assert runs.get(other).status == "running"
+
+
+def test_the_sweeper_sends_a_queued_run_whose_message_was_lost_again_once(tmp_path) -> None:
+    """A message lost (the broker restarted, or a worker died between taking it and starting
+    the run) left the run queued for ever; it never started, so it is sent again, once per
+    MOSS_LOST_MESSAGE_AFTER_S, only while the `pipelines` queue is empty."""
+    from services.core.settings import Settings
+    from services.jobs.context import Context
+    from services.jobs.sweeper import sweep
+
+    store = JobStore.connect(f"sqlite:///{tmp_path}/jobs.db")
+    runs, sent, depth = RunStore.of(store), [], {"pipelines": 0}
+    ctx = Context(settings=Settings(home=tmp_path, lost_message_after_s=0.5), store=store,
+                  storage=LocalStorage(tmp_path / "o"), enqueue=lambda *a, **k: None,
+                  queue_depth=lambda queue: depth[queue],
+                  enqueue_pipeline=lambda *message: sent.append(message))  # fmt: skip
+    lost = runs.create("acme", "sft", {"steps": 3}, "local")
+    started = runs.create("acme", "sft", {}, "local")
+    runs.start(started.id, worker="pipelines-1@alive")
+    runs.request_cancel(cancelled := runs.create("acme", "sft", {}, "local").id)
+    sweep(ctx)
+    assert sent == []  # too young: its message may be on its way
+    time.sleep(0.6)
+    depth["pipelines"] = 1  # a message waits: the run waits its turn
+    sweep(ctx)
+    assert sent == []
+    depth["pipelines"] = 0
+    sweep(ctx)
+    sweep(ctx)  # at once again: the run's wait started over when it was sent
+    assert sent == [(lost.id, "sft", {"steps": 3})]
+    assert runs.get(lost.id).status == "queued" and runs.get(cancelled).status == "cancelled"
+    assert runs.start(lost.id) and not runs.start(lost.id)  # the duplicate starts nothing

@@ -176,6 +176,20 @@ class RunStore:
         """The worker still follows this run (the sweeper fails a run nobody follows)."""
         return self._update(run_id, PipelineRun.status == Status.RUNNING)
 
+    def lost_queued(self, older_than_s: float) -> list[PipelineRun]:
+        """Queued runs nothing has moved for `older_than_s` (created, or last sent, before
+        then): the sweeper sends them again when the `pipelines` queue is empty."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        query = select(PipelineRun).where(
+            PipelineRun.status == Status.QUEUED, PipelineRun.updated_at < cutoff
+        )
+        with self.sessions() as session:
+            return list(session.scalars(query.order_by(PipelineRun.created_at)).all())
+
+    def resent(self, run_id: str) -> bool:
+        """A queued run's message was sent again now (its wait starts over)."""
+        return self._update(run_id, PipelineRun.status == Status.QUEUED)
+
     def fail_orphans(
         self, worker: str | None = None, live: set[str] | None = None, quiet_s: float = 0.0
     ) -> list[str]:
