@@ -30,6 +30,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+
+from services.core.progress import emit
 
 RELEASED_TRAINING = "speech, environmental sound and music (the released MOSS-Audio checkpoint)"
 SKIPPED = (".gitattributes",)  # hub bookkeeping, not part of the checkpoint
@@ -222,15 +225,17 @@ def import_checkpoint(
 def _wait_for(registry, wait_s: float, say: Progress) -> None:
     import time
 
+    from services.core.logs import redact_url
+
     deadline = time.monotonic() + wait_s
     while True:
         try:
             registry.client.search_experiments(max_results=1)
             return
         except Exception as exc:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:  # no credentials of the URI in the message
                 raise ImportFailed(
-                    f"the registry at {registry.tracking_uri} does not answer: {exc}"
+                    redact_url(f"the registry at {registry.tracking_uri} does not answer: {exc}")
                 ) from exc
             say("register: waiting for the registry")
             time.sleep(3)
@@ -253,13 +258,14 @@ def run_import(
     """One import the API queued, from a hub repo or from an object-store key (an archive, or
     a folder of checkpoint files); progress as MOSS_PROGRESS lines (services.core.progress).
 
-    `uploaded`: the key is the archive the gateway stored for this run; it is deleted once the
-    checkpoint is in the registry, or when the archive proves unusable (a retry could not do
-    better), and kept after any other error, for the retry. An unusable source ends the step
-    with a progress line whose `error` holds its code (`archive_unsafe_member`,
-    `archive_too_large`, `archive_too_many_files`, `archive_invalid`, `import_failed`)."""
+    `uploaded`: the key is the archive the gateway stored for this run; the step deletes it
+    when it ends, however it ends (a run killed before that leaves it to the sweeper:
+    services.core.imports.sweep_uploads). An unusable source ends the step with a progress line
+    whose `error` holds its code (`archive_unsafe_member`, `archive_too_large`,
+    `archive_too_many_files`, `archive_invalid`, `import_failed`); any other failure (the
+    registry or the object store) ends it as `import_error`. A tenant reads both messages (the
+    run's error, its log), so the userinfo of any URL in them is redacted first."""
     from services.core.archive import ArchiveRefused
-    from services.core.progress import emit
     from services.core.settings import get_settings
     from services.core.storage import make_storage
 
@@ -267,8 +273,9 @@ def run_import(
     if not settings.mlflow_uri:
         raise ImportFailed("MOSS_MLFLOW_URI is not set: the pipeline worker needs the registry")
     say = _progress_lines(emit)
-    storage = make_storage(settings) if key else None
+    storage = None
     try:
+        storage = make_storage(settings) if key else None
         with tempfile.TemporaryDirectory(prefix="moss-import-") as work:
             if key:
                 directory = fetch_object(storage, key, Path(work), settings.import_max_bytes, say)
@@ -283,14 +290,12 @@ def run_import(
                 progress=say, directory=directory,
             )  # fmt: skip
     except (ImportFailed, ArchiveRefused) as exc:
+        _refuse(getattr(exc, "code", "import_failed"), exc)
+    except Exception as exc:  # the registry or the store failing: their messages quote URLs
+        _refuse("import_error", exc)
+    finally:
         if uploaded and storage is not None:
-            storage.delete(key)
-        code = getattr(exc, "code", "import_failed")
-        error = {"code": code, "message": str(exc)}
-        emit(pipeline_step="import", message=f"import failed: {exc}", error=error)
-        raise ImportRefused(f"{code}: {exc}") from None
-    if uploaded and storage is not None:
-        storage.delete(key)
+            _delete_upload(storage, key)
     emit(
         pipeline_step="import",
         message=f"registered {imported.name} v{imported.version}"
@@ -300,6 +305,27 @@ def run_import(
         mlflow_run_id=imported.run_id,
     )
     return imported
+
+
+def _refuse(code: str, exc: Exception) -> NoReturn:
+    """End the step: the error as a progress line, then ImportRefused (its last output line,
+    the run's error); neither holds a URL's credentials, nor the original traceback."""
+    from services.core.logs import redact_url
+
+    message = redact_url(str(exc))
+    emit(pipeline_step="import", message=f"import failed: {message}",
+         error={"code": code, "message": message})  # fmt: skip
+    raise ImportRefused(f"{code}: {message}") from None
+
+
+def _delete_upload(storage, key: str) -> None:
+    """Drop the run's uploaded archive; a store that fails here leaves it to the sweeper
+    rather than hiding how the import ended."""
+    try:
+        storage.delete(key)
+    except Exception as exc:
+        emit(pipeline_step="import", message=f"could not delete the upload {key}: "
+             f"{type(exc).__name__}; the sweeper will")  # fmt: skip
 
 
 def _progress_lines(emit) -> Progress:
@@ -320,7 +346,7 @@ def fetch_object(storage, key: str, work: Path, max_bytes: int, say: Progress) -
     """The checkpoint at `key` in a directory under `work`: an archive object is downloaded
     and extracted safely (services.core.archive), a folder (`key/`) downloaded file by file;
     either way within `max_bytes` and the archive module's file cap."""
-    from services.core.archive import MAX_FILES, ArchiveRefused, extract
+    from services.core.archive import ArchiveRefused, extract
 
     files = work / "files"
     files.mkdir()
@@ -333,18 +359,42 @@ def fetch_object(storage, key: str, work: Path, max_bytes: int, say: Progress) -
         root = extract(archive, files, max_bytes=max_bytes)
         archive.unlink()
         return root
-    folder = key.rstrip("/") + "/"
-    keys = storage.list_keys(folder)
-    if not keys:
-        raise ImportFailed(f"no object {key} in the object store")
-    if len(keys) > MAX_FILES:
+    return _fetch_folder(storage, key.rstrip("/") + "/", files, max_bytes, say)
+
+
+def _fetch_folder(storage, folder: str, files: Path, max_bytes: int, say: Progress) -> Path:
+    """A folder's objects into `files`, treated like an archive's members: keys come from
+    whatever client wrote the bucket, so each relative part goes through the archive's path
+    check (`..`, absolute, NUL, backslash refuse the import), and the sizes the listing gives
+    are checked against `max_bytes` before anything is downloaded (and again as it streams, in
+    case an object grew since)."""
+    from services.core.archive import MAX_FILES, ArchiveRefused, member_path
+
+    sizes = storage.list_sizes(folder)
+    if not sizes:
+        raise ImportFailed(f"no object {folder.rstrip('/')} in the object store")
+    if len(sizes) > MAX_FILES:
         raise ImportFailed(f"{folder} holds more than {MAX_FILES} files")
-    size = 0
-    for done, item in enumerate(keys, 1):
-        say(f"download: {item}", done, len(keys))
-        target = files / item.removeprefix(folder)
+    if sum(sizes.values()) > max_bytes:
+        raise ImportFailed(f"{folder} holds more than MOSS_IMPORT_MAX_BYTES ({max_bytes} bytes)")
+    targets = []
+    for item in sizes:
+        try:
+            relative = member_path(item.removeprefix(folder))
+        except ArchiveRefused as exc:
+            raise ArchiveRefused(exc.code, f"object {item!r} under {folder}: {exc}") from None
+        if relative is not None:
+            targets.append((item, files.joinpath(*relative.parts)))
+    written = 0
+
+    def cap(done: int, _total: int) -> None:
+        if written + done > max_bytes:
+            raise ImportFailed(
+                f"{folder} holds more than MOSS_IMPORT_MAX_BYTES ({max_bytes} bytes)"
+            )
+
+    for done, (item, target) in enumerate(targets, 1):
+        say(f"download: {item}", done, len(targets))
         target.parent.mkdir(parents=True, exist_ok=True)
-        size += storage.download(item, target)
-        if size > max_bytes:
-            raise ImportFailed(f"{folder} holds more than MOSS_IMPORT_MAX_BYTES")
+        written += storage.download(item, target, cap)
     return files

@@ -8,7 +8,14 @@ source is one of
 - an object-store key under the tenant's own prefix `imports/{tenant}/`: an archive object, or a
   folder of checkpoint files (another tenant's key answers exactly like a missing one);
 - an uploaded archive, stored at `imports/{tenant}/uploads/{id}/{file name}` and deleted by the
-  run once it is done with it.
+  run when it ends, or by the sweeper (`sweep_uploads`) for a run that ended without it
+  (cancelled while queued, its worker killed).
+
+`alias` moves an alias to the imported version by force (an imported version has no evaluation
+for the gate to judge): an explicit promotion recorded with the actor, which only an admin key
+may make, as only an admin moves an alias through `POST .../aliases/{alias}`. Model names and
+their aliases are the platform's, not a tenant's: a `registry` key that could name an alias
+could move `production` of the model every tenant is served.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, BinaryIO
 
 from . import lifecycle
 from .archive import HEAD_BYTES, kind
 from .errors import ApiError
 from .jobstore import Principal, RunStore
+from .jobstore.models import utcnow
 from .queue import PipelineEnqueue
 from .settings import Settings
 from .storage import Storage
@@ -29,10 +38,23 @@ from .storage import Storage
 PIPELINE = "import"
 HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
 REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$"  # a branch, tag or commit
+# How far back the sweeper looks for ended runs whose upload may remain (a run ends while some
+# gateway's sweeper runs, every few seconds; a week covers any outage of all of them).
+UPLOAD_SWEEP_WINDOW = timedelta(days=7)
 
 
 def tenant_prefix(tenant: str) -> str:
     return f"imports/{tenant}/"
+
+
+def _alias_allowed(who: Principal, request: dict[str, Any]) -> None:
+    if request.get("alias") and "admin" not in who.scopes:
+        raise ApiError(
+            403,
+            "alias_admin_only",
+            "moving an alias is admin-only: import without `alias`, then have an admin promote "
+            "the version (POST /v1/registry/models/{name}/aliases/{alias})",
+        )
 
 
 def _registry_configured(settings: Settings) -> None:
@@ -73,6 +95,7 @@ def queue_import(
     holds the fields the route checked (name, alias, revision, trained_for)."""
     settings, storage, tenant = queue.settings, queue.storage, who.tenant
     _registry_configured(settings)
+    _alias_allowed(who, request)
     if bool(request.get("hub_id")) == bool(request.get("key")):
         raise ApiError(
             422, "source_required", "name the checkpoint as `hub_id` or `key` (one), or upload it"
@@ -104,6 +127,7 @@ def queue_upload(
     upload, and the archive is deleted again if the run cannot be queued."""
     settings, storage = queue.settings, queue.storage
     _registry_configured(settings)
+    _alias_allowed(who, request)
     stream, size, filename = upload
     if size > settings.import_max_bytes:
         raise ApiError(
@@ -140,3 +164,24 @@ def _start(
         queue.settings, queue.enqueue, PIPELINE, params, runs=queue.runs, tenant=who.tenant,
         key_id=who.key_id,
     )  # fmt: skip
+
+
+def sweep_uploads(
+    storage: Storage, runs: RunStore, window: timedelta = UPLOAD_SWEEP_WINDOW
+) -> list[str]:
+    """Delete the uploaded archives of import runs that ended in the last `window` (the
+    gateway's sweeper calls it); returns the keys it deleted.
+
+    The run deletes its own upload when its step ends, but not when it never starts (cancelled
+    while queued) or its process is killed (cancelled while running, the worker lost): an
+    upload may be tens of GB. Only keys under the run's own tenant's uploads folder are
+    touched, whatever the run's parameters say."""
+    deleted = []
+    for run in runs.ended_since(PIPELINE, utcnow() - window):
+        key = (run.params or {}).get("key")
+        if not (run.params or {}).get("uploaded") or not isinstance(key, str):
+            continue
+        if key.startswith(f"{tenant_prefix(run.tenant)}uploads/") and storage.exists(key):
+            storage.delete(key)
+            deleted.append(key)
+    return deleted

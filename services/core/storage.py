@@ -46,6 +46,11 @@ class Storage(Protocol):
         """Every key under `prefix` (a folder: it ends with `/`), sorted."""
         ...
 
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under `prefix` with its size in bytes, as the listing says (so a caller
+        can refuse a folder that is too large before it downloads any of it)."""
+        ...
+
     def ping(self) -> None:
         """Raise if the store cannot be reached."""
 
@@ -116,6 +121,9 @@ class LocalStorage:
             for p in folder.rglob("*")
             if p.is_file() and not p.name.startswith(".upload-")
         )
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        return {key: self._path(key).stat().st_size for key in self.list_keys(prefix)}
 
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
@@ -205,6 +213,11 @@ class S3Storage:
         _check_key(prefix.rstrip("/"))
         found = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
         return sorted(item.object_name for item in found)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        _check_key(prefix.rstrip("/"))
+        found = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        return dict(sorted((item.object_name, int(item.size or 0)) for item in found))
 
     def ping(self) -> None:
         self.client.bucket_exists(self.bucket)

@@ -346,7 +346,11 @@ class ImportRequest(BaseModel):
     revision: str | None = Field(
         None, pattern=REVISION_PATTERN, description="With `hub_id`: a branch, tag or commit."
     )
-    alias: Alias | None = Field(None, description="Move this alias to the imported version.")
+    alias: Alias | None = Field(
+        None,
+        description="Move this alias to the imported version: an explicit promotion, recorded "
+        "with the actor; admin keys only (403 `alias_admin_only` for a `registry` key).",
+    )
     trained_for: str | None = Field(
         None, max_length=500, description="What the checkpoint was trained for (lineage)."
     )

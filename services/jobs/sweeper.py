@@ -6,8 +6,10 @@ on an empty queue (their message was lost). A pipeline run whose worker is gone 
 (`worker_lost`), never run again; a queued one whose message was lost is sent again (it never
 started). After minutes, the rules that need no broker: a
 running stage whose heartbeat stopped, a job that waited too long. Jobs past the retention
-period are purged (services.jobs.retention). The job store's guarded updates make this safe
-with several sweepers (one per gateway replica), and a duplicate message is a no-op (claims).
+period are purged (services.jobs.retention), and the uploaded archive of an import run that
+ended without deleting it (cancelled while queued, its worker killed) is deleted. The job
+store's guarded updates make this safe with several sweepers (one per gateway replica), and a
+duplicate message is a no-op (claims).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..core.imports import sweep_uploads
 from ..core.jobstore import RunStore
 from ..core.queue import PIPELINE_QUEUE
 from .context import Context
@@ -95,6 +98,18 @@ def _lost_runs(ctx: Context, live: set[str] | None) -> None:
         log.warning("pipeline run %s failed: its pipeline worker is gone", run_id)
 
 
+def _ended_uploads(ctx: Context) -> None:
+    """Delete what ended import runs left under imports/{tenant}/uploads/ (an archive may be
+    tens of GB; services.core.imports.sweep_uploads)."""
+    try:
+        deleted = sweep_uploads(ctx.storage, RunStore.of(ctx.store))
+    except Exception:  # the store is away: the next sweep tries again
+        log.warning("sweeper could not delete ended imports' uploads", exc_info=True)
+        return
+    for key in deleted:
+        log.info("deleted the upload %s: its import run has ended", key)
+
+
 def _lost_queued_runs(ctx: Context) -> list[str]:
     """Send again the pipeline runs that have waited MOSS_LOST_MESSAGE_AFTER_S while the
     `pipelines` queue is empty: their message is gone (the broker restarted, or a worker died
@@ -142,6 +157,7 @@ def run_sweeper(ctx: Context, stop: threading.Event) -> None:
         try:
             for job_id, stage in sweep(ctx):
                 log.warning("re-enqueued %s of job %s (worker lost or message lost)", stage, job_id)
+            _ended_uploads(ctx)
             if purged := purge_expired(ctx):
                 log.info("retention: purged %d job(s) older than %g days", len(purged),
                          ctx.settings.retention_days)  # fmt: skip

@@ -55,7 +55,7 @@ def imported(stack, checkpoint, key, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("client-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOSS_", "MLFLOW_"))}
     env |= {"MOSS_URL": stack.url, "MOSS_API_KEY": key, "MOSS_HOME": str(home)}
-    args = [MOSSCTL, "models", "import", str(checkpoint), "--name", NAME, "--alias", "staging"]
+    args = [MOSSCTL, "models", "import", str(checkpoint), "--name", NAME]  # no alias: not admin
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     return {"done": done, "env": env}
 
@@ -89,9 +89,8 @@ def test_mossctl_imports_with_only_the_url_and_a_key(api, stack, checkpoint, imp
     done = imported["done"]
     assert done.returncode == 0, done.stderr
     assert f"registered {NAME} v1 from" in done.stdout
-    assert f"{NAME}@staging -> v1 (explicit promotion)" in done.stdout
     model = version_of(api, NAME)
-    assert model is not None and model["aliases"] == {"staging": "1"}
+    assert model is not None and model["aliases"] == {}
     (version,) = model["versions"]
     assert version["metrics_status"] == "imported" and version["run_id"], version
     assert version["source"].startswith(f"upload:imports/{TENANT}/uploads/"), version
@@ -102,19 +101,20 @@ def test_mossctl_imports_with_only_the_url_and_a_key(api, stack, checkpoint, imp
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in checkpoint.iterdir()}
     listing = "".join(f"{files[p]}  {p}\n" for p in sorted(files)).encode()
     assert tags["checkpoint_sha256"] == hashlib.sha256(listing).hexdigest()
-    assert "promoted explicitly" in next(v for k, v in tags.items() if k.startswith("decision."))
+    assert not any(k.startswith("decision.") for k in tags)  # nothing promoted
     assert storage(stack).list_keys(f"imports/{TENANT}/uploads/") == []  # the run is done with it
 
 
-def test_an_object_store_key_is_imported_and_its_alias_moved(api, stack, checkpoint, key, imported):
+def test_an_object_store_key_is_imported_and_only_an_admin_moves_its_alias(
+    api, stack, checkpoint, key, imported
+):
     target = stack.settings.resolved_storage_dir / "imports" / TENANT / "ckpt.tar"
     target.parent.mkdir(parents=True, exist_ok=True)
     pack(checkpoint, target)
-    response = api.post(
-        ROUTE,
-        headers=headers(key),
-        json={"name": NAME, "key": f"imports/{TENANT}/ckpt.tar", "alias": "candidate"},
-    )
+    body = {"name": NAME, "key": f"imports/{TENANT}/ckpt.tar"}
+    refused = api.post(ROUTE, headers=headers(key), json={**body, "alias": "production"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "alias_admin_only"
+    response = api.post(ROUTE, headers=headers(key), json=body)
     assert response.status_code == 202, response.text
     assert response.headers["Location"] == f"/v1/pipelines/runs/{response.json()['run_id']}"
     run = follow(api, key, response.json()["run_id"])
@@ -123,8 +123,19 @@ def test_an_object_store_key_is_imported_and_its_alias_moved(api, stack, checkpo
     assert (run["model"], run["version"]) == (NAME, "1") and run["mlflow_run_id"]
     assert run["progress"]["pipeline_step"] == "import"
     assert "registered before" in run["progress"]["message"]
-    assert version_of(api, NAME)["aliases"] == {"staging": "1", "candidate": "1"}
+    assert version_of(api, NAME)["aliases"] == {}
     assert target.is_file()  # the tenant's own object stays
+    # An admin's import with an alias: an explicit promotion, recorded with its actor.
+    admin = api.post(
+        ROUTE, files={"file": ("ckpt.tar", target.read_bytes())},
+        data={"name": NAME, "alias": "candidate"},
+    )  # fmt: skip
+    assert admin.status_code == 202, admin.text
+    assert follow(api, stack.api_key, admin.json()["run_id"])["status"] == "succeeded"
+    assert version_of(api, NAME)["aliases"] == {"candidate": "1"}
+    tags = Registry(stack.mlflow_uri).version_tags(NAME, "1")
+    (decision,) = (v for k, v in tags.items() if k.startswith("decision.candidate."))
+    assert "promoted explicitly" in decision, decision
     # Another tenant's key answers like a missing one.
     assert (
         api.post(ROUTE, json={"name": NAME, "key": f"imports/{TENANT}/ckpt.tar"}).status_code == 404
@@ -170,3 +181,34 @@ def test_mossctl_exits_non_zero_with_the_runs_error(api, checkpoint, imported, t
     line = done.stderr.strip().splitlines()[-1]
     assert "symbolic link" in line and "[archive_unsafe_member]" in line, done.stderr
     assert version_of(api, "hostile-symlink") is None
+
+
+def test_a_folder_on_s3_with_a_climbing_key_is_refused_before_anything_is_written(
+    s3_endpoint, tmp_path
+) -> None:
+    """A folder import trusts no object key: S3 lets any client (here boto3; our own storage
+    refuses such keys) write `ckpt/../../x`, and the listing hands it back as it is."""
+    import uuid
+
+    import boto3
+
+    from pipelines.importer import fetch_object
+    from services.core.archive import ArchiveRefused
+    from services.core.storage import S3Storage
+
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    storage = S3Storage(s3_endpoint, bucket, "test", "test", region="us-east-1", secure=False)
+    other = boto3.client(
+        "s3", endpoint_url=f"http://{s3_endpoint}", aws_access_key_id="test",
+        aws_secret_access_key="test", region_name="us-east-1",
+    )  # fmt: skip
+    folder = f"imports/{TENANT}/ckpt/"
+    other.put_object(Bucket=bucket, Key=f"{folder}config.json", Body=b"{}")
+    other.put_object(Bucket=bucket, Key=f"{folder}../../../../escaped/x.txt", Body=b"owned")
+    assert storage.list_sizes(folder)[f"{folder}config.json"] == 2  # the listing's sizes
+    work = tmp_path / "deep" / "work"
+    work.mkdir(parents=True)
+    with pytest.raises(ArchiveRefused, match="climbs out") as refused:
+        fetch_object(storage, folder, work, 10_000, lambda *a: None)
+    assert refused.value.code == "archive_unsafe_member"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "files", "work"]

@@ -52,7 +52,7 @@ def test_an_uploaded_archive_is_stored_under_the_tenant_and_queued(env) -> None:
     archive = checkpoint_tar()
     response = client.post(
         ROUTE,
-        headers=keys["registry"],
+        headers=keys["admin"],  # an alias with it: admin only (below)
         files={"file": ("../../My Model.tar.gz", archive)},
         data={"name": "moss-audio-tiny-imported", "alias": "staging"},
     )
@@ -95,6 +95,65 @@ def test_a_refused_upload_stores_nothing(env) -> None:
         assert response.status_code == status, (code, response.text)
         assert response.json()["error"]["code"] == code
     assert stored(ctx) == before and len(queued) == count
+
+
+def test_only_an_admin_import_moves_an_alias(env) -> None:
+    """Model names and aliases are the platform's: a `registry` key naming `alias` could move
+    `production` of the model every tenant is served (the import promotes by force)."""
+    client, ctx, keys, queued = env
+    before, count = stored(ctx), len(queued)
+    for alias in ("production", "candidate"):
+        by_reference = client.post(
+            ROUTE, headers=keys["registry"], json={"name": "m", "hub_id": "a/b", "alias": alias}
+        )
+        upload = client.post(
+            ROUTE, headers=keys["registry"], files={"file": ("x.tar", checkpoint_tar())},
+            data={"name": "m", "alias": alias},
+        )  # fmt: skip
+        for response in (by_reference, upload):
+            assert response.status_code == 403, response.text
+            error = response.json()["error"]
+            assert error["code"] == "alias_admin_only" and "admin" in error["message"]
+    assert stored(ctx) == before and len(queued) == count  # nothing stored, nothing queued
+    plain = client.post(ROUTE, headers=keys["registry"], json={"name": "m", "hub_id": "a/b"})
+    assert plain.status_code == 202 and "alias" not in queued[-1][2]
+    admin = client.post(
+        ROUTE, headers=keys["admin"], json={"name": "m", "hub_id": "a/b", "alias": "production"}
+    )
+    assert admin.status_code == 202 and queued[-1][2]["alias"] == "production"
+    assert queued[-1][2]["actor"].startswith("acme:")  # the promotion is recorded with its actor
+
+
+def test_the_sweeper_deletes_the_upload_of_a_run_cancelled_while_queued(env) -> None:
+    from services.core.jobstore import RunStore
+    from services.jobs.sweeper import _ended_uploads
+
+    client, ctx, keys, queued = env
+    runs = []
+    for _ in range(2):
+        response = client.post(
+            ROUTE, headers=keys["registry"], files={"file": ("x.tar", checkpoint_tar())},
+            data={"name": "m"},
+        )  # fmt: skip
+        assert response.status_code == 202, response.text
+        runs.append((response.json()["run_id"], queued[-1][2]["key"]))
+    (cancelled, gone), (waiting, kept) = runs
+    response = client.delete(f"/v1/pipelines/runs/{cancelled}", headers=keys["registry"])
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    # A run's parameters cannot make the sweeper delete another tenant's object.
+    forged = RunStore.of(ctx.store).create("acme", "import", {"key": "imports/rival/theirs.tar.gz",
+                                           "uploaded": True}, "local")  # fmt: skip
+    ctx.storage.put_bytes("imports/rival/theirs.tar.gz", checkpoint_tar())
+    RunStore.of(ctx.store).request_cancel(forged.id)
+    assert ctx.storage.exists(gone) and ctx.storage.exists(kept)
+    _ended_uploads(ctx)  # what the gateway's sweeper does every pass
+    assert not ctx.storage.exists(gone)  # its run never started: nothing else would delete it
+    assert ctx.storage.exists(kept)  # still queued: the worker needs it
+    assert ctx.storage.exists("imports/rival/theirs.tar.gz")
+    assert (
+        client.get(f"/v1/pipelines/runs/{waiting}", headers=keys["registry"]).json()["status"]
+        == "queued"
+    )
 
 
 def test_a_key_must_be_the_tenants_own_and_exist(env) -> None:
@@ -216,3 +275,40 @@ def test_a_folder_key_is_fetched_file_by_file(tmp_path) -> None:
         key = "imports/acme/ckpt" if max_bytes == 50 else "imports/acme/none"
         with pytest.raises(ImportFailed, match=words):
             fetch_object(storage, key, again, max_bytes, lambda *a: None)
+        # Refused on the listing's sizes: not one byte downloaded first (a folder may be TBs).
+        assert list((again / "files").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "code"),
+    [
+        ("http://ops:s3cret@127.0.0.1:9", "import_failed"),  # the registry does not answer
+        ("foo://ops:s3cret@127.0.0.1:9", "import_error"),  # MLflow's own error, not ours
+    ],
+)
+def test_the_step_deletes_its_upload_however_it_ends_and_never_says_a_password(
+    tmp_path, monkeypatch, capsys, uri, code
+) -> None:
+    """The run's error and its log are the tenant's to read: an operator's credentials in
+    MOSS_MLFLOW_URI must not reach them, whichever way the step fails."""
+    from pipelines.importer import ImportRefused, run_import
+    from services.core.settings import get_settings
+    from services.core.storage import LocalStorage
+
+    monkeypatch.setenv("MOSS_HOME", str(tmp_path))
+    monkeypatch.setenv("MOSS_MLFLOW_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    get_settings.cache_clear()
+    try:
+        storage = LocalStorage(get_settings().resolved_storage_dir)
+        key = "imports/acme/uploads/0a/ckpt.tar.gz"
+        storage.put_bytes(key, checkpoint_tar())
+        with pytest.raises(ImportRefused) as refused:
+            run_import("m", key=key, uploaded=True, actor="acme:k")
+    finally:
+        get_settings.cache_clear()
+    message = str(refused.value)
+    assert message.startswith(f"{code}: ") and "***@127.0.0.1:9" in message, message
+    output = capsys.readouterr().out
+    assert "s3cret" not in message + output and f'"code": "{code}"' in output
+    assert not storage.exists(key)  # an archive of tens of GB: never left behind

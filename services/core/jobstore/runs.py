@@ -11,14 +11,14 @@ committed change the run's events go out on Redis (core.events, under `event_key
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
 from ..events import JobEvents
 from ..jobstate import Status
-from ..runstate import ACTIVE, merge_progress, sources
+from ..runstate import ACTIVE, FINAL, merge_progress, sources
 from .models import PipelineRun, utcnow
 
 # The fields whose change is published as an event (the rest are the worker's bookkeeping).
@@ -105,6 +105,17 @@ class RunStore:
                 .offset(offset)
             ).all()
             return list(rows), int(total or 0)
+
+    def ended_since(self, name: str, since: datetime) -> list[PipelineRun]:
+        """The runs of pipeline `name` that ended at or after `since` (the sweeper's look at
+        what finished runs left behind)."""
+        query = select(PipelineRun).where(
+            PipelineRun.name == name,
+            PipelineRun.status.in_(FINAL),
+            PipelineRun.finished_at >= since,
+        )
+        with self.sessions() as session:
+            return list(session.scalars(query.order_by(PipelineRun.finished_at)).all())
 
     def _update(self, run_id: str, *conditions: Any, **values: Any) -> bool:
         values["updated_at"] = utcnow()

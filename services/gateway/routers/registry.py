@@ -98,7 +98,8 @@ def rollback(app: App, name: str, body: Rollback, who: Admin) -> RollbackOut:
 )
 async def import_model(app: App, request: Request, who: Importer, response: Response) -> dict:
     """Import a hub-layout checkpoint as a new registered version (admin or `registry` scope):
-    a hub repo or an object-store key (JSON), or an archive (multipart `file`). Answers 202
+    a hub repo or an object-store key (JSON), or an archive (multipart `file`); `alias` with
+    an admin key only, as any alias move (403 `alias_admin_only`). Answers 202
     with the `import` pipeline run that downloads, checks, registers and records its lineage;
     follow it at `Location` (GET /v1/pipelines/runs/{id})."""
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
