@@ -23,6 +23,7 @@ from services.core.modelref import ModelNotFound, parse, resolve
 from services.core.progress import emit, one_line
 from services.core.registry import (
     CHECKPOINT_ARTIFACT,
+    PromotionRefused,
     Registry,
     code_version,
     describe_set,
@@ -371,10 +372,11 @@ def promote_step(
 ) -> str:
     """Apply the promotion gate; returns the decision as JSON (raises when refused).
 
-    When the alias's holder was never measured on the candidate's evaluation set and its
-    checkpoint is small (RESCORE_MAX_BYTES), it is scored on that set here first, and the
-    evaluation recorded on the holder, so that the gate compares like with like; otherwise the
-    gate refuses and says how to fix it (the evaluate pipeline)."""
+    When the alias's holder was never measured on the candidate's evaluation set (or never
+    evaluated at all, as an import) and its checkpoint is small (RESCORE_MAX_BYTES), it is
+    scored on that set here first, and the evaluation recorded on the holder, so that the gate
+    compares like with like; otherwise the gate refuses and says how to fix it (the evaluate
+    pipeline). The decision is reported either way: a refused run's record shows why."""
     if not alias:
         return json.dumps({"skipped": True})
     name = model or model_name(size, flavor)
@@ -394,7 +396,11 @@ def promote_step(
         registry.record_evaluation(name, holder, evaluation)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(evaluation["metrics"].items()))
         print(f"v{holder} on {describe_set(evaluation)}: {shown}", flush=True)
-    decision = registry.promote(name, version, alias, actor)
+    try:
+        decision = registry.promote(name, version, alias, actor)
+    except PromotionRefused as exc:
+        emit(pipeline_step="promote", model=name, version=version, decision=exc.decision)
+        raise
     emit(pipeline_step="promote", model=name, version=version, decision=decision.as_dict())
     return json.dumps(decision.as_dict())
 

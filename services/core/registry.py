@@ -13,7 +13,8 @@ evaluation of a version is a tag `evaluation.<set digest>` (what it was measured
 manifest and its digest, the examples per family, the evaluator's code version, the metrics);
 the gate picks a set both candidate and holder have (the model name's reference set first,
 then the candidate's own held-out split) and refuses, saying how to score the holder there,
-when there is none. Two different held-out sets decide nothing about which model is better.
+when there is none, a holder never evaluated (an import) included. Two different held-out sets
+decide nothing about which model is better.
 """
 
 from __future__ import annotations
@@ -131,9 +132,13 @@ class Decision:
     holder: str | None = None
     holder_metrics: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
-    # The set both sides' figures above were measured on (None: no common set, or no holder
-    # and no recorded evaluation), its manifest and its size.
+    # The set both sides' figures above were measured on: None when no holder's figures were
+    # compared (no holder, no common set, a holder never evaluated).
     evaluation_set: str | None = None
+    # The set the thresholds were checked on, the candidate's figures above: `evaluation_set`
+    # when a holder was compared, the candidate's own with no holder, None when the gate judged
+    # nothing (a refusal across sets, an unevaluated import). The manifest and size are its.
+    thresholds_set: str | None = None
     evaluation_manifest: str | None = None
     examples_per_family: dict[str, int] = field(default_factory=dict)
 
@@ -147,13 +152,15 @@ class Comparison:
 
     `candidate` is the candidate's evaluation on the set, or its preferred one when there is no
     common set; `holder_sets` every evaluation of the holder (empty: no holder, or one never
-    evaluated, such as an import, which is not compared, as before evaluation sets existed)."""
+    evaluated, such as an import: then there is no common set, and the holder must be scored
+    on the candidate's set before the two are compared)."""
 
     name: str
     version: str
     current: str | None  # the alias's holder now (it may be `version` itself)
     holder: str | None  # the version compared against: `current` unless that is `version`
-    evaluation_set: str | None
+    evaluation_set: str | None  # the set both have (None: no holder, or no common set)
+    judged_on: str | None  # the set the candidate is judged on (with no holder: its preferred)
     candidate: dict[str, Any]
     candidate_sets: dict[str, dict[str, Any]]
     holder_sets: dict[str, dict[str, Any]]
@@ -161,7 +168,7 @@ class Comparison:
 
     @property
     def mismatch(self) -> bool:
-        return bool(self.holder_sets) and self.evaluation_set is None and not self.imported
+        return self.holder is not None and self.evaluation_set is None and not self.imported
 
     @property
     def holder_metrics(self) -> dict[str, float]:
@@ -172,7 +179,9 @@ class Comparison:
     def what(self) -> str:
         """Why the sides cannot be compared: the sets each has."""
         mine = ", ".join(map(describe_set, self.candidate_sets.values())) or "no evaluation"
-        theirs = ", ".join(map(describe_set, self.holder_sets.values()))
+        theirs = ", ".join(map(describe_set, self.holder_sets.values())) or (
+            "no evaluation (never evaluated here, as an import)"
+        )
         return (
             f"v{self.version} and v{self.holder} (the alias's holder) were not measured on the "
             f"same evaluation set, so their figures are not compared: v{self.version} has "
@@ -373,7 +382,8 @@ class Registry:
         holder = current if current != version else None
         holder_sets = evaluations_of(self.version_tags(name, holder))[0] if holder else {}
         order = preferred_sets(candidate_sets, primary, self.reference_manifest(name))
-        common = [d for d in order if d in holder_sets] if holder_sets else order
+        # A holder with no evaluation has no set in common: never a pass on thresholds alone.
+        common = [d for d in order if d in holder_sets] if holder else order
         chosen = common[0] if common else None
         preferred = order[0] if order else None
         return Comparison(
@@ -381,7 +391,8 @@ class Registry:
             version=version,
             current=current,
             holder=holder,
-            evaluation_set=chosen,
+            evaluation_set=chosen if holder else None,
+            judged_on=chosen,
             candidate=candidate_sets.get(chosen or preferred or "", {}),
             candidate_sets=candidate_sets,
             holder_sets=holder_sets,
@@ -401,8 +412,10 @@ class Registry:
     ) -> Decision:
         """Move `alias` to `version` if the gate passes; record the decision either way.
 
-        Both sides are judged on one evaluation set (`comparison`); with no common set the
-        promotion is refused (EvaluationSetMismatch) and never compared. An imported version
+        Both sides are judged on one evaluation set (`comparison`); with no common set (a
+        holder never evaluated included) the promotion is refused (EvaluationSetMismatch) and
+        never compared. With no holder, the thresholds alone decide, on the candidate's
+        preferred set (the decision's `thresholds_set`). An imported version
         that was never evaluated has no figures to judge: only an explicit (forced) promotion
         moves an alias to it, and the decision says so.
         """
@@ -416,6 +429,7 @@ class Registry:
             limits = thresholds_for(thresholds, name).get(alias, {})
         problems: list[str] = []
         skipped: set[str] = set()
+        judged = not plan.imported and not plan.mismatch
         if plan.imported:
             problems.append(
                 f"v{version} is an imported checkpoint that was not evaluated here; promote it "
@@ -428,6 +442,7 @@ class Registry:
             holder_metrics = plan.holder_metrics
             problems, skipped = judge(candidate, holder_metrics, limits, tolerance, plan.holder)
         accepted = force or not problems
+        judged_on = plan.judged_on if judged else None
         decision = Decision(
             model=name,
             version=version,
@@ -440,10 +455,11 @@ class Registry:
             holder=plan.current,
             holder_metrics=plan.holder_metrics,
             thresholds=limits,
-            evaluation_set=plan.evaluation_set,
-            evaluation_manifest=plan.candidate.get("manifest") if plan.evaluation_set else None,
+            evaluation_set=plan.evaluation_set if judged else None,
+            thresholds_set=judged_on,
+            evaluation_manifest=plan.candidate.get("manifest") if judged_on else None,
             examples_per_family=dict(plan.candidate.get("examples_per_family") or {})
-            if plan.evaluation_set
+            if judged_on
             else {},
         )
         self.client.set_model_version_tag(
@@ -456,8 +472,10 @@ class Registry:
         self._move_alias(name, alias, version)
         return decision
 
-    def rollback(self, name: str, alias: str = "production", actor: str = "") -> str:
-        """Move `alias` back to the version that held it before; returns that version."""
+    def rollback(self, name: str, alias: str, actor: str = "") -> str:
+        """Move `alias` back to the version that held it before; returns that version.
+
+        `alias` has no default: a slip must not move what every client is served."""
         history = self._history(name, alias)
         if len(history) < 2:
             raise ValueError(f"{name}@{alias} has no earlier version to roll back to")
@@ -548,6 +566,11 @@ def _reason(
         reason += f" (not evaluated, skipped: {', '.join(sorted(skipped))})"
     if plan.evaluation_set:
         reason += f", on evaluation set {describe_set(plan.candidate)}"
+    elif plan.judged_on:
+        reason += (
+            f"; thresholds checked on evaluation set {describe_set(plan.candidate)}, "
+            "with no holder to compare against"
+        )
     return reason
 
 

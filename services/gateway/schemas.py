@@ -393,11 +393,21 @@ class Decision(BaseModel):
     evaluation_set: str | None = Field(
         default=None,
         description="The digest of the evaluation set both sides' figures above were measured "
-        "on (docs/registry.md); null when there was none to compare on.",
+        "on (docs/registry.md); null when no holder's figures were compared (no holder, no "
+        "common set, a holder never evaluated).",
     )
-    evaluation_manifest: str | None = Field(default=None, description="That set's manifest.")
+    thresholds_set: str | None = Field(
+        default=None,
+        description="The digest of the set the thresholds were checked on (the candidate's "
+        "figures above): `evaluation_set` when a holder was compared, the candidate's own with "
+        "no holder; null when the gate judged no figures (a refusal across sets).",
+    )
+    evaluation_manifest: str | None = Field(
+        default=None, description="The manifest of `thresholds_set`."
+    )
     examples_per_family: dict[str, int] = Field(
-        default_factory=dict, description="How many examples of each label family it scored."
+        default_factory=dict,
+        description="How many examples of each label family `thresholds_set` scored.",
     )
 
 

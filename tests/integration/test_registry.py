@@ -65,6 +65,9 @@ def test_gate_refuses_worse_accepts_better_and_rolls_back(mlflow_uri, tmp_path) 
     recorded = registry.client.get_model_version(name, bad).tags
     assert any(k.startswith("decision.production.") for k in recorded)
 
+    with pytest.raises(TypeError):  # the alias has no default: a slip moves nothing
+        registry.rollback(name, actor="bob")
+    assert registry.alias_holder(name, "production") == better
     assert registry.rollback(name, "production", actor="bob") == good
     assert registry.alias_holder(name, "production") == good
     with pytest.raises(ValueError, match="no earlier version"):
@@ -207,3 +210,52 @@ def test_the_reference_set_comes_first_and_force_is_recorded(
     assert forced.accepted and forced.evaluation_set is None
     assert forced.reason.startswith(f"forced by ci, over: v{other} and v{candidate}")
     assert registry.alias_holder(name, "production") == other
+
+
+def test_a_holder_never_evaluated_is_not_passed_over_on_thresholds(mlflow_uri, tmp_path) -> None:
+    """The main path: a fine-tune of an imported model. The import has no figures, so there is
+    no set to compare on: refused (409 evaluation_set_mismatch, with the evaluate run that
+    scores the import on the candidate's set), never passed on thresholds alone. With no holder
+    at all, the thresholds decide, and the record says on which set, comparing nothing."""
+    from services.core import lifecycle
+    from services.core.errors import ApiError
+    from services.core.settings import Settings
+
+    registry = Registry(mlflow_uri)
+    settings = Settings(mlflow_uri=mlflow_uri)
+    name = f"moss-audio-test-{uuid.uuid4().hex[:6]}"
+    mine = evaluation("e", "datasets/ops/mine/manifest.jsonl", 12, wer=0.2,
+                      event_qa_accuracy=0.9, timestamp_error_median_s=0.4)  # fmt: skip
+    fresh = evaluated_version(registry, f"{name}-new", tmp_path, mine)
+    first = lifecycle.promote(settings, f"{name}-new", "production", fresh, "ci")
+    assert first["accepted"] and first["holder"] is None and first["evaluation_set"] is None
+    assert first["thresholds_set"] == "e" * 64 and first["evaluation_manifest"] == mine["manifest"]
+    assert "with no holder to compare against" in first["reason"]
+
+    run_id = registry.client.get_model_version(f"{name}-new", fresh).run_id
+    imported = registry.register_import(name, run_id, source="OpenMOSS/MOSS-Audio-4B-Instruct",
+                                        revision="abc", checkpoint_sha256="0" * 64,
+                                        trained_for="[]")  # fmt: skip
+    registry.promote(name, imported, "production", "import", force=True, reason="import")
+    tuned = evaluated_version(registry, name, tmp_path, mine)
+    with pytest.raises(ApiError) as refused:
+        lifecycle.promote(settings, name, "production", tuned, "alice")
+    assert refused.value.status == 409 and refused.value.code == "evaluation_set_mismatch"
+    assert f"v{imported} has no evaluation" in refused.value.message
+    request = json.loads(
+        refused.value.message.split("POST /v1/pipelines/evaluate/runs ", 1)[1].split(" (or")[0]
+    )
+    assert request["params"] == {"model": name, "version": imported,
+                                 "manifest": mine["manifest"], "per_kind": 100}  # fmt: skip
+    (recorded,) = [json.loads(v) for k, v in registry.version_tags(name, tuned).items()
+                   if k.startswith("decision.production.")]  # fmt: skip
+    assert recorded["accepted"] is False and recorded["holder"] == imported
+    assert recorded["evaluation_set"] is None and recorded["thresholds_set"] is None
+    assert registry.alias_holder(name, "production") == imported
+
+    # Scored there (what the evaluate run records), the import is compared like any holder.
+    registry.record_evaluation(name, imported, evaluation("e", mine["manifest"], 12, wer=0.3,
+                               event_qa_accuracy=0.8, timestamp_error_median_s=0.5))  # fmt: skip
+    decision = lifecycle.promote(settings, name, "production", tuned, "alice")
+    assert decision["accepted"] and decision["evaluation_set"] == decision["thresholds_set"]
+    assert decision["evaluation_set"] == "e" * 64 and decision["holder_metrics"]["wer"] == 0.3
