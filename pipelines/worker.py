@@ -13,6 +13,7 @@ gateway never starts processes and never imports this package; it only leaves a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from celery.signals import worker_init, worker_ready
 from services.core.events import events_for
 from services.core.jobstate import Status
 from services.core.jobstore import JobStore, RunStore
+from services.core.logs import redact_url
 from services.core.queue import PIPELINE_NAMES, PIPELINE_TASK, make_celery
 from services.core.settings import Settings, get_settings
 from services.core.storage import Storage, make_storage
@@ -78,7 +80,8 @@ def run_pipeline(
             outcome = _locally(settings, run, runs, output)
     except Exception as exc:  # the worker's own trouble (the store, the object store, KFP)
         log.exception("pipeline run %s could not be followed", run_id)
-        outcome = Outcome(Status.FAILED, {"code": "pipeline_error", "message": f"{exc!r}"})
+        outcome = Outcome(Status.FAILED, {"code": "pipeline_error",
+                          "message": redact_url(f"{exc!r}")})  # fmt: skip
     ending = f"moss: run {run_id} {outcome.status}"
     if outcome.error and outcome.status == Status.FAILED:
         ending += f": {outcome.error['message']}"
@@ -116,16 +119,22 @@ def _on_kubeflow(settings: Settings, run, runs: RunStore, output: RunLog) -> Out
     from .kubeflow import follow_kubeflow
     from .runner import submit
 
+    host = redact_url(settings.kfp_host)  # the tenant reads the error and the log
     try:
         kfp_run = submit(run.name, run.params, settings.kfp_host)
     except Exception as exc:
         return Outcome(Status.FAILED, {"code": "submit_failed", "message":
-                       f"could not submit to {settings.kfp_host}: {exc}"})  # fmt: skip
+                       f"could not submit to {host}: {redact_url(str(exc))}"})  # fmt: skip
     runs.set_fields(run.id, kubeflow_run_id=kfp_run)
-    output.line(f"moss: run {run.id}: submitted to {settings.kfp_host} as {kfp_run}")
+    output.line(f"moss: run {run.id}: submitted to {host} as {kfp_run}")
     output.flush()
     client = kfp.Client(host=settings.kfp_host)
-    return follow_kubeflow(client, kfp_run, runs, run.id, output, settings.kfp_poll_s)
+    try:
+        return follow_kubeflow(client, kfp_run, runs, run.id, output, settings.kfp_poll_s)
+    except Exception:  # recorded failed: no Kubeflow run may go on without its worker
+        with contextlib.suppress(Exception):
+            client.terminate_run(kfp_run)
+        raise
 
 
 @worker_init.connect

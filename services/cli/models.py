@@ -163,15 +163,25 @@ def import_via_api(settings, request: ImportArgs) -> tuple[str, bool, str | None
             body["revision"] = request.revision
         run = guard(api._call, "POST", IMPORT_ROUTE, json=body)
     err.print(f"import of {request.source}: run {run['run_id']} ({run['mode']})")
-    final = follow_run(api, run["run_id"])
+    version, existing = imported(follow_run(api, run["run_id"]))
+    return version, existing, request.revision
+
+
+def imported(final: dict) -> tuple[str, bool]:
+    """What an ended import run made: (version, already registered); one line and a non-zero
+    exit when it failed, or when it succeeded without naming its version (a Kubeflow run's
+    record does not carry the steps' results: docs/pipelines.md), never `vNone`."""
     if final["status"] != "succeeded":
         # The import step's own error (its code) first, else the run's (a crash, a cancel).
         error = (final.get("progress") or {}).get("error") or final.get("error") or {}
         code = error.get("code", final["status"])
         reason = f"import {final['status']}: {error.get('message') or 'see the run log'}"
         fail(f"{reason} [{code}]", 2 if code.startswith(("archive_", "import_")) else 1)
+    if final.get("version") in (None, ""):
+        fail(f"import run {final.get('id')} succeeded but its record names no version (a "
+             "Kubeflow run's record does not carry it); see `mossctl models list`", 1)  # fmt: skip
     message = (final.get("progress") or {}).get("message", "")
-    return str(final["version"]), "registered before" in message, request.revision
+    return str(final["version"]), "registered before" in message
 
 
 def upload_checkpoint(api: Client, path: Path, fields: dict[str, str]) -> dict:

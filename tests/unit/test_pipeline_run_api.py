@@ -203,3 +203,29 @@ def _remember(store, key: str, run_id: str) -> str | None:
     except IdempotencyConflict as exc:
         return exc.first[1]
     return None
+
+
+def test_mossctl_import_fails_on_a_succeeded_run_that_names_no_version(env, capsys) -> None:
+    """A Kubeflow run's record has no `version` (the KFP API does not give the steps' results):
+    `mossctl models import` printed `registered X vNone` and exited 0."""
+    import typer
+
+    from services.cli.models import imported
+    from services.core.jobstore.runs import new_run_id
+
+    client, _, runs, keys, _ = env
+    run = runs.create("ops", "import", {"hub_id": "org/m"}, "kubeflow", run_id=new_run_id())
+    runs.start(run.id)
+    runs.add_progress(run.id, {"kubeflow_state": "SUCCEEDED", "pipeline_step": "import"})
+    runs.finish(run.id, "succeeded")
+    final = client.get(f"/v1/pipelines/runs/{run.id}", headers=auth(keys["admin"])).json()
+    with pytest.raises(typer.Exit) as raised:
+        imported(final)
+    assert raised.value.exit_code == 1
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "names no version" in line and "None" not in line
+    runs.start(done := runs.create("ops", "import", {}, "local").id)
+    runs.add_progress(done, {"model": "m", "version": 3, "message": "registered"})
+    runs.finish(done, "succeeded")
+    assert imported(client.get(f"/v1/pipelines/runs/{done}", headers=auth(keys["admin"])).json()) \
+        == ("3", False)  # fmt: skip

@@ -211,8 +211,9 @@ def test_kfp_states_map_to_ours(state, status) -> None:
 class FakeKfp:
     """Answers like the KFP v2beta1 REST API for one run: its states in turn, then the last."""
 
-    def __init__(self, states: list[str], error: str | None = None) -> None:
+    def __init__(self, states: list[str], error: str | None = None, tasks=None) -> None:
         self.states, self.error, self.terminated, self.reads = list(states), error, [], 0
+        self.tasks, self.refuse_terminate = tasks, 0  # refused (HTTP 503) this many times
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -223,7 +224,7 @@ class FakeKfp:
                     return self._answer(404, {"error": "not found"})
                 fake.reads += 1
                 state = fake.states.pop(0) if len(fake.states) > 1 else fake.states[0]
-                tasks = [
+                tasks = fake.tasks(state) if fake.tasks else [
                     {"display_name": "moss-audio-sft", "state": "RUNNING",
                      "child_tasks": [{"task_id": "t1"}]},
                     {"display_name": "train", "state": "RUNNING", "create_time": "2026-01-01"},
@@ -236,6 +237,9 @@ class FakeKfp:
 
             def do_POST(self) -> None:
                 fake.terminated.append(self.path)
+                if fake.refuse_terminate > 0:
+                    fake.refuse_terminate -= 1
+                    return self._answer(503, {"error": "terminate unavailable", "code": 14})
                 self._answer(200, {})
 
             def _answer(self, status: int, body: dict) -> None:
@@ -262,8 +266,8 @@ class FakeKfp:
 def kfp_api():
     servers = []
 
-    def make(states, error=None):
-        servers.append(FakeKfp(states, error))
+    def make(states, error=None, tasks=None):
+        servers.append(FakeKfp(states, error, tasks))
         return servers[-1]
 
     yield make
@@ -307,6 +311,69 @@ def test_cancelling_a_kubeflow_run_terminates_it_through_the_api(kfp_api, runs, 
                               0.01, sleep=cancel_after_two_reads)  # fmt: skip
     assert outcome.status == Status.CANCELLED
     assert fake.terminated == ["/apis/v2beta1/runs/kfp-3:terminate"]
+
+
+def sft_tasks(state: str) -> list[dict]:
+    """The sft pipeline's leaf tasks as KFP lists them: train done, then evaluate in `state`."""
+    evaluate = {"display_name": "evaluate", "state": state, "create_time": "2026-01-01T00:02"}
+    if state == "FAILED":
+        evaluate["error"] = {"code": 9, "message": "exit status 1"}
+    return [
+        {"display_name": "moss-audio-sft", "state": state, "child_tasks": [{"task_id": "t1"}]},
+        {"display_name": "train", "state": "SUCCEEDED", "create_time": "2026-01-01T00:01"},
+        evaluate,
+    ]
+
+
+def test_a_kubeflow_runs_record_has_its_tasks_states_and_the_failed_task(
+    kfp_api, runs, storage
+) -> None:
+    fake = kfp_api(["RUNNING", "FAILED"], tasks=sft_tasks)
+    run = runs.create("acme", "sft", {}, "kubeflow")
+    runs.start(run.id)
+    outcome = follow_kubeflow(fake.client(), "kfp-4", runs, run.id, RunLog(storage, run.log_key),
+                              0.01)  # fmt: skip
+    assert outcome.error == {"code": "pipeline_failed", "message": "exit status 1 (task evaluate)"}
+    progress = runs.get(run.id).progress
+    assert progress["tasks"] == {"train": "SUCCEEDED", "evaluate": "FAILED"}
+    assert progress["pipeline_step"] == "evaluate" and progress["kubeflow_state"] == "FAILED"
+
+
+def test_a_terminate_kfp_refuses_leaves_the_run_running_until_one_succeeds(
+    kfp_api, runs, storage
+) -> None:
+    """Ended as failed while the Kubeflow run went on before: now the refusal is recorded,
+    the run stays running with its cancel requested, and the next poll tries again."""
+    fake = kfp_api(["RUNNING"])
+    fake.refuse_terminate = 2
+    run = runs.create("acme", "sft", {}, "kubeflow")
+    runs.start(run.id)
+    runs.request_cancel(run.id)
+    seen: list = []
+
+    def look(_seconds: float) -> None:
+        record = runs.get(run.id)
+        seen.append((record.status, record.cancel_requested, record.progress.get("cancel_failed")))
+
+    outcome = follow_kubeflow(fake.client(), "kfp-5", runs, run.id, RunLog(storage, run.log_key),
+                              0.01, sleep=look)  # fmt: skip
+    assert outcome.status == Status.CANCELLED
+    assert fake.terminated == ["/apis/v2beta1/runs/kfp-5:terminate"] * 3
+    assert len(seen) == 2 and all(s[:2] == ("running", True) and s[2] for s in seen)
+    assert "terminate unavailable" in seen[0][2]
+    assert read_log(storage, run.log_key).count("failed (") == 1  # said once, not each poll
+
+
+def test_a_kubeflow_host_with_credentials_never_reaches_the_tenant(runs, storage) -> None:
+    from pipelines.worker import run_pipeline
+    from services.core.settings import Settings
+
+    settings = Settings(kfp_host="http://ops:s3cret-pw@127.0.0.1:1")  # nothing listens there
+    run = runs.create("acme", "sft", {}, "kubeflow")
+    assert run_pipeline(settings, run.id, runs, storage) == Status.FAILED
+    record = runs.get(run.id)
+    assert record.error["code"] == "submit_failed" and "***@127.0.0.1:1" in record.error["message"]
+    assert "s3cret" not in json.dumps(record.error) + read_log(storage, run.log_key)
 
 
 def test_the_sweeper_fails_a_run_whose_worker_is_gone_and_spares_a_followed_one(tmp_path) -> None:
