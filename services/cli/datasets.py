@@ -151,8 +151,12 @@ def list_datasets(
     if as_json:
         out.print_json(json.dumps(found))
         return
-    table = Table("clips", "splits", "families", "digest", "created")
+    # The name and the digest are what a person copies into the next command: never cut them
+    # (a narrow or non-terminal output, 80 columns, squeezes the other columns instead).
+    table = Table("clips", "splits", "families")
     table.columns.insert(0, Column("name", no_wrap=True))
+    table.columns.append(Column("digest", no_wrap=True, min_width=12))
+    table.columns.append(Column("created"))
     for d in found:
         splits = ", ".join(f"{n} {s}" for s, n in d["splits"].items())
         table.add_row(d["name"], str(d["clips"]), splits, ", ".join(d["families"]),

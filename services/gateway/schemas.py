@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -109,12 +109,26 @@ class AnnotationResult(BaseModel):
     )
 
 
+# A label's time or a clip's length past a day belongs to no clip the platform decodes (and an
+# unbounded number is how `offset` once overflowed the database).
+MAX_LABEL_SECONDS = 86_400
+# A time as sent: an integer stays an integer (given labels are kept byte for byte).
+Seconds = (
+    Annotated[int, Field(ge=0, le=MAX_LABEL_SECONDS)]
+    | Annotated[float, Field(ge=0, le=MAX_LABEL_SECONDS)]
+)
+Duration = (
+    Annotated[int, Field(gt=0, le=MAX_LABEL_SECONDS)]
+    | Annotated[float, Field(gt=0, le=MAX_LABEL_SECONDS)]
+)
+
+
 class LabelSegment(BaseModel):
     """Times are kept as sent (an integer stays one): given labels are kept byte for byte."""
 
     model_config = {"extra": "forbid", "allow_inf_nan": False}
-    start: float | int = Field(ge=0)
-    end: float | int = Field(ge=0)
+    start: Seconds
+    end: Seconds
     text: str = Field(min_length=1)
     speaker: str | None = None
 
@@ -122,8 +136,8 @@ class LabelSegment(BaseModel):
 class LabelEvent(BaseModel):
     model_config = {"extra": "forbid", "allow_inf_nan": False}
     label: str = Field(min_length=1)
-    start: float | int = Field(ge=0)
-    end: float | int = Field(ge=0)
+    start: Seconds
+    end: Seconds
 
 
 class LabelInstruction(BaseModel):
@@ -149,7 +163,7 @@ class AnnotationItem(BaseModel):
     id: str | None = Field(None, max_length=256)
     split: Literal["train", "heldout", "test"] | None = None
     language: str | None = Field(None, max_length=16)
-    duration: float | int | None = Field(None, gt=0)
+    duration: Duration | None = None
     transcript: str | None = None
     segments: list[LabelSegment] | None = None
     events: list[LabelEvent] | None = None
@@ -170,7 +184,7 @@ class AnnotationCreate(BaseModel):
     webhook_url: str | None = Field(None, max_length=2048)
     label_map: dict[str, str] | None = Field(
         None,
-        description="Renames the engine's event labels, e.g. {\"low tone\": \"low beep\"} "
+        description='Renames the engine\'s event labels, e.g. {"low tone": "low beep"} '
         "(default: the served model's training labels; 422 `invalid_label_map`).",
     )
 

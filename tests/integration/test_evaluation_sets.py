@@ -41,6 +41,8 @@ def pipeline_env(mlflow_uri, tmp_path, monkeypatch):
 def logged_checkpoint(mlflow_uri: str, checkpoint) -> str:
     """A run holding `checkpoint` as its artifact, as the train step leaves one; its id."""
     mlflow.set_tracking_uri(mlflow_uri)
+    # by name: an experiment id an earlier test set in this process may not exist here
+    mlflow.set_experiment("tests")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(checkpoint), CHECKPOINT_ARTIFACT)
     return run.info.run_id

@@ -24,6 +24,8 @@ def version_with(registry: Registry, name: str, metrics: dict, tmp_path) -> str:
     checkpoint = tmp_path / f"ckpt-{uuid.uuid4().hex[:6]}"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text('{"model_type": "moss_audio"}')
+    # by name: an experiment id an earlier test set in this process may not exist here
+    mlflow.set_experiment("tests")
     with mlflow.start_run() as run:
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(checkpoint), CHECKPOINT_ARTIFACT)
@@ -117,6 +119,8 @@ def evaluated_version(registry: Registry, name: str, tmp_path, *evaluations: dic
     checkpoint = tmp_path / f"ckpt-{uuid.uuid4().hex[:6]}"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text('{"model_type": "moss_audio"}')
+    # by name: an experiment id an earlier test set in this process may not exist here
+    mlflow.set_experiment("tests")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(checkpoint), CHECKPOINT_ARTIFACT)
     return registry.register(

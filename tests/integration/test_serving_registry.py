@@ -21,6 +21,8 @@ pytestmark = pytest.mark.integration
 def register_version(registry: Registry, tmp_path, seed: int, metrics: dict) -> str:
     checkpoint = write_checkpoint(tmp_path / f"ckpt-{seed}", seed=seed)
     mlflow.set_tracking_uri(registry.tracking_uri)
+    # by name: an experiment id an earlier test set in this process may not exist here
+    mlflow.set_experiment("tests")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(checkpoint), CHECKPOINT_ARTIFACT)
     return registry.register(

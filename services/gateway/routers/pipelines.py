@@ -119,7 +119,9 @@ def list_runs(
     return PipelineRunList(runs=runs, total=total, limit=limit, offset=offset)
 
 
-@router.get("/runs/{run_id}", response_model=PipelineRunDetail, responses=responses(404))
+@router.get(
+    "/runs/{run_id}", response_model=PipelineRunDetail, responses={**PARAMS, **responses(404)}
+)
 def get_run(app: App, run_id: str, who: RunReader) -> PipelineRunDetail:
     """The run: status, the pipeline step and training progress (step, loss, lr, ETA), what
     it made (MLflow run, model, version, the gate's decision) or why it failed."""
@@ -127,7 +129,7 @@ def get_run(app: App, run_id: str, who: RunReader) -> PipelineRunDetail:
 
 
 @router.delete(
-    "/runs/{run_id}", response_model=PipelineRunDetail, responses={**responses(404, 409)}
+    "/runs/{run_id}", response_model=PipelineRunDetail, responses={**PARAMS, **responses(404, 409)}
 )
 def cancel_run(app: App, run_id: str, who: RunReader) -> PipelineRunDetail:
     """Cancel a run: a queued one at once; a running one is stopped by its pipeline worker
