@@ -13,12 +13,28 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
 
+from fastapi import Header
 from fastapi.concurrency import run_in_threadpool
 
 from ..core.jobstate import ACTIVE
 from ..core.jobstore import Job, Principal
 from .watch import JobWatch
+
+# Every stream the gateway sends: never cached, and never held back by a buffering proxy (nginx).
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The OpenAPI answer of an event-stream route.
+SSE = {200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}}
+# The header a reconnecting EventSource sends: where an `event_stream` resumes.
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=r"^\d+-\d+$",
+        description="Resume after this event (what EventSource sends on reconnect).",
+    ),
+]
 
 
 async def text_deltas(ctx, gw, job_id: str, who: Principal) -> AsyncIterator[str | Job]:

@@ -13,7 +13,6 @@ from fastapi import (
     Depends,
     File,
     Form,
-    Header,
     Query,
     Response,
     UploadFile,
@@ -41,7 +40,7 @@ from ..schemas import (
     Sampling,
     Task,
 )
-from ..streaming import event_stream
+from ..streaming import SSE, STREAM_HEADERS, LastEventId, event_stream
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], route_class=StrictRoute, responses=AUTHENTICATED
@@ -170,11 +169,7 @@ async def get_job(
 
 @router.get(
     "/{job_id}/events",
-    responses={
-        **PARAMS,
-        **responses(404),
-        200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
-    },
+    responses={**PARAMS, **responses(404), **SSE},
     response_class=StreamingResponse,
 )
 async def job_events(
@@ -182,14 +177,7 @@ async def job_events(
     gw: App,
     job_id: str,
     who: Jobs,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID",
-            pattern=r"^\d+-\d+$",
-            description="Resume after this event (what EventSource sends on reconnect).",
-        ),
-    ] = None,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """The job's events as server-sent events: `change` (status, stage, progress), `text` (a
     segment's answer so far), and a last `done` with the whole job; each event's `id` resumes
@@ -198,7 +186,7 @@ async def job_events(
     return StreamingResponse(
         _stream(ctx, gw, job.id, who, last_event_id or "0"),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=STREAM_HEADERS,
     )
 
 

@@ -21,7 +21,7 @@ from ..bodies import StrictRoute
 from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job, only_form_fields
 from ..errors import AUTHENTICATED, SYNC_JOB
 from ..schemas import TEMPERATURE_HELP, TEMPERATURE_RANGE
-from ..streaming import job_error, sse, text_deltas
+from ..streaming import STREAM_HEADERS, job_error, sse, text_deltas
 from .jobs import upload_size
 
 router = APIRouter(
@@ -107,7 +107,7 @@ async def transcriptions(
         return StreamingResponse(
             _deltas(ctx, gw, job.id, who),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=STREAM_HEADERS,
         )
     job = await _finished(ctx, gw, job.id, who)
     if job.status != Status.SUCCEEDED:

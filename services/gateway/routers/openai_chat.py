@@ -28,7 +28,7 @@ from ..bodies import StrictRoute
 from ..deps import App, Ctx, IdempotencyKey, Jobs, creates_job
 from ..errors import AUTHENTICATED, SYNC_JOB
 from ..schemas import TEMPERATURE_HELP, TEMPERATURE_RANGE
-from ..streaming import job_error, sse, text_deltas
+from ..streaming import STREAM_HEADERS, job_error, sse, text_deltas
 
 router = APIRouter(
     prefix="/v1/chat", tags=["openai"], route_class=StrictRoute, responses=AUTHENTICATED
@@ -138,7 +138,7 @@ async def completions(
         return StreamingResponse(
             _chunks(ctx, gw, job, who, ident, created, body.model, usage),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=STREAM_HEADERS,
         )
     async for item in text_deltas(ctx, gw, job.id, who):
         if isinstance(item, Job):

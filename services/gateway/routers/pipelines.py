@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -30,14 +30,13 @@ from ..deps import Admin, App, IdempotencyKey, RunReader
 from ..errors import AUTHENTICATED, BODY, PARAMS, responses
 from ..run_schemas import PipelineRunDetail, PipelineRunList
 from ..schemas import PipelineRun, PipelineRunOut
-from ..streaming import event_stream
+from ..streaming import SSE, STREAM_HEADERS, LastEventId, event_stream
 
 router = APIRouter(
     prefix="/v1/pipelines", tags=["pipelines"], route_class=StrictRoute, responses=AUTHENTICATED
 )
 MAX_OFFSET = 10**9
 LOG_POLL_S = 1.0  # a followed log looks for its next chunk this often
-SSE = {200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}}
 TEXT = {200: {"content": {"text/plain": {}}, "description": "The run's output, as it was written"}}
 
 
@@ -150,14 +149,7 @@ async def run_events(
     app: App,
     run_id: str,
     who: RunReader,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID",
-            pattern=r"^\d+-\d+$",
-            description="Resume after this event (what EventSource sends on reconnect).",
-        ),
-    ] = None,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """The run's events as server-sent events: `change` (status, progress, results), and a
     last `done` with the whole run; each event's `id` resumes the stream after it."""
@@ -170,7 +162,7 @@ async def run_events(
     return StreamingResponse(
         event_stream(app.watch, event_key(run.id), last_event_id or "0", read),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=STREAM_HEADERS,
     )
 
 
@@ -193,7 +185,7 @@ async def run_log(
     return StreamingResponse(
         _log(app.context.storage, app.runs, run, who, follow),
         media_type="text/plain; charset=utf-8",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=STREAM_HEADERS,
     )
 
 
