@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 THRESHOLDS = {"production": {"event_qa_accuracy": 0.5}}
 
 
-def version_with(registry: Registry, name: str, metrics: dict, tmp_path) -> str:
+def logged_run(registry: Registry, tmp_path, metrics: dict | None = None) -> str:
+    """An MLflow run holding a checkpoint artifact (and `metrics`), as the train step leaves
+    one; its id."""
     mlflow.set_tracking_uri(registry.tracking_uri)
     checkpoint = tmp_path / f"ckpt-{uuid.uuid4().hex[:6]}"
     checkpoint.mkdir()
@@ -27,11 +29,15 @@ def version_with(registry: Registry, name: str, metrics: dict, tmp_path) -> str:
     # by name: an experiment id an earlier test set in this process may not exist here
     mlflow.set_experiment("tests")
     with mlflow.start_run() as run:
-        mlflow.log_metrics(metrics)
+        if metrics:
+            mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(checkpoint), CHECKPOINT_ARTIFACT)
-    return registry.register(
-        name, run.info.run_id, data_digest="d" * 64, parent=None, metrics=metrics
-    )
+    return run.info.run_id
+
+
+def version_with(registry: Registry, name: str, metrics: dict, tmp_path) -> str:
+    run_id = logged_run(registry, tmp_path, metrics)
+    return registry.register(name, run_id, data_digest="d" * 64, parent=None, metrics=metrics)
 
 
 def test_versions_carry_lineage_and_download(mlflow_uri, tmp_path) -> None:
@@ -115,16 +121,9 @@ def evaluation(digest: str, manifest: str, examples: int, **metrics: float) -> d
 
 def evaluated_version(registry: Registry, name: str, tmp_path, *evaluations: dict) -> str:
     """A version with recorded evaluations, the first on its own held-out split."""
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    checkpoint = tmp_path / f"ckpt-{uuid.uuid4().hex[:6]}"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text('{"model_type": "moss_audio"}')
-    # by name: an experiment id an earlier test set in this process may not exist here
-    mlflow.set_experiment("tests")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(checkpoint), CHECKPOINT_ARTIFACT)
+    run_id = logged_run(registry, tmp_path)
     return registry.register(
-        name, run.info.run_id, data_digest=uuid.uuid4().hex * 2, parent=None,
+        name, run_id, data_digest=uuid.uuid4().hex * 2, parent=None,
         metrics=evaluations[0]["metrics"], evaluations=list(evaluations),
     )  # fmt: skip
 
