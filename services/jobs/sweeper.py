@@ -25,6 +25,12 @@ from .retention import purge_expired
 
 log = logging.getLogger("moss.jobs")
 
+# A claim is orphaned only when its worker missed the ping AND its heartbeat has been quiet this
+# many beats: a live worker can miss a ping under load (its reply came after the timeout), and on
+# a busy machine a beat can come late. Two beats proved too thin on a loaded 2-core machine (a
+# killed worker's job was claimed once more than the kill explains: work done twice).
+QUIET_BEATS = 4
+
 
 def sweep(ctx: Context) -> list[tuple[str, str]]:
     """Re-enqueue what a dead worker left: stages of workers that no longer answer a ping (within
@@ -82,8 +88,7 @@ def _live(ctx: Context) -> set[str] | None:
 def _orphans(ctx: Context, live: set[str] | None) -> list[tuple[str, str]]:
     if live is None:
         return []
-    # a claim younger than two heartbeats is spared: its worker may have missed one ping
-    return ctx.store.release_orphans(live=live, older_than_s=2 * ctx.settings.heartbeat_s)
+    return ctx.store.release_orphans(live=live, older_than_s=QUIET_BEATS * ctx.settings.heartbeat_s)
 
 
 def _lost_runs(ctx: Context, live: set[str] | None) -> None:
