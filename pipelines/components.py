@@ -9,6 +9,7 @@ only: a manifest key in the object store, an MLflow run id, a registered version
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +37,7 @@ from services.core.storage import make_storage
 from .data import describe_dataset, generate_dataset, read_manifest
 from .evaluate import evaluate, evaluation_record, first_per_kind
 from .report import write_report
+from .tracking import RUN_TAG
 from .train import Examples, StepReport, TrainConfig, train
 
 EVAL_KINDS = KINDS  # every family the held-out split has is scored
@@ -161,11 +163,14 @@ def train_step(
     kind_weights: str = "",
     vocab_shortlist: bool = False,
     conversations: bool = False,
+    moss_run_id: str = "",
 ) -> str:
     """Train one stage and log it to MLflow (params, per-step metrics, lineage, checkpoint).
 
     Returns the MLflow run id. `max_minutes` stops early (with a checkpoint) when set;
     `dropout` < 0 keeps the model's rates; `kind_weights` is JSON, e.g. {"event_at": 2}.
+    The MLflow run is tagged with the platform's pipeline run id (`moss_run_id`, else the
+    worker's MOSS_PIPELINE_RUN_ID): on Kubeflow that is how the run's record finds it.
     """
     storage = make_storage(get_settings())
     clips, digest = read_manifest(storage, manifest)
@@ -203,7 +208,9 @@ def train_step(
         )
         mlflow.set_tracking_uri(tracking_uri())
         mlflow.set_experiment(f"moss-audio-{size}-{flavor}")
-        with mlflow.start_run(run_name=f"{stage}-{size}-{flavor}") as run:
+        pipeline_run = moss_run_id or os.environ.get("MOSS_PIPELINE_RUN_ID", "")
+        tags = {RUN_TAG: pipeline_run} if pipeline_run else None
+        with mlflow.start_run(run_name=f"{stage}-{size}-{flavor}", tags=tags) as run:
             base = base_model or f"preset:{size}"
             trained_for = describe_dataset(clips, manifest)
             _log_inputs(config, examples, stage, size, flavor, manifest, digest, parent, base,
@@ -227,6 +234,8 @@ def train_step(
                 on_step=log,
             )
             report.finish(result.steps, result.final_loss)
+            if result.steps % 10:  # the last step's loss too (a Kubeflow run's record reads it)
+                mlflow.log_metric("train/loss", result.final_loss, step=result.steps)
             mlflow.log_metric("train/steps_done", result.steps)
             # the vocabulary travels with the weights: annotation names sounds in these words
             write_event_labels(work / "checkpoint", {*base_labels, *training_event_labels(clips)})

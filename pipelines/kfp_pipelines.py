@@ -71,6 +71,7 @@ def train(
     kind_weights: str,
     vocab_shortlist: bool,
     conversations: bool,
+    moss_run_id: str,
 ) -> str:
     from pipelines.components import train_step
 
@@ -88,6 +89,7 @@ def train(
         kind_weights=kind_weights,
         vocab_shortlist=vocab_shortlist,
         conversations=conversations,
+        moss_run_id=moss_run_id,
     )
 
 
@@ -167,6 +169,7 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
         vocab_shortlist: bool = False,
         conversations: bool = False,
         promote_to: str = "",
+        moss_run_id: str = "",
     ) -> None:
         data = prepare_data(
             name=dataset, num_clips=num_clips, seed=0, manifest=manifest, speech_share=speech_share
@@ -177,6 +180,7 @@ def training_pipeline(stage: str, gpu: bool, local: bool = False):
             base_model=base_model, steps=steps, batch_size=batch_size, lr=lr,
             max_minutes=max_minutes, dropout=dropout, kind_weights=kind_weights,
             vocab_shortlist=vocab_shortlist, conversations=conversations, promote_to=promote_to,
+            moss_run_id=moss_run_id,
         )  # fmt: skip
 
     return pipeline
@@ -227,6 +231,7 @@ def annotate_pipeline(gpu: bool, local: bool = False):
         max_minutes: float = 0.0,
         conversations: bool = False,
         promote_to: str = "",
+        moss_run_id: str = "",
     ) -> None:
         annotated = annotate(
             manifest=manifest, annotators=annotators, asr_model=asr_model, label_map=label_map
@@ -237,7 +242,7 @@ def annotate_pipeline(gpu: bool, local: bool = False):
             annotated.outputs["manifest"], gpu, local, stage="sft", size=size, flavor=flavor,
             base_model=base_model, steps=steps, batch_size=batch_size, lr=lr,
             max_minutes=max_minutes, dropout=-1.0, kind_weights="", vocab_shortlist=False,
-            conversations=conversations, promote_to=promote_to,
+            conversations=conversations, promote_to=promote_to, moss_run_id=moss_run_id,
         )  # fmt: skip
 
     return pipeline

@@ -1,14 +1,15 @@
-"""Following a run on Kubeflow Pipelines (MOSS_KFP_HOST): its status from the KFP API.
+"""Following a run on Kubeflow Pipelines (MOSS_KFP_HOST): its status from the KFP API, what it
+made from MLflow.
 
 The pipeline worker submits the run (pipelines.runner.submit), then polls
 `GET /apis/v2beta1/runs/{id}` (`kfp.Client.get_run`) and maps the run's state to ours; the task
 now running names the pipeline step, and each leaf task's state is kept (`tasks`). A cancel
 request terminates the run through the API (`POST /apis/v2beta1/runs/{id}:terminate`,
 `kfp.Client.terminate_run`); a terminate KFP refuses leaves the run running, its cancel still
-requested. The steps' progress lines and results go to the pods' logs and ML Metadata, which the
-v2beta1 API does not serve (a task's outputs there are artifact ids): a Kubeflow run's record
-has its state, its tasks' states and its error, not the training loss, the MLflow run, the
-model, the version or the gate's decision (docs/pipelines.md).
+requested. The steps' progress lines go to the pods' logs, which the v2beta1 API does not serve;
+the train step tags its MLflow run with our run id, so the loss, the MLflow run, the registered
+version and the gate's decision are read from MLflow instead (pipelines.tracking), beside the
+loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.core.logs import redact_url
 from services.core.runstate import FINAL
 
 from .follow import Outcome, RunLog
+from .tracking import Tracked
 
 # V2beta1RuntimeState -> our status. Waiting, running, paused and cancelling runs are still
 # running for us (the worker holds them); SKIPPED is a run with nothing to do: it succeeded.
@@ -82,12 +84,15 @@ def follow_kubeflow(
     log: RunLog,
     poll_s: float,
     sleep: Callable[[float], None] = time.sleep,
+    tracked: Tracked | None = None,
 ) -> Outcome:
     """Poll a submitted run until it ends (or is cancelled); the outcome to record.
 
     The store or the KFP API away a moment never ends the run here: the Kubeflow run goes on,
-    so it is asked again (a cancel that KFP refused stays requested, and is tried each poll)."""
+    so it is asked again (a cancel that KFP refused stays requested, and is tried each poll).
+    `tracked` reads what the run made from MLflow; MLflow away only leaves those fields out."""
     seen: dict[str, Any] | None = None
+    said: tuple[Any, ...] = (None, None, None)  # state, task, training step logged last
     failing_since: float | None = None
     cancel_error: list[str] = []
     while True:
@@ -109,16 +114,31 @@ def follow_kubeflow(
             continue
         _quietly(runs.touch, run_id)  # still followed: the sweeper spares it
         fields = run_fields(run)
+        status = kfp_status(fields.get("kubeflow_state"))
+        if tracked is not None:
+            made = tracked.final() if status in FINAL else tracked.poll()
+            fields = {**made, **fields}
         if fields != seen:
-            task = fields.get("pipeline_step")
-            log.line(f"moss: Kubeflow run {kfp_run_id} {fields.get('kubeflow_state')}"
-                     + (f" ({task})" if task else ""))  # fmt: skip
+            said = _log_change(log, kfp_run_id, fields, said)
             seen = fields if _quietly(runs.add_progress, run_id, fields) else None
             log.flush()
-        status = kfp_status(fields.get("kubeflow_state"))
         if status in FINAL:
             return Outcome(status, _error(run) if status == Status.FAILED else None)
         sleep(poll_s)
+
+
+def _log_change(log: RunLog, kfp_run_id: str, fields: dict[str, Any], said: tuple) -> tuple:
+    """A log line for a new state or running task, and one for a new training step (read from
+    MLflow); returns what has now been said."""
+    state, task = fields.get("kubeflow_state"), fields.get("pipeline_step")
+    step = fields.get("step")
+    if (state, task) != said[:2]:
+        log.line(f"moss: Kubeflow run {kfp_run_id} {state}" + (f" ({task})" if task else ""))
+    if step is not None and step != said[2] and "loss" in fields:
+        total = fields.get("total_steps")
+        log.line(f"moss: step {step}{f'/{total}' if total else ''} loss {fields['loss']:.3f}"
+                 " (MLflow)")  # fmt: skip
+    return state, task, step
 
 
 def _terminate(

@@ -11,6 +11,7 @@ from services.core.queue import CPU_ONLY_PIPELINES, PIPELINE_NAMES
 from .kfp_pipelines import pipeline
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
+RUN_ID_PARAM = "moss_run_id"  # the pipeline parameter naming our run (pipelines.tracking)
 
 
 def compiled_files() -> dict[str, tuple[str, bool]]:
@@ -34,11 +35,17 @@ def compile_all(out_dir: Path = COMPILED_DIR) -> list[Path]:
     return written
 
 
-def coerce(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Convert values to the types the pipeline declares (`--param version=3` is a string)."""
+def _parameters(name: str) -> dict[str, Any]:
     import inspect
 
-    signature = inspect.signature(pipeline(name).pipeline_func).parameters
+    return dict(inspect.signature(pipeline(name).pipeline_func).parameters)
+
+
+def coerce(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Convert values to the types the pipeline declares (`--param version=3` is a string).
+    `moss_run_id` is the platform's to set (submit), never a caller's."""
+    signature = _parameters(name)
+    signature.pop(RUN_ID_PARAM, None)
     unknown = set(params) - set(signature)
     if unknown:
         raise ValueError(
@@ -65,13 +72,22 @@ def run_local(name: str, params: dict[str, Any], root: Path) -> dict[str, Any]:
     return dict(task.outputs) if getattr(task, "outputs", None) else {}
 
 
-def submit(name: str, params: dict[str, Any], host: str, gpu: bool = False) -> str:
-    """Submit to a Kubeflow Pipelines endpoint; returns the run id."""
+def submit(
+    name: str, params: dict[str, Any], host: str, gpu: bool = False, run_id: str = ""
+) -> str:
+    """Submit to a Kubeflow Pipelines endpoint; returns the KFP run id.
+
+    `run_id` (our pipeline run's id) goes to the pipelines that train as `moss_run_id`: the
+    train step tags its MLflow run with it, so that the run's record can be completed from
+    MLflow (pipelines.tracking)."""
     import kfp
 
+    arguments = coerce(name, params)
+    if run_id and RUN_ID_PARAM in _parameters(name):
+        arguments[RUN_ID_PARAM] = run_id
     client = kfp.Client(host=host)
     run = client.create_run_from_pipeline_func(
-        pipeline(name, gpu), arguments=coerce(name, params), run_name=f"moss-audio-{name}"
+        pipeline(name, gpu), arguments=arguments, run_name=f"moss-audio-{name}"
     )
     return run.run_id
 

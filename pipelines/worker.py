@@ -34,6 +34,7 @@ from services.core.settings import Settings, get_settings
 from services.core.storage import Storage, make_storage
 
 from .follow import Outcome, RunLog, follow_child, terminate_group
+from .tracking import Tracked, tracked_fields
 
 log = logging.getLogger("moss.pipelines")
 settings = get_settings()
@@ -121,7 +122,7 @@ def _on_kubeflow(settings: Settings, run, runs: RunStore, output: RunLog) -> Out
 
     host = redact_url(settings.kfp_host)  # the tenant reads the error and the log
     try:
-        kfp_run = submit(run.name, run.params, settings.kfp_host)
+        kfp_run = submit(run.name, run.params, settings.kfp_host, run_id=run.id)
     except Exception as exc:
         return Outcome(Status.FAILED, {"code": "submit_failed", "message":
                        f"could not submit to {host}: {redact_url(str(exc))}"})  # fmt: skip
@@ -129,12 +130,30 @@ def _on_kubeflow(settings: Settings, run, runs: RunStore, output: RunLog) -> Out
     output.line(f"moss: run {run.id}: submitted to {host} as {kfp_run}")
     output.flush()
     client = kfp.Client(host=settings.kfp_host)
+    tracked = _tracked(settings, run)
     try:
-        return follow_kubeflow(client, kfp_run, runs, run.id, output, settings.kfp_poll_s)
+        return follow_kubeflow(
+            client, kfp_run, runs, run.id, output, settings.kfp_poll_s, tracked=tracked
+        )
     except Exception:  # recorded failed: no Kubeflow run may go on without its worker
         with contextlib.suppress(Exception):
             client.terminate_run(kfp_run)
         raise
+    finally:
+        if tracked is not None:
+            tracked.close()
+
+
+def _tracked(settings: Settings, run) -> Tracked | None:
+    """What the run makes, read from MLflow (pipelines.tracking); None without an MLflow
+    server: the record then has the KFP fields only."""
+    if not settings.mlflow_uri:
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    promote_to = str(run.params.get("promote_to", ""))
+    return Tracked(lambda: tracked_fields(client, run.id, promote_to))
 
 
 @worker_init.connect

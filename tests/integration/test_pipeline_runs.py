@@ -92,6 +92,23 @@ def test_a_run_is_followed_by_status_and_events_to_the_end_with_its_loss(finishe
     assert any(c.get("version") == run["version"] for c in changes)
 
 
+def test_mlflow_holds_what_a_kubeflow_follower_reads_of_the_run(stack, finished_run) -> None:
+    """The train step tags its MLflow run with the pipeline run's id: what the worker reads
+    from MLflow for a Kubeflow run (pipelines.tracking) is what this local run's progress lines
+    reported."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import tracked_fields
+
+    run = finished_run["run"]
+    made = tracked_fields(MlflowClient(stack.mlflow_uri), run["id"])
+    assert made["mlflow_run_id"] == run["mlflow_run_id"]
+    assert (made["model"], made["version"]) == (run["model"], run["version"])
+    assert made["step"] == made["total_steps"] == TINY_RUN["steps"]
+    assert made["loss"] == pytest.approx(run["progress"]["loss"], abs=1e-4)
+    assert "decision" not in made  # no promote_to: the gate did not decide
+
+
 def test_the_log_comes_through_the_gateway(api, finished_run) -> None:
     started = finished_run["started"]
     assert started["log"] == f"/v1/pipelines/runs/{started['run_id']}/log"
