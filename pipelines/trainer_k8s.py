@@ -19,6 +19,8 @@ job's pods and their logs (what the chart's `trainer.enabled` grants the pipelin
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import signal
 import sys
 import threading
@@ -29,6 +31,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from services.core import progress
+from services.core.settings import Settings
+
+from .trainjob import DEFAULT_RUNTIME, TrainSpec, trainjob
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 TRAINER_CONTAINER = "node"  # the torch-distributed runtime's trainer container and job
@@ -57,8 +62,8 @@ def api_client(host: str | None = None) -> Any:
         return client.ApiClient(configuration)
     try:
         config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    except config.ConfigException:  # $KUBECONFIG as it is now (the client reads it at import)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     return client.ApiClient()
 
 
@@ -236,3 +241,91 @@ def _delete(custom, namespace: str, name: str, out: TextIO, why: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             print(f"could not delete TrainJob {name}: {exc.status} {exc.reason}", file=out)
+
+
+# --- the distributed training step ------------------------------------------------------------
+
+
+def object_url(key: str, bucket: str) -> str:
+    """A pipeline's object-store key (`datasets/x.jsonl`) as the URL the pods read."""
+    return key if key.startswith("s3://") else f"s3://{bucket}/{key.lstrip('/')}"
+
+
+def job_name(size: str, stage: str, run: str) -> str:
+    """`moss-<size>-<stage>-<run>`, a DNS label of 63 characters at most."""
+    suffix = "".join(c for c in run.lower() if c.isalnum())[:12] or secrets.token_hex(6)
+    return f"moss-{size}-{stage.replace('_', '-')}-{suffix}"[:63].rstrip("-")
+
+
+def distributed_train_step(
+    size: str,
+    flavor: str,
+    stage: str,
+    manifest: str,
+    base_model: str = "",
+    steps: int = 200,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    decoder: str = "full",
+    seed: int = 0,
+    moss_run_id: str = "",
+    namespace: str = "",
+    runtime: str = DEFAULT_RUNTIME,
+    image: str = "",
+    poll_s: float = 10.0,
+) -> str:
+    """The training step of the distributed pipelines: one TrainJob of `nodes` x `gpus_per_node`
+    processes running `mossctl train`, followed to its end. Returns the MLflow run id rank 0
+    logged (from its result line, else the run tagged with `moss_run_id`), as train_step does,
+    so evaluation, registration and the gate run unchanged on the exported checkpoint."""
+    settings = Settings()
+    if settings.storage != "s3":
+        raise ValueError("a TrainJob needs the object store (MOSS_STORAGE=s3): pods share no disk")
+    run = moss_run_id or os.environ.get("MOSS_PIPELINE_RUN_ID", "")
+    name = job_name(size, stage, run)
+    spec = TrainSpec(
+        manifest=object_url(manifest, settings.s3_bucket),
+        output=object_url(f"training/{name}", settings.s3_bucket),
+        size=size,
+        flavor=flavor,
+        base=base_model,
+        stage="sft_thinking" if flavor == "thinking" and stage.startswith("sft") else stage,
+        decoder=decoder or "full",
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        nodes=nodes,
+        nproc_per_node=max(1, gpus_per_node),
+    )
+    job = trainjob(
+        spec,
+        name=name,
+        namespace=namespace or default_namespace(),
+        image=image or settings.pipeline_image,
+        runtime=runtime,
+        gpus_per_node=gpus_per_node,
+        env={"MOSS_PIPELINE_RUN_ID": run} if run else None,
+    )
+    progress.emit(pipeline_step="train", total_steps=steps,
+                  message=f"TrainJob {name}: {nodes} x {gpus_per_node} GPUs")  # fmt: skip
+    result = run_trainjob(job, poll_s=poll_s)
+    run_id = result.get("mlflow_run_id") or _tagged_run(run)
+    if not run_id:
+        raise RuntimeError(f"TrainJob {name} finished but names no MLflow run (no mlflow_run_id)")
+    progress.emit(pipeline_step="train", mlflow_run_id=run_id, message=f"TrainJob {name} done")
+    return str(run_id)
+
+
+def _tagged_run(run: str) -> str:
+    """The MLflow run rank 0 tagged with the pipeline run id, or ""."""
+    if not run or not Settings().mlflow_uri:
+        return ""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import _trained_run
+
+    found = _trained_run(MlflowClient(Settings().mlflow_uri), run)
+    return found.info.run_id if found else ""

@@ -188,10 +188,12 @@ def trainjob(
     cpu: str = "",
     memory: str = "",
     labels: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The TrainJob object (a dict, as the Kubernetes API takes it) for `spec`.
 
-    `gpus_per_node` None means one GPU per process; 0 a CPU-only job (gloo)."""
+    `gpus_per_node` None means one GPU per process; 0 a CPU-only job (gloo). `env` adds plain
+    variables (the pipeline run's id, MOSS_PIPELINE_RUN_ID, so rank 0 tags its MLflow run)."""
     check_spec(spec)
     check_cluster_paths(spec)
     if not DNS_LABEL.fullmatch(name) or len(name) > 63:
@@ -206,7 +208,7 @@ def trainjob(
         "args": argv[2:],
         "numNodes": spec.nodes,
         "numProcPerNode": spec.nproc_per_node,
-        "env": platform_env(secret),
+        "env": platform_env(secret) + [{"name": k, "value": v} for k, v in (env or {}).items()],
     }
     resources = resources_per_node(spec, gpus, cpu, memory)
     if resources:

@@ -184,3 +184,62 @@ def test_spec_nodes_reach_the_pods(standin):
     assert run_trainjob(four, client=api_client(standin.url), poll_s=0, out=out) == {}
     lines = out.getvalue().splitlines()
     assert "node 0" in lines and all(f"[node {n}] node {n}" in lines for n in (1, 2, 3))
+
+
+@pytest.fixture
+def cluster(standin, tmp_path, monkeypatch):
+    """The step's own client configuration (a kubeconfig) pointing at the stand-in."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "standin", "cluster": {"server": standin.url}}],
+            "users": [{"name": "step", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "standin", "user": "step"}}],
+            "current-context": "c",
+        })
+    )  # fmt: skip
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("MOSS_STORAGE", "s3")
+    monkeypatch.setenv("MOSS_S3_BUCKET", "team-bucket")
+    monkeypatch.delenv("MOSS_MLFLOW_URI", raising=False)
+    return standin
+
+
+def test_the_distributed_step_creates_the_job_and_returns_its_mlflow_run(cluster):
+    name = trainer_k8s.job_name("8b", "sft", "run42")
+    cluster.scripts[name] = Script(logs={0: NODE0})
+    run_id = trainer_k8s.distributed_train_step(
+        "8b", "instruct", "sft", "datasets/sft/manifest.jsonl", steps=2, batch_size=16,
+        nodes=2, gpus_per_node=8, moss_run_id="run42", namespace=NS, image="img:1", poll_s=0,
+    )  # fmt: skip
+    assert run_id == RESULT["mlflow_run_id"]
+    trainer = cluster.jobs[(NS, name)].body["spec"]["trainer"]
+    args = trainer["args"]
+    assert args[0] == "s3://team-bucket/datasets/sft/manifest.jsonl"
+    assert args[args.index("--output") + 1] == f"s3://team-bucket/training/{name}"
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 8)
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 8
+    assert {"name": "MOSS_PIPELINE_RUN_ID", "value": "run42"} in trainer["env"]
+
+
+def test_the_distributed_step_refuses_a_local_store_and_a_result_without_a_run(
+    cluster, monkeypatch
+):
+    name = trainer_k8s.job_name("tiny", "pretrain", "run43")
+    cluster.scripts[name] = Script(logs={0: ['{"world_size": 2}']})
+    options = {"moss_run_id": "run43", "namespace": NS, "image": "img:1", "poll_s": 0}
+    with pytest.raises(RuntimeError, match=f"TrainJob {name} finished but names no MLflow run"):
+        trainer_k8s.distributed_train_step("tiny", "instruct", "pretrain", "datasets/a.jsonl",
+                                           batch_size=2, gpus_per_node=2, **options)  # fmt: skip
+    monkeypatch.setenv("MOSS_STORAGE", "local")
+    with pytest.raises(ValueError, match="a TrainJob needs the object store"):
+        trainer_k8s.distributed_train_step("tiny", "instruct", "sft", "datasets/a.jsonl", **options)
+
+
+def test_job_names_are_dns_labels():
+    assert trainer_k8s.job_name("4b", "sft_thinking", "Run_7F3A") == "moss-4b-sft-thinking-run7f3a"
+    assert len(trainer_k8s.job_name("8b", "pretrain", "x" * 100)) <= 63
+    assert trainer_k8s.job_name("8b", "sft", "") != trainer_k8s.job_name("8b", "sft", "")
