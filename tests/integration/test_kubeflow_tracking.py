@@ -51,11 +51,11 @@ def trained_on_kubeflow(mlflow_uri: str, tmp_path, run_id: str) -> tuple[str, st
 
 
 def test_a_kubeflow_runs_record_gets_its_loss_mlflow_run_version_and_decision(
-    kfp_api,
-    runs,
+    kfp_api,  # noqa: F811  (the fixture imported above)
+    runs,  # noqa: F811
     storage,
     mlflow_uri,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ) -> None:
     run = runs.create("acme", "sft", {"promote_to": "staging"}, "kubeflow")
     runs.start(run.id)
@@ -81,10 +81,10 @@ def test_a_kubeflow_runs_record_gets_its_loss_mlflow_run_version_and_decision(
 
 
 def test_mlflow_away_leaves_the_kubeflow_run_followed_to_its_end(
-    kfp_api,
-    runs,
+    kfp_api,  # noqa: F811  (the fixture imported above)
+    runs,  # noqa: F811
     storage,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
