@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from services.core import progress
 from services.core.settings import Settings
 
-from .trainjob import DEFAULT_RUNTIME, TrainSpec, trainjob
+from .trainjob import TrainSpec, trainjob
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 TRAINER_CONTAINER = "node"  # the torch-distributed runtime's trainer container and job
@@ -272,14 +272,18 @@ def distributed_train_step(
     seed: int = 0,
     moss_run_id: str = "",
     namespace: str = "",
-    runtime: str = DEFAULT_RUNTIME,
+    runtime: str = "",
     image: str = "",
     poll_s: float = 10.0,
 ) -> str:
     """The training step of the distributed pipelines: one TrainJob of `nodes` x `gpus_per_node`
     processes running `mossctl train`, followed to its end. Returns the MLflow run id rank 0
     logged (from its result line, else the run tagged with `moss_run_id`), as train_step does,
-    so evaluation, registration and the gate run unchanged on the exported checkpoint."""
+    so evaluation, registration and the gate run unchanged on the exported checkpoint.
+
+    `namespace`, `runtime` and `image` default to MOSS_TRAINER_NAMESPACE (else the step's own
+    pod's namespace), MOSS_TRAINER_RUNTIME and MOSS_PIPELINE_IMAGE: on a cluster the chart's
+    `moss-platform` Secret sets them."""
     settings = Settings()
     if settings.storage != "s3":
         raise ValueError("a TrainJob needs the object store (MOSS_STORAGE=s3): pods share no disk")
@@ -303,9 +307,9 @@ def distributed_train_step(
     job = trainjob(
         spec,
         name=name,
-        namespace=namespace or default_namespace(),
+        namespace=namespace or settings.trainer_namespace or default_namespace(),
         image=image or settings.pipeline_image,
-        runtime=runtime,
+        runtime=runtime or settings.trainer_runtime,
         gpus_per_node=gpus_per_node,
         env={"MOSS_PIPELINE_RUN_ID": run} if run else None,
     )

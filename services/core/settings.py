@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     kfp_poll_s: float = Field(default=5.0, gt=0)  # how often a Kubeflow run's state is read
     # The image pipeline components run in on a cluster (read when a pipeline is compiled).
     pipeline_image: str = "ghcr.io/moss-audio/platform:0.1.0"
+    # Kubeflow Trainer: where the distributed pipelines' train step creates its TrainJob (unset:
+    # the namespace of the pod the step runs in) and the ClusterTrainingRuntime it names.
+    trainer_namespace: str | None = None
+    trainer_runtime: str = "torch-distributed"
     # Per alias, the metric limits a version must meet (JSON); unset: the registry's defaults.
     promotion_thresholds: str | None = None
     # Per model name, the manifest key of a reference evaluation set every candidate is scored

@@ -243,3 +243,32 @@ def test_job_names_are_dns_labels():
     assert trainer_k8s.job_name("4b", "sft_thinking", "Run_7F3A") == "moss-4b-sft-thinking-run7f3a"
     assert len(trainer_k8s.job_name("8b", "pretrain", "x" * 100)) <= 63
     assert trainer_k8s.job_name("8b", "sft", "") != trainer_k8s.job_name("8b", "sft", "")
+
+
+def test_the_distributed_step_reads_namespace_runtime_and_image_from_the_settings(
+    cluster, monkeypatch
+):
+    """What the chart's moss-platform Secret sets (MOSS_TRAINER_*, MOSS_PIPELINE_IMAGE) is where
+    the job goes and what it names; the pod's own namespace only when none is set."""
+    monkeypatch.setenv("MOSS_TRAINER_NAMESPACE", "training")
+    monkeypatch.setenv("MOSS_TRAINER_RUNTIME", "torch-distributed-gpu")
+    monkeypatch.setenv("MOSS_PIPELINE_IMAGE", "registry.example.com/moss:2-cuda")
+    name = trainer_k8s.job_name("4b", "sft", "run44")
+    cluster.scripts[name] = Script(logs={0: NODE0})
+    trainer_k8s.distributed_train_step("4b", "instruct", "sft", "datasets/a.jsonl", steps=2,
+                                       batch_size=8, gpus_per_node=8, moss_run_id="run44",
+                                       poll_s=0)  # fmt: skip
+    body = cluster.jobs[("training", name)].body
+    assert body["spec"]["runtimeRef"]["name"] == "torch-distributed-gpu"
+    assert body["spec"]["trainer"]["image"] == "registry.example.com/moss:2-cuda"
+    monkeypatch.delenv("MOSS_TRAINER_NAMESPACE")
+    monkeypatch.setattr(trainer_k8s, "SERVICE_ACCOUNT_NAMESPACE", Path("/nonexistent/namespace"))
+    other = trainer_k8s.job_name("4b", "sft", "run45")
+    cluster.scripts[other] = Script(logs={0: NODE0})
+    trainer_k8s.distributed_train_step("4b", "instruct", "sft", "datasets/a.jsonl", steps=2,
+                                       batch_size=8, gpus_per_node=8, moss_run_id="run45",
+                                       poll_s=0)  # fmt: skip
+    assert ("default", other) in cluster.jobs
+    assert cluster.jobs[("default", other)].body["spec"]["runtimeRef"]["name"] == (
+        "torch-distributed-gpu"
+    )
