@@ -86,6 +86,9 @@ class StandIn:
         self.jobs: dict[tuple[str, str], Job] = {}
         self.deleted: list[tuple[str, str]] = []
         self.refused: list[str] = []
+        # (method, path, query) of every request, in order: what the client asked the API for
+        # (the chart's RBAC test checks each against the Role it renders).
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -202,6 +205,16 @@ def _make_handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: object) -> None:  # quiet
             pass
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            if parsed:
+                url = urllib.parse.urlsplit(self.path)
+                with standin.lock:
+                    standin.requests.append(
+                        (self.command, url.path, dict(urllib.parse.parse_qsl(url.query)))
+                    )
+            return parsed
 
         def _send(self, code: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()

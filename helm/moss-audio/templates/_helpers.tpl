@@ -65,6 +65,15 @@ label), so the prefix is kept short. */}}
 {{- include "moss-audio.componentName" (dict "ctx" . "component" "kserve-s3") }}
 {{- end }}
 
+{{/* Kubeflow Trainer: the namespace the TrainJobs run in (trainer.namespace, else the pipeline
+runner's), and the Secret the pipeline steps and training pods read (its name is fixed: the
+compiled pipelines name it). */}}
+{{- define "moss-audio.trainerNamespace" -}}
+{{- default .Values.trainer.pipelineRunner.namespace .Values.trainer.namespace }}
+{{- end }}
+
+{{- define "moss-audio.platformSecretName" -}}moss-platform{{- end }}
+
 {{/* "true" when the chart knows the S3 keys and so can hand them to KServe. */}}
 {{- define "moss-audio.kserveS3SecretEnabled" -}}
 {{- if and .Values.kserve.enabled (or .Values.minio.enabled (not .Values.s3.external.existingSecret)) }}true{{ end }}
@@ -186,6 +195,24 @@ Where things are
 
 {{- define "moss-audio.s3EndpointUrl" -}}
 {{- printf "%s://%s" (ternary "https" "http" (eq (include "moss-audio.s3Secure" .) "true")) (include "moss-audio.s3Endpoint" .) }}
+{{- end }}
+
+{{/* The same endpoints as seen from another namespace (the Kubeflow Pipelines and TrainJob pods
+read them from the `moss-platform` Secret): in-cluster services by their full DNS names. */}}
+{{- define "moss-audio.s3EndpointFromAnywhere" -}}
+{{- if .Values.minio.enabled }}
+{{- printf "%s.%s.svc.cluster.local:9000" (include "moss-audio.componentName" (dict "ctx" . "component" "minio")) .Release.Namespace }}
+{{- else }}
+{{- .Values.s3.external.endpoint }}
+{{- end }}
+{{- end }}
+
+{{- define "moss-audio.mlflowUriFromAnywhere" -}}
+{{- if .Values.mlflow.enabled }}
+{{- printf "http://%s.%s.svc.cluster.local:%v" (include "moss-audio.componentName" (dict "ctx" . "component" "mlflow")) .Release.Namespace .Values.mlflow.port }}
+{{- else }}
+{{- .Values.mlflow.externalUri }}
+{{- end }}
 {{- end }}
 
 {{- define "moss-audio.mlflowUri" -}}

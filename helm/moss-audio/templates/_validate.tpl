@@ -55,6 +55,9 @@ values file can be fixed in one pass. Rendered (to nothing) by validate.yaml. */
 {{- if and $v.gateway.autoscaling.enabled (gt (int $v.gateway.autoscaling.minReplicas) (int $v.gateway.autoscaling.maxReplicas)) }}
   {{- $errors = append $errors "gateway.autoscaling.minReplicas must not exceed maxReplicas" }}
 {{- end }}
+{{- if and $v.trainer.enabled $v.trainer.platformSecret.create (not $v.minio.enabled) $v.s3.external.existingSecret }}
+  {{- $errors = append $errors "trainer.enabled with s3.external.existingSecret: the chart cannot copy keys it never sees into the moss-platform Secret; create moss-platform (keys MOSS_*, docs/deploy.md) in the pipeline runner's and the trainer's namespaces yourself and set trainer.platformSecret.create=false" }}
+{{- end }}
 {{- if $errors }}
   {{- fail (printf "%d problem(s) with the values:\n- %s" (len $errors) (join "\n- " $errors)) }}
 {{- end }}
