@@ -12,9 +12,13 @@ Examples come from each clip's labels (services.core.sft.build_examples), so a m
 on whichever families it has; kinds outside the stage's list are left out, and the run logs
 how many examples of each kind it kept. The loss covers answer tokens only (the model's head
 runs only where labels are set).
-Checkpoints are the released format (config.json + safetensors, plus the tokenizer) with a
-`trainer_state.pt` beside them (step, optimizer, scheduler, RNG, data order), so a resumed run
-continues exactly where it stopped.
+One loop trains in one process or in every process of a torchrun world (FSDP2,
+pipelines/distributed.py): `batch_size` is the global batch of an optimizer step, each rank
+takes its slice of the same seeded epoch order, and the loss is normalised by the answer tokens
+of the whole global batch, so a run's losses and weights do not depend on its world size.
+Checkpoints (pipelines/dcp.py) are the released format (config.json + safetensors, plus the
+tokenizer) and, under `resume/`, Distributed Checkpoint shards with the step, optimizer,
+scheduler and RNG, so a resumed run continues exactly where it stopped, at any world size.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,10 @@ from model.tokens import ENDOFTEXT_ID, IM_END_ID
 from services.core import progress
 from services.core.sft import KINDS, build_examples
 
-from .lora import add_lora, lora_state, merged_copy
+from .dcp import STATE_FILE as STATE_FILE  # where a checkpoint keeps its resume state
+from .dcp import export_release, load_resume, save_resume
+from .distributed import Dist, checkpoint_layers, peak_memory_bytes, reset_peak_memory, shard
+from .lora import add_lora
 
 STAGES: dict[str, dict[str, Any]] = {
     "pretrain": {
@@ -57,7 +64,6 @@ STAGES: dict[str, dict[str, Any]] = {
         "kinds": ("event_at", "event_start", "count"),
     },
 }
-STATE_FILE = "trainer_state.pt"
 # Kinds whose answers describe the whole clip: last in a conversation (see Examples).
 LONG_ANSWERS = ("caption", "timestamps", "transcript", "segments")
 
@@ -66,13 +72,15 @@ LONG_ANSWERS = ("caption", "timestamps", "transcript", "segments")
 class TrainConfig:
     stage: str = "sft"
     steps: int = 100
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = 8  # the global batch: examples per optimizer step, over every rank
+    micro_batch: int = 0  # examples per forward on one rank; 0: the rank's whole slice
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 10
     max_grad_norm: float = 1.0
     train_encoder: bool | None = None  # None: the stage's default
+    train_adapter: bool = True  # False freezes the adapter and the DeepStack mergers too
+    activation_checkpointing: bool = False  # per decoder layer: recompute instead of keeping
     decoder: str | None = None  # full | lora | frozen; None: the stage's default
     lora_rank: int = 8
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | no
@@ -294,8 +302,9 @@ def epoch_indices(
 def configure_trainable(model: MossAudioModel, config: TrainConfig) -> list[nn.Parameter]:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    for module in (model.audio_adapter, model.deepstack_audio_merger_list):
-        module.requires_grad_(True)
+    if config.train_adapter:
+        for module in (model.audio_adapter, model.deepstack_audio_merger_list):
+            module.requires_grad_(True)
     if config.train_encoder:
         model.audio_encoder.requires_grad_(True)
     if config.decoder == "full":
@@ -372,7 +381,27 @@ class StepReport:
 class TrainResult:
     steps: int
     final_loss: float
-    losses: list[float]
+    losses: list[float]  # the global batch's loss at each optimizer step of this run
+    grad_norms: list[float] = field(default_factory=list)  # before clipping, global
+    world_size: int = 1
+    samples: int = 0  # examples trained on by all ranks in this run
+    tokens: int = 0  # non-padding positions of those examples
+    seconds: float = 0.0  # the loop's wall time (loading and the final export excluded)
+    peak_memory: list[int] = field(default_factory=list)  # bytes, one per rank
+
+
+@dataclass
+class _Clock:
+    """The time budget as every rank sees it: rank-local clocks differ a little, so the share
+    of the budget used is averaged over the ranks each step and every rank schedules the same
+    learning rate and stops at the same step."""
+
+    max_seconds: float
+    started: float = field(default_factory=time.monotonic)
+    share: float = 0.0
+
+    def local_share(self) -> float:
+        return (time.monotonic() - self.started) / self.max_seconds if self.max_seconds else 0.0
 
 
 def train(
@@ -384,135 +413,161 @@ def train(
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    world: Dist | None = None,
+    resume_from: Path | None = None,
 ) -> TrainResult:
-    """Train in place. With `resume`, continue from `output_dir`'s trainer state."""
-    if len(examples) < config.batch_size:
-        raise ValueError(f"{len(examples)} examples: fewer than one batch of {config.batch_size}")
-    device = next(model.parameters()).device
-    params = configure_trainable(model, config)
-    if config.dropout is not None:
-        set_dropout(model, config.dropout)
-    # The fused kernel (CPU and CUDA) updates every tensor in one pass: on the tiny model, whose
-    # parameters are mostly the two vocabulary tables, it is ~10 % of a step on 2 cores.
-    fused = device.type in ("cpu", "cuda")
+    """Train in place (under FSDP2 when `world` is a torchrun process group). With `resume`,
+    continue from the resume state in `resume_from` (default `output_dir`).
+
+    Every rank calls this with the same arguments. The global batch is `config.batch_size`
+    examples; each rank takes its slice of it, in micro-batches of `config.micro_batch`."""
+    world = world or Dist(device=next(model.parameters()).device)
+    per_rank = _per_rank(config, world, len(examples))
+    params = _prepare(model, config, world)
+    device = world.device
+    fused = device.type in ("cpu", "cuda")  # one pass over every tensor: ~10 % of a tiny step
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, weight_decay=config.weight_decay, fused=fused
     )
-
-    started = time.monotonic()
-
-    def elapsed_share() -> float:
-        return (time.monotonic() - started) / config.max_seconds if config.max_seconds else 0.0
-
-    def schedule(step: int) -> float:  # linear warm-up, then cosine to 10 %
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        progress = max(progress, elapsed_share())
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    clock = _Clock(config.max_seconds)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, clock))
     start = 0
     if resume:
-        start = _load_state(output_dir, model, optimizer, scheduler, config)
+        start = load_resume(resume_from or output_dir, model, optimizer, scheduler, config, world)
     else:
         _seed_everything(config.seed)
-    scaler = torch.amp.GradScaler(
-        enabled=config.mixed_precision == "fp16" and device.type == "cuda"
-    )
     label_vocab = None
     if config.vocab_shortlist:
         used = sorted({t for e in examples.items for t in e.labels if t != -100})
         label_vocab = torch.tensor(used, dtype=torch.long, device=device)
-    stream = batches(
-        examples,
-        config.batch_size,
-        config.seed,
-        start=start * config.grad_accum,
-        kind_weights=config.kind_weights,
+    stream = batches(examples, config.batch_size, config.seed, start, config.kind_weights)
+    mixed = _autocast(config, device) if not world.sharded else contextlib.nullcontext()
+    scaler = torch.amp.GradScaler(
+        enabled=config.mixed_precision == "fp16" and device.type == "cuda" and not world.sharded
     )
+    micro = config.micro_batch or per_rank
+    result = TrainResult(steps=start, final_loss=float("nan"), losses=[],
+                         world_size=world.world_size)  # fmt: skip
+    reset_peak_memory(device)
     model.train()
-    losses: list[float] = []
-    step = start
     for step in range(start, config.steps):
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(config.grad_accum):
-            batch = {k: v.to(device) for k, v in examples.batch(next(stream)).items()}
-            with _autocast(config, device):
-                loss = model(**batch, label_vocab=label_vocab).loss / config.grad_accum
-            scaler.scale(loss).backward()
-            total += float(loss.detach())
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-        scaler.step(optimizer)
-        scaler.update()
+        mine = next(stream)[world.rank * per_rank : (world.rank + 1) * per_rank]
+        chunks = [mine[i : i + micro] for i in range(0, per_rank, micro)]
+        loss, norm, samples, tokens = _step(
+            model, examples, chunks, (optimizer, scaler), params, config, world, mixed,
+            label_vocab, clock,
+        )  # fmt: skip
         scheduler.step()
-        losses.append(total)
+        result.losses.append(loss)
+        result.grad_norms.append(norm)
+        result.samples += samples
+        result.tokens += tokens
         if on_step is not None:
-            on_step(
-                step + 1, {"loss": total, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
-            )
-        done = (
-            step + 1 == config.steps
-            or elapsed_share() >= 1.0
-            or (should_stop is not None and should_stop())
-        )
+            on_step(step + 1, {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": norm})
+        stop = bool(should_stop()) if should_stop is not None else False
+        (votes,) = world.all_sum([float(stop)])  # one rank asked to stop: all stop here
+        done = step + 1 == config.steps or clock.share >= 1.0 or votes > 0
+        result.steps = step + 1
         if output_dir is not None and (
             done or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)
         ):
-            save_checkpoint(output_dir, model, processor, optimizer, scheduler, step + 1, config)
+            save_resume(output_dir, model, optimizer, scheduler, step + 1, config, world)
         if done:
-            step += 1
             break
+    result.seconds = time.monotonic() - clock.started
+    if output_dir is not None:
+        export_release(output_dir, model, processor, world, dtype=_release_dtype(config, world))
     model.eval()
-    return TrainResult(steps=step, final_loss=losses[-1] if losses else float("nan"), losses=losses)
+    result.final_loss = result.losses[-1] if result.losses else float("nan")
+    result.peak_memory = [int(b) for b in world.gather(peak_memory_bytes(device))]
+    return result
 
 
-def save_checkpoint(
-    directory: Path,
-    model: MossAudioModel,
-    processor: MossAudioProcessor | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    step: int,
-    config: TrainConfig,
-) -> None:
-    """Released-format weights (LoRA merged in) + tokenizer + the state to resume from."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    merged_copy(model).save_pretrained(directory)
-    if processor is not None:
-        processor.save_pretrained(directory)
-    torch.save(
-        {
-            "step": step,
-            "config": asdict(config),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "lora": lora_state(model),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
-        },
-        directory / STATE_FILE,
+def _per_rank(config: TrainConfig, world: Dist, examples: int) -> int:
+    """Each rank's share of the global batch; ValueError when it cannot be split evenly."""
+    if examples < config.batch_size:
+        raise ValueError(f"{examples} examples: fewer than one batch of {config.batch_size}")
+    if config.batch_size % world.world_size:
+        raise ValueError(
+            f"batch size {config.batch_size} is not a multiple of the world size "
+            f"{world.world_size}: every rank takes an equal slice of the global batch"
+        )
+    per_rank = config.batch_size // world.world_size
+    if config.micro_batch and per_rank % config.micro_batch:
+        raise ValueError(
+            f"micro-batch {config.micro_batch} does not divide a rank's {per_rank} examples"
+        )
+    return per_rank
+
+
+def _prepare(model: MossAudioModel, config: TrainConfig, world: Dist) -> list[nn.Parameter]:
+    """What trains (stage, freeze flags, LoRA), dropout, activation checkpointing, then FSDP2
+    under torchrun; returns the trainable parameters (sharded DTensors under FSDP2)."""
+    params = configure_trainable(model, config)
+    if not params:
+        raise ValueError("nothing to train: the encoder, the adapter and the decoder are frozen")
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
+    if config.activation_checkpointing:
+        checkpoint_layers(model)
+    if not world.sharded:
+        return params
+    mixed = world.device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
+    shard(model, world, mixed_precision=mixed)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _schedule(config: TrainConfig, clock: _Clock) -> Callable[[int], float]:
+    def schedule(step: int) -> float:  # linear warm-up, then cosine to 10 %
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        progress = max(progress, clock.share)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return schedule
+
+
+def _step(model, examples, chunks, optimizers, params, config, world, mixed, label_vocab, clock):
+    """One optimizer step over this rank's micro-batches. The loss is normalised by the answer
+    tokens of the whole global batch (an all-reduce of the count), so summing the ranks'
+    gradients (pipelines.distributed.shard) gives the global batch's gradient at any world
+    size. Returns (global loss, global gradient norm before clipping, samples, tokens), and
+    sets the clock's share of the time budget to the ranks' mean."""
+    device = world.device
+    prepared = [{k: v.to(device) for k, v in examples.batch(chunk).items()} for chunk in chunks]
+    counts = [int((b["labels"][:, 1:] != -100).sum()) for b in prepared]
+    answer_tokens, samples, tokens = world.all_sum(
+        [
+            sum(counts),
+            sum(len(c) for c in chunks),
+            sum(int(b["attention_mask"].sum()) for b in prepared),
+        ]
     )
+    optimizer, scaler = optimizers
+    optimizer.zero_grad(set_to_none=True)
+    local = 0.0
+    for batch, count in zip(prepared, counts, strict=True):
+        with mixed:
+            mean = model(**batch, label_vocab=label_vocab).loss
+        loss = mean * (count / max(answer_tokens, 1.0))  # this micro-batch's share
+        scaler.scale(loss).backward()
+        local += float(loss.detach())
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    scaler.step(optimizer)
+    scaler.update()
+    loss_sum, shares = world.all_sum([local, clock.local_share()])
+    clock.share = shares / world.world_size
+    return loss_sum, norm, int(samples), int(tokens)
 
 
-def _load_state(directory: Path | None, model, optimizer, scheduler, config) -> int:
-    if directory is None or not (Path(directory) / STATE_FILE).is_file():
-        raise FileNotFoundError(f"no {STATE_FILE} in {directory}: nothing to resume")
-    state = torch.load(Path(directory) / STATE_FILE, weights_only=False)
-    if state["lora"]:
-        raise ValueError("resuming LoRA runs: load the base model and pass its LoRA state")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    return int(state["step"])
+def _release_dtype(config: TrainConfig, world: Dist) -> torch.dtype | None:
+    """bf16 for a CUDA run in bf16 (the released checkpoints' dtype), else as trained."""
+    cuda_bf16 = world.device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
+    return torch.bfloat16 if cuda_bf16 and world.sharded else None
 
 
 def _seed_everything(seed: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import typer
 
 from . import annotate, datasets, deploy, infer, jobs, keys, models, pipeline, platform, serve
+from .train import app as train_app
 
 app = typer.Typer(
     add_completion=False,
@@ -34,6 +35,7 @@ app.add_typer(serve.app)  # gateway, worker, worker-ping, migrate, predictor
 app.add_typer(deploy.app, name="deploy")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(annotate.app)  # annotate
+app.add_typer(train_app)  # train (torchrun + FSDP2 across processes)
 
 
 def main() -> None:  # pragma: no cover - console entry point
